@@ -1,0 +1,325 @@
+//! Wire framing and the registry of every schema version ever shipped.
+//!
+//! On the wire an event is Avro single-object encoded: `C3 01`, the 8-byte
+//! CRC-64-AVRO fingerprint (little endian) of the writer schema's parsing
+//! canonical form, then the Avro datum. Decoding looks the fingerprint up in
+//! [`Registry`] and reads the datum with that writer schema into the current
+//! Rust types: fields added later take their serde/Avro defaults, fields
+//! removed later are skipped. That is Avro schema resolution by field name,
+//! done by serde (the `evolution` test proves it against `apache-avro`).
+
+use std::sync::LazyLock;
+
+use serde_avro_fast::de::{DeserializerConfig, DeserializerState};
+use serde_avro_fast::ser::SerializerConfig;
+use serde_avro_fast::Schema;
+
+use crate::event::{InventorySnapshot, PackageChange};
+use crate::validate;
+use crate::SchemaError;
+
+/// The record types of the contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `PackageChange`.
+    PackageChange,
+    /// `InventorySnapshot`.
+    InventorySnapshot,
+}
+
+impl Kind {
+    /// The Avro record name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::PackageChange => "PackageChange",
+            Kind::InventorySnapshot => "InventorySnapshot",
+        }
+    }
+}
+
+/// One shipped version of one schema (an `.avsc` file under `schemas/avro/`).
+pub struct SchemaVersion {
+    /// Which record.
+    pub kind: Kind,
+    /// Version number, from the file name `vN.avsc`.
+    pub version: u32,
+    /// The `.avsc` text as shipped.
+    pub json: &'static str,
+    /// Parsed schema.
+    pub schema: Schema,
+    /// CRC-64-AVRO fingerprint of the parsing canonical form, little endian.
+    pub fingerprint: [u8; 8],
+}
+
+impl SchemaVersion {
+    /// `Name vN`, for messages.
+    pub fn label(&self) -> String {
+        format!("{} v{}", self.kind.name(), self.version)
+    }
+}
+
+/// Every `.avsc` ever shipped, oldest first per kind. Never remove an entry:
+/// replays for audits read events written years ago. The `registry_lists_
+/// every_file` test fails when a file exists that is not listed here.
+pub const SHIPPED: &[(Kind, u32, &str)] = &[
+    (Kind::PackageChange, 1, include_str!("../avro/PackageChange/v1.avsc")),
+    (Kind::InventorySnapshot, 1, include_str!("../avro/InventorySnapshot/v1.avsc")),
+];
+
+/// Upper bound on any array length in a decoded datum (an inventory of a
+/// host has a few thousand packages); protects memory from hostile input.
+const MAX_SEQ_LEN: usize = 1_000_000;
+
+/// All shipped schema versions, looked up by fingerprint.
+pub struct Registry {
+    versions: Vec<SchemaVersion>,
+}
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    let versions = SHIPPED
+        .iter()
+        .map(|&(kind, version, json)| {
+            // The shipped files are compiled in and parsed by the unit tests,
+            // so a failure here is a build defect, not an input error.
+            #[allow(clippy::expect_used)]
+            let schema: Schema = json.parse().expect("a shipped .avsc does not parse");
+            let fingerprint = *schema.rabin_fingerprint();
+            SchemaVersion { kind, version, json, schema, fingerprint }
+        })
+        .collect();
+    Registry { versions }
+});
+
+impl Registry {
+    /// The process-wide registry.
+    pub fn get() -> &'static Registry {
+        &REGISTRY
+    }
+
+    /// Every version, in [`SHIPPED`] order.
+    pub fn versions(&self) -> &[SchemaVersion] {
+        &self.versions
+    }
+
+    /// The newest version of `kind`: what encoders write.
+    pub fn current(&self, kind: Kind) -> &SchemaVersion {
+        // SHIPPED has at least one version per kind (checked by tests).
+        #[allow(clippy::expect_used)]
+        self.versions
+            .iter()
+            .filter(|v| v.kind == kind)
+            .max_by_key(|v| v.version)
+            .expect("every kind has a shipped version")
+    }
+
+    /// The version whose fingerprint is `fp`.
+    pub fn by_fingerprint(&self, fp: &[u8; 8]) -> Option<&SchemaVersion> {
+        self.versions.iter().find(|v| &v.fingerprint == fp)
+    }
+
+    /// Reads the single-object header and returns the writer schema and the
+    /// datum that follows it.
+    pub fn writer_of<'b>(&self, bytes: &'b [u8]) -> Result<(&SchemaVersion, &'b [u8]), SchemaError> {
+        let Some((header, datum)) = bytes.split_first_chunk::<10>() else {
+            return Err(SchemaError::TruncatedHeader { len: bytes.len() });
+        };
+        if header[..2] != [0xC3, 0x01] {
+            return Err(SchemaError::WrongMagic { found: [header[0], header[1]] });
+        }
+        let mut fp = [0u8; 8];
+        fp.copy_from_slice(&header[2..]);
+        let version = self
+            .by_fingerprint(&fp)
+            .ok_or_else(|| SchemaError::UnknownFingerprint { fingerprint: hex::encode(fp) })?;
+        Ok((version, datum))
+    }
+}
+
+/// Decodes a single-object encoded `PackageChange` written with any shipped
+/// version, borrowing strings from `bytes`, and validates it.
+pub fn decode_change(bytes: &[u8]) -> Result<PackageChange<'_>, SchemaError> {
+    let change: PackageChange<'_> = decode(bytes, Kind::PackageChange)?;
+    validate::change(&change)?;
+    Ok(change)
+}
+
+/// Decodes a single-object encoded `InventorySnapshot` written with any
+/// shipped version, borrowing strings from `bytes`, and validates it.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<InventorySnapshot<'_>, SchemaError> {
+    let snapshot: InventorySnapshot<'_> = decode(bytes, Kind::InventorySnapshot)?;
+    validate::snapshot(&snapshot)?;
+    Ok(snapshot)
+}
+
+fn decode<'b, T: serde::Deserialize<'b>>(bytes: &'b [u8], kind: Kind) -> Result<T, SchemaError> {
+    let (writer, datum) = Registry::get().writer_of(bytes)?;
+    if writer.kind != kind {
+        return Err(SchemaError::WrongKind { expected: kind.name(), found: writer.label() });
+    }
+    let mut config = DeserializerConfig::new(&writer.schema);
+    config.max_seq_size = MAX_SEQ_LEN;
+    let mut state = DeserializerState::with_config(serde_avro_fast::de::read::SliceRead::new(datum), config);
+    T::deserialize(state.deserializer()).map_err(|e| {
+        let reason = e.to_string();
+        if reason.contains("end of slice") || reason.contains("Reached EOF") {
+            SchemaError::TruncatedDatum { schema: writer.label(), len: datum.len() }
+        } else {
+            SchemaError::Malformed { schema: writer.label(), reason }
+        }
+    })
+}
+
+/// Encodes events with the current schema versions into caller-owned
+/// buffers. Keep one per thread and reuse it: it holds the serializer's
+/// scratch buffers, so encoding does not allocate per event.
+pub struct Encoder {
+    change: SerializerConfig<'static>,
+    snapshot: SerializerConfig<'static>,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Encoder {
+    /// An encoder for the current versions.
+    pub fn new() -> Self {
+        let r = Registry::get();
+        Encoder {
+            change: SerializerConfig::new(&r.current(Kind::PackageChange).schema),
+            snapshot: SerializerConfig::new(&r.current(Kind::InventorySnapshot).schema),
+        }
+    }
+
+    /// Validates `change` and appends its single-object encoding to `out`.
+    pub fn encode_change(&mut self, change: &PackageChange<'_>, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+        validate::change(change)?;
+        encode(change, &mut self.change, out)
+    }
+
+    /// Validates `snapshot` and appends its single-object encoding to `out`.
+    pub fn encode_snapshot(&mut self, snapshot: &InventorySnapshot<'_>, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+        validate::snapshot(snapshot)?;
+        encode(snapshot, &mut self.snapshot, out)
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T, config: &mut SerializerConfig<'static>, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+    let schema = config.schema();
+    out.extend_from_slice(&[0xC3, 0x01]);
+    out.extend_from_slice(schema.rabin_fingerprint());
+    let start = out.len() - 10;
+    serde_avro_fast::to_datum(value, &mut *out, config).map(|_| ()).map_err(|e| {
+        out.truncate(start);
+        let label = Registry::get()
+            .by_fingerprint(schema.rabin_fingerprint())
+            .map(SchemaVersion::label)
+            .unwrap_or_default();
+        SchemaError::Encode { schema: label, reason: e.to_string() }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample;
+    use std::borrow::Cow;
+
+    fn encoded(i: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        Encoder::new().encode_change(&sample::change(i), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn change_round_trips_and_borrows() {
+        let bytes = encoded(3);
+        let back = decode_change(&bytes).unwrap();
+        assert_eq!(back, sample::change(3));
+        assert!(matches!(back.host.hostname, Cow::Borrowed(_)), "decode must not allocate strings");
+        assert!(matches!(back.package.repo, Some(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn sample_is_realistic_size() {
+        let n = encoded(1).len();
+        assert!((300..=400).contains(&n), "sample event is {n} bytes");
+    }
+
+    #[test]
+    fn snapshot_round_trips() {
+        let s = sample::snapshot(7, 1500);
+        let mut out = Vec::new();
+        Encoder::new().encode_snapshot(&s, &mut out).unwrap();
+        assert_eq!(decode_snapshot(&out).unwrap(), s);
+        assert!(matches!(decode_change(&out), Err(SchemaError::WrongKind { expected: "PackageChange", .. })));
+    }
+
+    #[test]
+    fn encoder_reuses_buffer_and_appends() {
+        let mut enc = Encoder::new();
+        let mut out = Vec::new();
+        enc.encode_change(&sample::change(1), &mut out).unwrap();
+        let one = out.len();
+        enc.encode_change(&sample::change(1), &mut out).unwrap();
+        assert_eq!(out.len(), 2 * one);
+        assert_eq!(out[..one], out[one..]);
+    }
+
+    #[test]
+    fn each_bad_input_has_its_own_error() {
+        let good = encoded(1);
+        assert_eq!(decode_change(&good[..5]), Err(SchemaError::TruncatedHeader { len: 5 }));
+        assert!(matches!(decode_change(&good[..good.len() - 20]), Err(SchemaError::TruncatedDatum { .. })));
+        let mut magic = good.clone();
+        magic[0] = 0x4f;
+        assert_eq!(decode_change(&magic), Err(SchemaError::WrongMagic { found: [0x4f, 0x01] }));
+        let mut fp = good.clone();
+        fp[2] ^= 0xff;
+        assert!(matches!(decode_change(&fp), Err(SchemaError::UnknownFingerprint { .. })));
+        // A negative string length is malformed: patch the length varint in
+        // front of host.machine_id (32 chars, zigzag 0x40) to -1 (0x01).
+        let id = sample::change(1).host.machine_id.into_owned();
+        let at = good.windows(id.len()).position(|w| w == id.as_bytes()).unwrap();
+        assert_eq!(good[at - 1], 0x40);
+        let mut neg = good.clone();
+        neg[at - 1] = 0x01;
+        assert!(matches!(decode_change(&neg), Err(SchemaError::Malformed { .. })), "{:?}", decode_change(&neg));
+    }
+
+    #[test]
+    fn semantically_impossible_events_are_rejected_both_ways() {
+        let mut enc = Encoder::new();
+        let mut out = Vec::new();
+        let mut empty = sample::change(1);
+        empty.package.name = Cow::Borrowed("");
+        let err = enc.encode_change(&empty, &mut out).unwrap_err();
+        assert_eq!(err.to_string(), "invalid PackageChange: package.name is empty");
+        assert!(out.is_empty(), "a rejected event leaves nothing behind");
+
+        let mut negative = sample::change(1);
+        negative.replaced.as_mut().unwrap().size = Some(-4);
+        assert_eq!(enc.encode_change(&negative, &mut out).unwrap_err().to_string(), "invalid PackageChange: replaced.size is negative");
+
+        let mut lonely = sample::change(1);
+        lonely.replaced = None;
+        assert!(enc.encode_change(&lonely, &mut out).is_err());
+
+        // The decoder refuses the same event when another producer wrote it.
+        let mut raw = Vec::new();
+        let schema = &Registry::get().current(Kind::PackageChange).schema;
+        raw.extend_from_slice(&[0xC3, 0x01]);
+        raw.extend_from_slice(schema.rabin_fingerprint());
+        serde_avro_fast::to_datum(&empty, &mut raw, &mut SerializerConfig::new(schema)).unwrap();
+        assert_eq!(decode_change(&raw).unwrap_err().code(), "invalid");
+
+        let mut snap = sample::snapshot(1, 3);
+        snap.packages[2].epoch = Some(-1);
+        assert_eq!(
+            Encoder::new().encode_snapshot(&snap, &mut out).unwrap_err().to_string(),
+            "invalid InventorySnapshot: packages[2].epoch is negative"
+        );
+    }
+}

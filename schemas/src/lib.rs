@@ -1,0 +1,27 @@
+//! pkgstream's event contract.
+//!
+//! The `.avsc` files under `schemas/avro/<Record>/vN.avsc` are the contract;
+//! this crate is their Rust face:
+//! - [`event`]: the types (`PackageChange`, `InventorySnapshot`, ...), with
+//!   strings that borrow from the decoded bytes;
+//! - [`codec`]: single-object framing, the registry of every shipped version,
+//!   [`decode_change`]/[`decode_snapshot`] and the reusable [`Encoder`];
+//! - [`id`]: the `event_id` and `snapshot_id` derivations;
+//! - [`validate`]: semantic checks applied on encode and decode;
+//! - [`sample`]: realistic sample events for tests, benches and demos;
+//! - [`SchemaError`]: the one error type, one variant per way input is bad.
+//!
+//! Schema evolution rules and the `event_id` derivation are documented in
+//! `schemas/README.md`; `tests/evolution.rs` enforces them over all versions.
+
+pub mod codec;
+mod error;
+pub mod event;
+pub mod id;
+pub mod sample;
+pub mod validate;
+
+pub use codec::{decode_change, decode_snapshot, Encoder, Kind, Registry, SchemaVersion};
+pub use error::SchemaError;
+pub use event::{Action, EventId, Host, InventorySnapshot, Package, PackageChange, Source, Transaction};
+pub use id::{change_event_id, snapshot_id};
