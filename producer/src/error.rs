@@ -1,0 +1,87 @@
+//! The one error type of the host side.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong on the host side, each with what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    /// The configuration file or an environment override is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A hook sent an event that cannot be recorded.
+    #[error("{source_name} line {line}: {reason}")]
+    Input {
+        /// Where the input came from (`stdin`, a file name).
+        source_name: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong, naming the field.
+        reason: String,
+    },
+    /// The host identity could not be read.
+    #[error("host identity: cannot read {path}: {reason}")]
+    HostIdentity {
+        /// The file that was read.
+        path: PathBuf,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Spool I/O failed.
+    #[error("spool {path}: {op}: {source}")]
+    SpoolIo {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another process held the spool lock for too long.
+    #[error("spool {path}: lock not acquired within {waited_ms} ms (another pkgstream-emit is stuck?)")]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long we waited.
+        waited_ms: u64,
+    },
+    /// The spool is full and the record is one the policy drops.
+    #[error("spool {path} is full ({used} of {max} bytes, all unshipped change events): inventory snapshot not recorded")]
+    SpoolFull {
+        /// The spool directory.
+        path: PathBuf,
+        /// Bytes in use.
+        used: u64,
+        /// Configured bound.
+        max: u64,
+    },
+    /// Kafka could not be reached or did not acknowledge in time.
+    #[error("Kafka at {brokers} unreachable: {reason}; {pending} event(s) stay spooled for the next flush")]
+    KafkaUnavailable {
+        /// Bootstrap servers.
+        brokers: String,
+        /// librdkafka's reason.
+        reason: String,
+        /// Events not acknowledged.
+        pending: u64,
+    },
+    /// The Kafka client could not be created (bad client setting).
+    #[error("Kafka client: {0}")]
+    KafkaClient(String),
+    /// An event could not be encoded.
+    #[error(transparent)]
+    Schema(#[from] pkgstream_schemas::SchemaError),
+}
+
+impl ProducerError {
+    /// The `sysexits.h` code a command exits with for this error, so hooks
+    /// and systemd can tell bad input (65) from a full spool or I/O error
+    /// (74), an unreachable Kafka (75) and bad configuration (78).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ProducerError::Input { .. } | ProducerError::Schema(_) => 65,
+            ProducerError::HostIdentity { .. } | ProducerError::SpoolIo { .. } | ProducerError::LockTimeout { .. } | ProducerError::SpoolFull { .. } => 74,
+            ProducerError::KafkaUnavailable { .. } => 75,
+            ProducerError::Config(_) | ProducerError::KafkaClient(_) => 78,
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! pkgstream's host side: what runs on every RPM-based server.
+//!
+//! Hooks (the dnf/yum plugins, the rpm plugin, the inventory timer) call
+//! `pkgstream-emit record` with JSON events ([`input`]); the emitter encodes
+//! them with the contract (`pkgstream-schemas`) and appends them durably to
+//! the local [`spool`] before returning. `pkgstream-emit flush`
+//! ([`emitter::flush`]) ships the spool to Kafka with an idempotent producer
+//! and removes only what Kafka acknowledged. Nothing here talks to the
+//! central services except through Kafka, and nothing central is imported.
+//!
+//! - [`config`]: the `emit.toml` file and its environment overrides;
+//! - [`host`]: machine id, hostname and os-release;
+//! - [`input`]: the NDJSON hook format;
+//! - [`spool`]: the crash-safe append-only queue;
+//! - [`emitter`]: `record` and `flush`;
+//! - [`ProducerError`]: the one error type, with an exit code per variant.
+
+pub mod config;
+pub mod emitter;
+mod error;
+pub mod host;
+pub mod input;
+pub mod spool;
+
+pub use config::EmitConfig;
+pub use error::ProducerError;
+pub use spool::{Lane, Spool};
