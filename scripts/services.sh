@@ -24,6 +24,9 @@
 #
 # Environment:
 #   PKGSTREAM_HOME          cache + runtime root (default ~/.cache/pkgstream)
+#   PKGSTREAM_RUN_DIR       runtime root only (default $PKGSTREAM_HOME/run): a
+#                           second broker for a test uses its own run dir and
+#                           ports and shares the installed jars
 #   KAFKA_VERSION           org.apache.kafka:kafka_2.13 version (default 4.1.1)
 #   KAFKA_LOG4J_VERSION     log4j2 version pinned for api/core/slf4j binding
 #                           (default 2.24.3, the one Kafka 4.1.1 is built with)
@@ -40,7 +43,7 @@ set -euo pipefail
 ALL_SERVICES=(kafka)
 
 PKGSTREAM_HOME="${PKGSTREAM_HOME:-$HOME/.cache/pkgstream}"
-RUN_DIR="$PKGSTREAM_HOME/run"
+RUN_DIR="${PKGSTREAM_RUN_DIR:-$PKGSTREAM_HOME/run}"
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }

@@ -1,0 +1,209 @@
+//! Helpers for pkgstream's end-to-end tests (`tests/tests/*.rs`): where the
+//! real services are (env vars defaulting to localhost), unique topics per
+//! test, running the built binaries, and reading topics back.
+//!
+//! The binaries are the ones `cargo build --workspace --bins` put next to
+//! the test executable; `scripts/test.sh` builds them first.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+/// Bootstrap address of the test Kafka (`PKGSTREAM_TEST_KAFKA`, default
+/// `127.0.0.1:9092`, the broker `scripts/services.sh start` runs).
+pub fn kafka_brokers() -> String {
+    std::env::var("PKGSTREAM_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A name no other test or run uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// Creates `topics` with 3 partitions each on `brokers`.
+pub fn create_topics(brokers: &str, topics: &[&str]) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, 3, TopicReplication::Fixed(1))).collect();
+    let results = rt.block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))).expect("create topics");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t} on {brokers}: {e} (is Kafka running? scripts/services.sh start)"));
+    }
+}
+
+/// Path of a workspace binary built next to this test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)", path.display());
+    path
+}
+
+/// A host spool plus the environment that points `pkgstream-emit` at it,
+/// at a Kafka and at per-test topics.
+pub struct EmitEnv {
+    /// Keeps the temporary directory alive.
+    pub dir: tempfile::TempDir,
+    /// Environment variables for the child process.
+    pub vars: Vec<(String, String)>,
+    /// Topic for change events.
+    pub changes_topic: String,
+    /// Topic for inventory snapshots.
+    pub inventory_topic: String,
+}
+
+impl EmitEnv {
+    /// A fresh spool and fresh topics on `brokers`.
+    pub fn new(brokers: &str, name: &str) -> EmitEnv {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etc = dir.path().join("etc");
+        std::fs::create_dir_all(&etc).expect("mkdir");
+        std::fs::write(etc.join("machine-id"), "0123456789abcdef0123456789abcdef\n").expect("write");
+        std::fs::write(etc.join("hostname"), "test-host\n").expect("write");
+        std::fs::write(etc.join("os-release"), "ID=\"rocky\"\nVERSION_ID=\"9.4\"\n").expect("write");
+        let changes_topic = unique(&format!("{name}-changes"));
+        let inventory_topic = unique(&format!("{name}-inventory"));
+        let p = |f: &str| etc.join(f).display().to_string();
+        let vars = vec![
+            ("PKGSTREAM__KAFKA__BROKERS".into(), brokers.to_owned()),
+            ("PKGSTREAM__SPOOL__DIR".into(), dir.path().join("spool").display().to_string()),
+            ("PKGSTREAM__TOPICS__CHANGES_RAW".into(), changes_topic.clone()),
+            ("PKGSTREAM__TOPICS__INVENTORY_RAW".into(), inventory_topic.clone()),
+            ("PKGSTREAM__HOST__MACHINE_ID_FILE".into(), p("machine-id")),
+            ("PKGSTREAM__HOST__HOSTNAME_FILE".into(), p("hostname")),
+            ("PKGSTREAM__HOST__OS_RELEASE_FILE".into(), p("os-release")),
+        ];
+        EmitEnv { dir, vars, changes_topic, inventory_topic }
+    }
+
+    /// The spool directory.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// `pkgstream-emit ARGS` with this environment (stdin, stdout and
+    /// stderr as the caller sets them).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary("pkgstream-emit"));
+        cmd.args(args).env_remove("PKGSTREAM_EMIT_CONFIG").envs(self.vars.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// Runs `pkgstream-emit record` with `lines` on stdin.
+    pub fn record(&self, lines: &[String]) -> Output {
+        use std::io::Write;
+        let mut child = self.command(&["record"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn record");
+        let mut stdin = child.stdin.take().expect("stdin");
+        for line in lines {
+            writeln!(stdin, "{line}").expect("write stdin");
+        }
+        drop(stdin);
+        child.wait_with_output().expect("wait record")
+    }
+
+    /// Runs `pkgstream-emit flush` to completion.
+    pub fn flush(&self, extra: &[&str]) -> Output {
+        let mut args = vec!["flush"];
+        args.extend_from_slice(extra);
+        self.command(&args).output().expect("run flush")
+    }
+}
+
+/// One message read back from Kafka.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consumed {
+    /// Partition it was in.
+    pub partition: i32,
+    /// Message key.
+    pub key: Vec<u8>,
+    /// Message value.
+    pub value: Vec<u8>,
+}
+
+/// Reads every message of `topic` from the beginning until `expected`
+/// messages arrived and then `quiet` passes with nothing new (so extra,
+/// unexpected messages are also seen), or `limit` passes.
+pub fn consume_all(brokers: &str, topic: &str, expected: usize, quiet: Duration, limit: Duration) -> Vec<Consumed> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let started = Instant::now();
+    let mut last = Instant::now();
+    while started.elapsed() < limit {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                out.push(Consumed { partition: m.partition(), key: m.key().unwrap_or_default().to_vec(), value: m.payload().unwrap_or_default().to_vec() });
+                last = Instant::now();
+            }
+            Some(Err(e)) => panic!("consume {topic}: {e}"),
+            None if out.len() >= expected && last.elapsed() >= quiet => break,
+            None => {}
+        }
+    }
+    out
+}
+
+/// Counts messages by event id: (distinct ids, messages per id).
+pub fn by_event_id(messages: &[Consumed]) -> HashMap<[u8; 16], Vec<&Consumed>> {
+    let mut map: HashMap<[u8; 16], Vec<&Consumed>> = HashMap::new();
+    for m in messages {
+        let change = pkgstream_schemas::decode_change(&m.value).expect("a message in the changes topic does not decode");
+        map.entry(change.event_id.0).or_default().push(m);
+    }
+    map
+}
+
+/// NDJSON change line number `i` for host `host` (a dnf upgrade).
+pub fn change_line(i: usize, host: usize) -> String {
+    serde_json::json!({
+        "kind": "change",
+        "source": "dnf",
+        "action": "upgrade",
+        "event_time": 1_764_000_000 + i as i64,
+        "host": {"machine_id": format!("{host:032x}"), "hostname": format!("web-{host:04}"), "os_id": "rhel", "os_version": "9.4", "arch": "x86_64"},
+        "package": {"name": format!("pkg-{}", i % 1500), "epoch": 0, "version": "1.2.3", "release": format!("{i}.el9"), "arch": "x86_64", "repo": "baseos", "vendor": "Example", "size": 123_456 + i, "digest": format!("sha256:{i:064x}")},
+        "replaced": {"name": format!("pkg-{}", i % 1500), "version": "1.2.2", "release": "1.el9", "arch": "x86_64"},
+        "transaction": {"rpm_tid": 1_764_000_000 + (i / 50) as i64, "history_id": i / 50, "command_line": "dnf -y upgrade", "login_user": "alice"}
+    })
+    .to_string()
+}
+
+/// What `pkgstream-emit record` must put on the wire for `line`: the
+/// library's own conversion and encoding, used as the expected bytes.
+pub fn expected_bytes(line: &str) -> (Vec<u8>, Vec<u8>) {
+    let event = pkgstream_producer::input::HookEvent::parse(line).expect("test line parses");
+    let mut enc = pkgstream_schemas::Encoder::new();
+    let mut out = Vec::new();
+    match event {
+        pkgstream_producer::input::HookEvent::Change(c) => {
+            let e = c.into_event(None);
+            enc.encode_change(&e, &mut out).expect("encode");
+            (e.host.machine_id.as_bytes().to_vec(), out)
+        }
+        pkgstream_producer::input::HookEvent::Inventory(s) => {
+            let s = s.into_snapshot(None);
+            enc.encode_snapshot(&s, &mut out).expect("encode");
+            (s.host.machine_id.as_bytes().to_vec(), out)
+        }
+    }
+}
