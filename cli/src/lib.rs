@@ -1,0 +1,29 @@
+//! The `pkgstream` command's logic; `main.rs` only parses arguments and
+//! wires. Today it holds [`tail`]: read a pkgstream topic and print each
+//! event as one JSON line, decoded with every shipped schema version.
+//! The router, the sinks, replay and the queries become subcommands here as
+//! their crates land; this crate stays thin glue over them.
+
+pub mod render;
+pub mod tail;
+
+/// Errors of the `pkgstream` command's library part.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Kafka could not be reached or answered with an error.
+    #[error("Kafka at {brokers}: {reason}")]
+    Kafka {
+        /// Bootstrap servers.
+        brokers: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The topic does not exist.
+    #[error("topic {topic} does not exist on {brokers}")]
+    NoSuchTopic {
+        /// The topic asked for.
+        topic: String,
+        /// Bootstrap servers.
+        brokers: String,
+    },
+}

@@ -1,0 +1,88 @@
+//! `pkgstream tail`: print the events of a topic as JSON lines.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use pkgstream_schemas::{Kind, Registry};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tracing::warn;
+
+use crate::{render, CliError};
+
+/// What to read.
+pub struct TailOptions {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Topic to read.
+    pub topic: String,
+    /// Start at the beginning of every partition (else at the end).
+    pub from_beginning: bool,
+    /// Stop after this many events.
+    pub max: Option<usize>,
+    /// Stop when nothing arrived for this long.
+    pub idle: Option<Duration>,
+}
+
+/// What `tail` saw.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TailReport {
+    /// Events printed.
+    pub printed: usize,
+    /// Messages that did not decode (reported on stderr, not printed).
+    pub undecodable: usize,
+}
+
+/// Reads `opts.topic` without a consumer group (nothing is committed) and
+/// writes one JSON object per event to `out`.
+pub fn tail(opts: &TailOptions, out: &mut impl Write) -> Result<TailReport, CliError> {
+    let kafka = |reason: String| CliError::Kafka { brokers: opts.brokers.clone(), reason };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &opts.brokers)
+        .set("group.id", "pkgstream-tail")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .map_err(|e| kafka(e.to_string()))?;
+    let metadata = consumer.fetch_metadata(Some(&opts.topic), Duration::from_secs(10)).map_err(|e| kafka(format!("unreachable ({e})")))?;
+    let partitions = metadata.topics().first().filter(|t| t.error().is_none()).map_or(0, |t| t.partitions().len());
+    if partitions == 0 {
+        return Err(CliError::NoSuchTopic { topic: opts.topic.clone(), brokers: opts.brokers.clone() });
+    }
+    let mut tpl = TopicPartitionList::new();
+    let start = if opts.from_beginning { Offset::Beginning } else { Offset::End };
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(&opts.topic, p, start).map_err(|e| kafka(e.to_string()))?;
+    }
+    consumer.assign(&tpl).map_err(|e| kafka(e.to_string()))?;
+
+    let mut report = TailReport::default();
+    let mut last = Instant::now();
+    while opts.max.is_none_or(|m| report.printed < m) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                let bytes = m.payload().unwrap_or_default();
+                let rendered = Registry::get().writer_of(bytes).and_then(|(v, _)| match v.kind {
+                    Kind::PackageChange => pkgstream_schemas::decode_change(bytes).map(|c| render::change(&c)),
+                    Kind::InventorySnapshot => pkgstream_schemas::decode_snapshot(bytes).map(|s| render::snapshot(&s)),
+                });
+                match rendered {
+                    Ok(v) => {
+                        let _ = writeln!(out, "{v}");
+                        report.printed += 1;
+                    }
+                    Err(e) => {
+                        warn!(topic = %opts.topic, partition = m.partition(), offset = m.offset(), error = %e, "undecodable message");
+                        report.undecodable += 1;
+                    }
+                }
+            }
+            Some(Err(e)) => return Err(kafka(e.to_string())),
+            None if opts.idle.is_some_and(|idle| last.elapsed() >= idle) => break,
+            None => {}
+        }
+    }
+    Ok(report)
+}
