@@ -14,7 +14,7 @@ use serde_avro_fast::de::{DeserializerConfig, DeserializerState};
 use serde_avro_fast::ser::SerializerConfig;
 use serde_avro_fast::Schema;
 
-use crate::event::{InventorySnapshot, PackageChange};
+use crate::event::{EnrichedChange, EnrichedSnapshot, Enrichment, InventorySnapshot, PackageChange};
 use crate::validate;
 use crate::SchemaError;
 
@@ -25,6 +25,10 @@ pub enum Kind {
     PackageChange,
     /// `InventorySnapshot`.
     InventorySnapshot,
+    /// `EnrichedChange`: a `PackageChange` plus the router's `Enrichment`.
+    EnrichedChange,
+    /// `EnrichedSnapshot`: an `InventorySnapshot` plus the router's `Enrichment`.
+    EnrichedSnapshot,
 }
 
 impl Kind {
@@ -33,6 +37,19 @@ impl Kind {
         match self {
             Kind::PackageChange => "PackageChange",
             Kind::InventorySnapshot => "InventorySnapshot",
+            Kind::EnrichedChange => "EnrichedChange",
+            Kind::EnrichedSnapshot => "EnrichedSnapshot",
+        }
+    }
+
+    /// Every kind.
+    pub const ALL: [Kind; 4] = [Kind::PackageChange, Kind::InventorySnapshot, Kind::EnrichedChange, Kind::EnrichedSnapshot];
+
+    /// The enriched kind the router turns this raw kind into.
+    pub fn enriched(self) -> Kind {
+        match self {
+            Kind::PackageChange | Kind::EnrichedChange => Kind::EnrichedChange,
+            Kind::InventorySnapshot | Kind::EnrichedSnapshot => Kind::EnrichedSnapshot,
         }
     }
 }
@@ -64,6 +81,8 @@ impl SchemaVersion {
 pub const SHIPPED: &[(Kind, u32, &str)] = &[
     (Kind::PackageChange, 1, include_str!("../avro/PackageChange/v1.avsc")),
     (Kind::InventorySnapshot, 1, include_str!("../avro/InventorySnapshot/v1.avsc")),
+    (Kind::EnrichedChange, 1, include_str!("../avro/EnrichedChange/v1.avsc")),
+    (Kind::EnrichedSnapshot, 1, include_str!("../avro/EnrichedSnapshot/v1.avsc")),
 ];
 
 /// Upper bound on any array length in a decoded datum (an inventory of a
@@ -73,6 +92,9 @@ const MAX_SEQ_LEN: usize = 1_000_000;
 /// All shipped schema versions, looked up by fingerprint.
 pub struct Registry {
     versions: Vec<SchemaVersion>,
+    /// The `Enrichment` record alone (the last field of the current enriched
+    /// schemas), for appending it to a copied raw datum.
+    enrichment: Schema,
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
@@ -86,9 +108,23 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
             let fingerprint = *schema.rabin_fingerprint();
             SchemaVersion { kind, version, json, schema, fingerprint }
         })
-        .collect();
-    Registry { versions }
+        .collect::<Vec<_>>();
+    // The shipped files are compiled in and checked by the unit tests.
+    #[allow(clippy::expect_used)]
+    let enrichment = enrichment_schema_json(
+        versions.iter().filter(|v| v.kind == Kind::EnrichedChange).max_by_key(|v| v.version).expect("an EnrichedChange version").json,
+    )
+    .parse()
+    .expect("the Enrichment record parses on its own");
+    Registry { versions, enrichment }
 });
+
+/// The JSON of the last field's type (the `Enrichment` record) of an
+/// enriched schema.
+fn enrichment_schema_json(enriched: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(enriched).unwrap_or_default();
+    v["fields"].as_array().and_then(|f| f.last()).map(|f| f["type"].to_string()).unwrap_or_default()
+}
 
 impl Registry {
     /// The process-wide registry.
@@ -151,6 +187,20 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<InventorySnapshot<'_>, SchemaErro
     Ok(snapshot)
 }
 
+/// Decodes an `EnrichedChange` written with any shipped version.
+pub fn decode_enriched_change(bytes: &[u8]) -> Result<EnrichedChange<'_>, SchemaError> {
+    let e: EnrichedChange<'_> = decode(bytes, Kind::EnrichedChange)?;
+    validate::enrichment("EnrichedChange", &e.enrichment)?;
+    Ok(e)
+}
+
+/// Decodes an `EnrichedSnapshot` written with any shipped version.
+pub fn decode_enriched_snapshot(bytes: &[u8]) -> Result<EnrichedSnapshot<'_>, SchemaError> {
+    let e: EnrichedSnapshot<'_> = decode(bytes, Kind::EnrichedSnapshot)?;
+    validate::enrichment("EnrichedSnapshot", &e.enrichment)?;
+    Ok(e)
+}
+
 fn decode<'b, T: serde::Deserialize<'b>>(bytes: &'b [u8], kind: Kind) -> Result<T, SchemaError> {
     let (writer, datum) = Registry::get().writer_of(bytes)?;
     if writer.kind != kind {
@@ -175,6 +225,9 @@ fn decode<'b, T: serde::Deserialize<'b>>(bytes: &'b [u8], kind: Kind) -> Result<
 pub struct Encoder {
     change: SerializerConfig<'static>,
     snapshot: SerializerConfig<'static>,
+    enriched_change: SerializerConfig<'static>,
+    enriched_snapshot: SerializerConfig<'static>,
+    enrichment: SerializerConfig<'static>,
 }
 
 impl Default for Encoder {
@@ -190,7 +243,52 @@ impl Encoder {
         Encoder {
             change: SerializerConfig::new(&r.current(Kind::PackageChange).schema),
             snapshot: SerializerConfig::new(&r.current(Kind::InventorySnapshot).schema),
+            enriched_change: SerializerConfig::new(&r.current(Kind::EnrichedChange).schema),
+            enriched_snapshot: SerializerConfig::new(&r.current(Kind::EnrichedSnapshot).schema),
+            enrichment: SerializerConfig::new(&r.enrichment),
         }
+    }
+
+    /// Validates and encodes a whole `EnrichedChange` (the slow path, for
+    /// events the router builds itself or read with an older raw version).
+    pub fn encode_enriched_change(&mut self, e: &EnrichedChange<'_>, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+        validate::enrichment("EnrichedChange", &e.enrichment)?;
+        encode(e, &mut self.enriched_change, out)
+    }
+
+    /// Validates and encodes a whole `EnrichedSnapshot`.
+    pub fn encode_enriched_snapshot(&mut self, e: &EnrichedSnapshot<'_>, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+        validate::enrichment("EnrichedSnapshot", &e.enrichment)?;
+        encode(e, &mut self.enriched_snapshot, out)
+    }
+
+    /// The router's fast path: appends the enriched form of `raw` (a
+    /// single-object `PackageChange` or `InventorySnapshot` of the *current*
+    /// version, already validated) to `out` without re-encoding it — the
+    /// enriched header, the raw datum copied as is, then `enrichment`
+    /// encoded. Avro writes a record as its fields in order, and the current
+    /// enriched schema is the current raw schema's fields plus `enrichment`
+    /// (checked by `enriched_schemas_extend_raw_schemas`), so the bytes are
+    /// exactly those of a full encode. Returns `Ok(false)`, writing nothing,
+    /// when `raw` was written with another version: decode and use
+    /// `encode_enriched_*` then.
+    pub fn append_enrichment(&mut self, raw: &[u8], enrichment: &Enrichment<'_>, out: &mut Vec<u8>) -> Result<bool, SchemaError> {
+        let r = Registry::get();
+        let (writer, datum) = r.writer_of(raw)?;
+        if !matches!(writer.kind, Kind::PackageChange | Kind::InventorySnapshot) || writer.version != r.current(writer.kind).version {
+            return Ok(false);
+        }
+        let enriched = r.current(writer.kind.enriched());
+        validate::enrichment(enriched.kind.name(), enrichment)?;
+        let start = out.len();
+        out.extend_from_slice(&[0xC3, 0x01]);
+        out.extend_from_slice(&enriched.fingerprint);
+        out.extend_from_slice(datum);
+        if let Err(e) = serde_avro_fast::to_datum(enrichment, &mut *out, &mut self.enrichment) {
+            out.truncate(start);
+            return Err(SchemaError::Encode { schema: enriched.label(), reason: e.to_string() });
+        }
+        Ok(true)
     }
 
     /// Validates `change` and appends its single-object encoding to `out`.
@@ -231,6 +329,32 @@ mod tests {
         let mut out = Vec::new();
         Encoder::new().encode_change(&sample::change(i), &mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn fast_path_enrichment_equals_a_full_encode() {
+        let mut enc = Encoder::new();
+        for i in 0..10 {
+            let raw = encoded(i);
+            let mut fast = Vec::new();
+            assert!(enc.append_enrichment(&raw, &sample::enrichment(i), &mut fast).unwrap());
+            let mut full = Vec::new();
+            enc.encode_enriched_change(&crate::EnrichedChange::new(sample::change(i), sample::enrichment(i)), &mut full).unwrap();
+            assert_eq!(fast, full);
+            let back = decode_enriched_change(&fast).unwrap();
+            assert_eq!(back.into_parts(), (sample::change(i), sample::enrichment(i)));
+        }
+        let s = sample::snapshot(3, 40);
+        let mut raw = Vec::new();
+        enc.encode_snapshot(&s, &mut raw).unwrap();
+        let mut fast = Vec::new();
+        assert!(enc.append_enrichment(&raw, &sample::enrichment(3), &mut fast).unwrap());
+        assert_eq!(decode_enriched_snapshot(&fast).unwrap(), crate::EnrichedSnapshot::new(s, sample::enrichment(3)));
+        let mut bad = sample::enrichment(1);
+        bad.hostgroup = Cow::Borrowed("");
+        let mut out = Vec::new();
+        assert_eq!(enc.append_enrichment(&raw, &bad, &mut out).unwrap_err().to_string(), "invalid EnrichedSnapshot: enrichment.hostgroup is empty");
+        assert!(out.is_empty());
     }
 
     #[test]

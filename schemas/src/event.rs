@@ -261,3 +261,109 @@ fn opt_cow<'de: 'a, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<
     }
     d.deserialize_option(CowStr)
 }
+
+/// What the router attaches to an event (Avro record `Enrichment`, the last
+/// field of `EnrichedChange` and `EnrichedSnapshot`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrichment<'a> {
+    /// Host group (or the configured default for unknown hosts).
+    #[serde(borrow)]
+    pub hostgroup: Cow<'a, str>,
+    /// Environment (or the configured default).
+    #[serde(borrow)]
+    pub environment: Cow<'a, str>,
+    /// Owning team.
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    pub owner: Option<Cow<'a, str>>,
+    /// Datacenter or site.
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    pub datacenter: Option<Cow<'a, str>>,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// False when no host table knows the host.
+    pub known_host: bool,
+    /// The host has maintenance windows and the event is in none.
+    pub outside_maintenance_window: bool,
+    /// A plain-rpm change no dnf/yum transaction explains.
+    pub unexplained_rpm: bool,
+    /// When the router processed the event, microseconds since the Unix epoch.
+    pub routed_at: i64,
+}
+
+/// A change after the router (Avro record `EnrichedChange`): the
+/// `PackageChange` fields in order, then `enrichment`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct EnrichedChange<'a> {
+    pub event_id: EventId,
+    pub event_time: i64,
+    #[serde(borrow)]
+    pub host: Host<'a>,
+    pub source: Source,
+    pub action: Action,
+    #[serde(borrow)]
+    pub package: Package<'a>,
+    #[serde(borrow, default)]
+    pub replaced: Option<Package<'a>>,
+    #[serde(borrow)]
+    pub transaction: Transaction<'a>,
+    /// What the router added.
+    #[serde(borrow)]
+    pub enrichment: Enrichment<'a>,
+}
+
+impl<'a> EnrichedChange<'a> {
+    /// Joins a change and its enrichment.
+    pub fn new(c: PackageChange<'a>, enrichment: Enrichment<'a>) -> Self {
+        EnrichedChange {
+            event_id: c.event_id,
+            event_time: c.event_time,
+            host: c.host,
+            source: c.source,
+            action: c.action,
+            package: c.package,
+            replaced: c.replaced,
+            transaction: c.transaction,
+            enrichment,
+        }
+    }
+
+    /// Splits into the change as reported and the enrichment.
+    pub fn into_parts(self) -> (PackageChange<'a>, Enrichment<'a>) {
+        let c = PackageChange {
+            event_id: self.event_id,
+            event_time: self.event_time,
+            host: self.host,
+            source: self.source,
+            action: self.action,
+            package: self.package,
+            replaced: self.replaced,
+            transaction: self.transaction,
+        };
+        (c, self.enrichment)
+    }
+}
+
+/// A snapshot after the router (Avro record `EnrichedSnapshot`): the
+/// `InventorySnapshot` fields in order, then `enrichment`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct EnrichedSnapshot<'a> {
+    pub snapshot_id: EventId,
+    pub taken_at: i64,
+    #[serde(borrow)]
+    pub host: Host<'a>,
+    #[serde(borrow)]
+    pub packages: Vec<Package<'a>>,
+    /// What the router added.
+    #[serde(borrow)]
+    pub enrichment: Enrichment<'a>,
+}
+
+impl<'a> EnrichedSnapshot<'a> {
+    /// Joins a snapshot and its enrichment.
+    pub fn new(s: InventorySnapshot<'a>, enrichment: Enrichment<'a>) -> Self {
+        EnrichedSnapshot { snapshot_id: s.snapshot_id, taken_at: s.taken_at, host: s.host, packages: s.packages, enrichment }
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use crate::event::{Action, Host, InventorySnapshot, Package, PackageChange, Source, Transaction};
+use crate::event::{Action, Enrichment, Host, InventorySnapshot, Package, PackageChange, Source, Transaction};
 use crate::id::{change_event_id, snapshot_id};
 
 const PACKAGES: &[(&str, &str, &str)] = &[
@@ -78,5 +78,20 @@ pub fn snapshot(i: u64, n: usize) -> InventorySnapshot<'static> {
         taken_at,
         host,
         packages: (0..n).map(|k| package(&format!("pkg-{k:04}"), "1.0", &format!("{k}.el9"), Some(1_750_000_000_000_000))).collect(),
+    }
+}
+
+/// The enrichment the router would attach to sample `i`.
+pub fn enrichment(i: u64) -> Enrichment<'static> {
+    Enrichment {
+        hostgroup: Cow::Owned(format!("web-{}", i % 4)),
+        environment: Cow::Borrowed(if i % 10 == 0 { "staging" } else { "prod" }),
+        owner: Some(Cow::Borrowed("team-web")),
+        datacenter: Some(Cow::Borrowed("dc1")),
+        tags: [("tier".to_owned(), "frontend".to_owned())].into(),
+        known_host: true,
+        outside_maintenance_window: i % 5 == 0,
+        unexplained_rpm: false,
+        routed_at: 1_764_000_100_000_000 + i as i64,
     }
 }

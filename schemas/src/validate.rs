@@ -2,7 +2,7 @@
 //! can produce. Applied on encode (never emit garbage) and decode (never
 //! pass it on).
 
-use crate::event::{Action, InventorySnapshot, Package, PackageChange};
+use crate::event::{Action, Enrichment, InventorySnapshot, Package, PackageChange};
 use crate::SchemaError;
 
 const CHANGE: &str = "PackageChange";
@@ -58,6 +58,21 @@ fn package(kind: &'static str, path: &str, p: &Package<'_>) -> Result<(), Schema
     }
     if p.size.is_some_and(|s| s < 0) {
         return bad("size", "is negative");
+    }
+    Ok(())
+}
+
+/// Checks the router's enrichment.
+pub fn enrichment(kind: &'static str, e: &Enrichment<'_>) -> Result<(), SchemaError> {
+    let bad = |field: &str, reason| Err(SchemaError::Invalid { kind, field: format!("enrichment.{field}"), reason });
+    if e.hostgroup.is_empty() {
+        return bad("hostgroup", "is empty");
+    }
+    if e.environment.is_empty() {
+        return bad("environment", "is empty");
+    }
+    if e.routed_at <= 0 {
+        return bad("routed_at", "is not after 1970");
     }
     Ok(())
 }

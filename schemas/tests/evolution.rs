@@ -44,7 +44,7 @@ fn registry_lists_every_file() {
     }
     let listed: BTreeSet<_> = SHIPPED.iter().map(|(k, v, _)| (k.name().to_owned(), *v)).collect();
     assert_eq!(on_disk, listed, "schemas/avro and codec::SHIPPED disagree");
-    for kind in [Kind::PackageChange, Kind::InventorySnapshot] {
+    for kind in Kind::ALL {
         let mut vs: Vec<u32> = SHIPPED.iter().filter(|(k, _, _)| *k == kind).map(|(_, v, _)| *v).collect();
         vs.sort();
         assert_eq!(vs, (1..=vs.len() as u32).collect::<Vec<_>>(), "{kind:?} versions must be 1..=N without gaps");
@@ -69,7 +69,7 @@ fn fingerprints_match_reference_implementation() {
 
 #[test]
 fn every_version_pair_is_compatible_both_ways() {
-    for kind in [Kind::PackageChange, Kind::InventorySnapshot] {
+    for kind in Kind::ALL {
         let vs = versions(kind);
         for (wv, w) in &vs {
             for (rv, r) in &vs {
@@ -141,5 +141,50 @@ fn current_data_resolves_under_every_older_reader() {
         let expected = apache_avro::to_value(sample::change(5)).unwrap().resolve(&current).unwrap();
         let expected = apache_avro::from_avro_datum(&current, &mut apache_avro::to_avro_datum(&current, expected).unwrap().as_slice(), Some(&reader)).unwrap();
         assert_eq!(got, expected, "reader v{v}");
+    }
+}
+
+/// The router's fast path copies a raw datum and appends the enrichment;
+/// that is only right while the current enriched schema is the current raw
+/// schema's fields, unchanged and in order, plus `enrichment` last.
+#[test]
+fn enriched_schemas_extend_raw_schemas() {
+    fn strip_docs(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("doc");
+                m.values_mut().for_each(strip_docs);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip_docs),
+            _ => {}
+        }
+    }
+    for (raw, enriched) in [(Kind::PackageChange, Kind::EnrichedChange), (Kind::InventorySnapshot, Kind::EnrichedSnapshot)] {
+        let mut r: serde_json::Value = serde_json::from_str(Registry::get().current(raw).json).unwrap();
+        let mut e: serde_json::Value = serde_json::from_str(Registry::get().current(enriched).json).unwrap();
+        strip_docs(&mut r);
+        strip_docs(&mut e);
+        let mut fields = e["fields"].as_array().unwrap().clone();
+        let last = fields.pop().unwrap();
+        assert_eq!(last["name"], "enrichment");
+        assert_eq!(&fields, r["fields"].as_array().unwrap(), "{enriched:?} does not start with the {raw:?} fields");
+    }
+}
+
+#[test]
+fn enriched_data_of_every_version_decodes_as_the_reference_resolves_it() {
+    let current = ref_schema(Registry::get().current(Kind::EnrichedChange).json);
+    for (v, writer) in versions(Kind::EnrichedChange) {
+        let sample = pkgstream_schemas::EnrichedChange::new(sample::change(4), sample::enrichment(4));
+        let bytes = reference_encode(&sample, &writer);
+        let ours = pkgstream_schemas::decode_enriched_change(&bytes).unwrap_or_else(|e| panic!("v{v}: {e}"));
+        assert_eq!(apache_avro::to_value(&ours).unwrap().resolve(&current).unwrap(), reference_decode(&bytes, &writer, &current), "v{v}");
+    }
+    let current = ref_schema(Registry::get().current(Kind::EnrichedSnapshot).json);
+    for (v, writer) in versions(Kind::EnrichedSnapshot) {
+        let sample = pkgstream_schemas::EnrichedSnapshot::new(sample::snapshot(2, 20), sample::enrichment(2));
+        let bytes = reference_encode(&sample, &writer);
+        let ours = pkgstream_schemas::decode_enriched_snapshot(&bytes).unwrap_or_else(|e| panic!("v{v}: {e}"));
+        assert_eq!(apache_avro::to_value(&ours).unwrap().resolve(&current).unwrap(), reference_decode(&bytes, &writer, &current), "v{v}");
     }
 }
