@@ -45,6 +45,28 @@ pub fn snapshot(s: &InventorySnapshot<'_>) -> Value {
     v
 }
 
+/// An enriched change: the change's fields plus `enrichment`.
+pub fn enriched_change(e: pkgstream_schemas::EnrichedChange<'_>) -> Value {
+    let (c, enrichment) = e.into_parts();
+    let mut v = change(&c);
+    v["enrichment"] = enrichment_json(&enrichment);
+    v
+}
+
+/// An enriched snapshot: the snapshot's fields plus `enrichment`.
+pub fn enriched_snapshot(e: pkgstream_schemas::EnrichedSnapshot<'_>) -> Value {
+    let s = InventorySnapshot { snapshot_id: e.snapshot_id, taken_at: e.taken_at, host: e.host, packages: e.packages };
+    let mut v = snapshot(&s);
+    v["enrichment"] = enrichment_json(&e.enrichment);
+    v
+}
+
+fn enrichment_json(e: &pkgstream_schemas::Enrichment<'_>) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+    times(&mut v, &["routed_at"]);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use pkgstream_schemas::sample;
@@ -57,7 +79,7 @@ mod tests {
         assert_eq!(v["event_time"], "2025-11-24T16:00:00.250Z");
         assert_eq!(v["package"]["buildtime"], "2024-05-21T14:00:00Z");
         assert_eq!(v["action"], "UPGRADE");
-        assert_eq!(v["replaced"]["release"], "27.el9");
+        assert_eq!(v["replaced"]["release"], "427.13.1.el9_4");
         assert_eq!(v["transaction"]["start_time"], "2025-11-24T15:59:58.250Z");
     }
 

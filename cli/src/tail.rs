@@ -67,6 +67,8 @@ pub fn tail(opts: &TailOptions, out: &mut impl Write) -> Result<TailReport, CliE
                 let rendered = Registry::get().writer_of(bytes).and_then(|(v, _)| match v.kind {
                     Kind::PackageChange => pkgstream_schemas::decode_change(bytes).map(|c| render::change(&c)),
                     Kind::InventorySnapshot => pkgstream_schemas::decode_snapshot(bytes).map(|s| render::snapshot(&s)),
+                    Kind::EnrichedChange => pkgstream_schemas::decode_enriched_change(bytes).map(|e| render::enriched_change(e)),
+                    Kind::EnrichedSnapshot => pkgstream_schemas::decode_enriched_snapshot(bytes).map(|e| render::enriched_snapshot(e)),
                 });
                 match rendered {
                     Ok(v) => {

@@ -1,8 +1,66 @@
-//! pkgstream router: consumes `pkgstream.changes.raw` and
-//! `pkgstream.inventory.raw`, decodes and validates every shipped schema
-//! version, enriches events with host metadata, deduplicates them by
-//! `event_id` and republishes them to `pkgstream.changes.enriched` with Kafka
-//! transactions.
+//! pkgstream router: turns the raw topics into `pkgstream.changes.enriched`.
 //!
-//! Only the crate exists so far: the router is built by its own issue. It will
-//! depend on `pkgstream-schemas` for the contract and never on a sink.
+//! For every raw event: decode and validate it with any shipped schema
+//! version (poison goes to `pkgstream.dlq` with the reason in headers),
+//! enrich it with host metadata, drop duplicates by `event_id`, and produce
+//! it — all inside one Kafka transaction per batch together with the
+//! consumer offsets, so the enriched topic (read_committed) holds each
+//! event exactly once whatever crashes happen.
+//!
+//! - [`pipeline`]: the Kafka loop (transactions, rebalances, window rebuild,
+//!   host table sources);
+//! - [`process`]: the per-event work, I/O free;
+//! - [`hosts`]: the host table (CSV file + compacted topic) and maintenance windows;
+//! - [`dedupe`]: the bounded dedupe window;
+//! - [`inventory`]: lost changes inferred from consecutive snapshots;
+//! - [`rpmvercmp`]: rpm's version order;
+//! - [`config`], [`metrics`], and [`RouterError`].
+
+pub mod config;
+pub mod dedupe;
+pub mod hosts;
+pub mod inventory;
+pub mod metrics;
+pub mod pipeline;
+pub mod process;
+pub mod rpmvercmp;
+
+pub use config::RouterConfig;
+pub use pipeline::Router;
+
+use std::path::PathBuf;
+
+/// Everything that stops the router or one of its sources.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// Kafka refused or failed an operation (retried with fresh clients).
+    #[error("Kafka at {brokers}: {what}: {reason}")]
+    Kafka {
+        /// Bootstrap servers.
+        brokers: String,
+        /// The operation.
+        what: &'static str,
+        /// librdkafka's reason.
+        reason: String,
+    },
+    /// The topics cannot work as configured (fatal).
+    #[error("{0}")]
+    Topology(String),
+    /// The hosts CSV file is wrong (fatal at start, a warning on reload).
+    #[error("hosts file {path} line {line}: {reason}")]
+    HostsFile {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line (0 when the file cannot be opened).
+        line: u64,
+        /// What is wrong, naming the column.
+        reason: String,
+    },
+}
+
+impl RouterError {
+    /// Errors a restart cannot fix.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, RouterError::Topology(_) | RouterError::HostsFile { .. })
+    }
+}
