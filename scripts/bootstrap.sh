@@ -16,6 +16,11 @@ command -v perl >/dev/null || missing+=(perl)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v python3 >/dev/null || missing+=(python3)
+# Host hook tests: real rpm/rpmbuild, dnf 4 (with its python module), createrepo_c.
+command -v rpmbuild >/dev/null || missing+=(rpm)
+command -v dnf >/dev/null || missing+=(dnf)
+[[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import dnf' 2>/dev/null || missing+=(python3-dnf)
+command -v createrepo_c >/dev/null || missing+=(createrepo-c)
 
 if ((${#missing[@]})); then
   command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"

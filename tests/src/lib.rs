@@ -15,6 +15,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
+pub mod hooks;
+
 /// Bootstrap address of the test Kafka (`PKGSTREAM_TEST_KAFKA`, default
 /// `127.0.0.1:9092`, the broker `scripts/services.sh start` runs).
 pub fn kafka_brokers() -> String {
