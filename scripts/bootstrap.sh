@@ -21,6 +21,7 @@ command -v rpmbuild >/dev/null || missing+=(rpm)
 command -v dnf >/dev/null || missing+=(dnf)
 [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import dnf' 2>/dev/null || missing+=(python3-dnf)
 command -v createrepo_c >/dev/null || missing+=(createrepo-c)
+command -v systemd-analyze >/dev/null || missing+=(systemd)   # verifies the shipped units
 
 if ((${#missing[@]})); then
   command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"

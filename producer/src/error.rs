@@ -67,6 +67,9 @@ pub enum ProducerError {
     /// The Kafka client could not be created (bad client setting).
     #[error("Kafka client: {0}")]
     KafkaClient(String),
+    /// The rpmdb could not be read for an inventory snapshot.
+    #[error("inventory: {0}")]
+    Inventory(String),
     /// An event could not be encoded.
     #[error(transparent)]
     Schema(#[from] pkgstream_schemas::SchemaError),
@@ -79,7 +82,7 @@ impl ProducerError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ProducerError::Input { .. } | ProducerError::Schema(_) => 65,
-            ProducerError::HostIdentity { .. } | ProducerError::SpoolIo { .. } | ProducerError::LockTimeout { .. } | ProducerError::SpoolFull { .. } => 74,
+            ProducerError::HostIdentity { .. } | ProducerError::Inventory(_) | ProducerError::SpoolIo { .. } | ProducerError::LockTimeout { .. } | ProducerError::SpoolFull { .. } => 74,
             ProducerError::KafkaUnavailable { .. } => 75,
             ProducerError::Config(_) | ProducerError::KafkaClient(_) => 78,
         }

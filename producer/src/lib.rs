@@ -11,6 +11,7 @@
 //! - [`config`]: the `emit.toml` file and its environment overrides;
 //! - [`host`]: machine id, hostname and os-release;
 //! - [`input`]: the NDJSON hook format;
+//! - [`inventory`]: the rpmdb as one snapshot (`pkgstream-emit inventory`);
 //! - [`spool`]: the crash-safe append-only queue;
 //! - [`emitter`]: `record` and `flush`;
 //! - [`ProducerError`]: the one error type, with an exit code per variant.
@@ -20,6 +21,7 @@ pub mod emitter;
 mod error;
 pub mod host;
 pub mod input;
+pub mod inventory;
 pub mod spool;
 
 pub use config::EmitConfig;

@@ -151,6 +151,8 @@ pub struct HostRoot {
     hooks: Hooks,
     /// Extra environment for dnf and rpm (e.g. `PKGSTREAM_EMIT`).
     pub extra_env: Vec<(String, String)>,
+    /// dnf `pluginpath` and `pluginconfpath` instead of `producer/dnf`.
+    pub dnf_plugin_paths: Option<(PathBuf, PathBuf)>,
 }
 
 impl HostRoot {
@@ -176,7 +178,7 @@ impl HostRoot {
         )
         .expect("write dnf.conf");
         std::fs::create_dir_all(base.join("no-plugins")).expect("mkdir");
-        HostRoot { env, root, home, plugindir, hooks, extra_env: vec![("PKGSTREAM_EMIT".into(), binary("pkgstream-emit").display().to_string())] }
+        HostRoot { env, root, home, plugindir, hooks, extra_env: vec![("PKGSTREAM_EMIT".into(), binary("pkgstream-emit").display().to_string())], dnf_plugin_paths: None }
     }
 
     fn with_env(&self, mut cmd: Command) -> Command {
@@ -189,7 +191,11 @@ impl HostRoot {
     /// `dnf -y --installroot ... ARGS` with the hooks.
     pub fn dnf(&self, args: &[&str]) -> Output {
         let base = self.env.dir.path();
-        let plugins = if self.hooks.dnf_plugin { dnf_plugin_dir() } else { base.join("no-plugins") };
+        let (plugins, conf) = match (&self.dnf_plugin_paths, self.hooks.dnf_plugin) {
+            (Some((path, conf)), true) => (path.clone(), conf.clone()),
+            (None, true) => (dnf_plugin_dir(), dnf_plugin_dir()),
+            (_, false) => (base.join("no-plugins"), base.join("no-plugins")),
+        };
         let mut cmd = self.with_env(Command::new("dnf"));
         cmd.arg("-y")
             .arg("-c")
@@ -197,7 +203,7 @@ impl HostRoot {
             .arg(format!("--installroot={}", self.root.display()))
             .arg("--releasever=1")
             .arg(format!("--setopt=pluginpath={}", plugins.display()))
-            .arg(format!("--setopt=pluginconfpath={}", plugins.display()))
+            .arg(format!("--setopt=pluginconfpath={}", conf.display()))
             .arg("--setopt=install_weak_deps=False")
             .args(args);
         cmd.output().expect("run dnf (apt-get install dnf)")
@@ -213,6 +219,18 @@ impl HostRoot {
     /// The rpm plugin directory of this root.
     pub fn plugindir(&self) -> &Path {
         &self.plugindir
+    }
+
+    /// Uses the hooks as installed by the pkgstream RPM under `pkgroot`:
+    /// its `pkgstream.so` (plugin dir `plugindir`), its rpm macro file, its
+    /// dnf plugin and configuration, and its `pkgstream-emit`.
+    pub fn use_installed(&mut self, pkgroot: &Path, plugindir: &Path, macros: &Path, dnf_plugindir: &Path) {
+        let macro_text = std::fs::read_to_string(macros).expect("installed macros file");
+        std::fs::write(self.home.join(".rpmmacros"), format!("%_dbpath /var/lib/rpm\n%__plugindir {}\n{macro_text}", plugindir.display())).expect("write .rpmmacros");
+        self.plugindir = plugindir.to_path_buf();
+        self.dnf_plugin_paths = Some((dnf_plugindir.to_path_buf(), pkgroot.join("etc/dnf/plugins")));
+        self.extra_env.retain(|(k, _)| k != "PKGSTREAM_EMIT");
+        self.extra_env.push(("PKGSTREAM_EMIT".into(), pkgroot.join("usr/bin/pkgstream-emit").display().to_string()));
     }
 
     /// `INSTALLTID` of installed package `name` in this root.

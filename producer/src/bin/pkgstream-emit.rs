@@ -39,6 +39,18 @@ enum Command {
         #[arg(long)]
         timeout: Option<u64>,
     },
+    /// Read the whole rpmdb (`rpm -qa`) and record it as one inventory snapshot.
+    Inventory {
+        /// Read the rpmdb of this root instead of /.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// rpmdb path inside the root [default: rpm's %_dbpath].
+        #[arg(long)]
+        dbpath: Option<String>,
+        /// Afterwards, start `pkgstream-emit flush` in the background.
+        #[arg(long)]
+        spawn_flush: bool,
+    },
     /// Print what waits in the spool.
     Status,
 }
@@ -94,6 +106,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report = flush(&cfg, &spool, timeout)?;
             tracing::info!(changes = report.changes, snapshots = report.snapshots, corrupt_bytes = report.corrupt_bytes, brokers = %cfg.kafka.brokers, "flushed");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inventory { root, dbpath, spawn_flush } => {
+            let line = pkgstream_producer::inventory::snapshot_line(root.as_deref(), dbpath.as_deref(), Duration::from_secs(120))?;
+            let report = record(&cfg, &spool, std::io::Cursor::new(line), "rpmdb")?;
+            if let Some(e) = report.rejected.first() {
+                anyhow::bail!("inventory snapshot not recorded: {e}");
+            }
+            tracing::info!(snapshots = report.snapshots, evicted = report.evicted_snapshots, spool = %spool.dir().display(), "inventory recorded");
+            if spawn_flush {
+                spawn_background_flush(cli.config.as_deref());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status => {
