@@ -9,6 +9,8 @@
 //! both (and `%__transaction_pkgstream` when the rpm plugin is wanted), which
 //! both `rpm` and dnf's python rpm read.
 
+#![allow(clippy::expect_used)] // test set-up: a failed step is a failed test, with its message
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

@@ -98,7 +98,11 @@ macro_rules! load {
         let p = sym($h, $so, $name)?;
         // SAFETY: the symbol is the librpm function of that name, whose C
         // prototype the field's type mirrors (same in rpm 4.14 to 4.20).
-        unsafe { std::mem::transmute::<*mut c_void, _>(p) }
+        // The target type is the struct field's, spelled out there.
+        #[allow(clippy::missing_transmute_annotations)]
+        unsafe {
+            std::mem::transmute::<*mut c_void, _>(p)
+        }
     }};
 }
 
