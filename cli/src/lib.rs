@@ -1,9 +1,11 @@
 //! The `pkgstream` command's logic; `main.rs` only parses arguments and
-//! wires. Today it holds [`tail`]: read a pkgstream topic and print each
-//! event as one JSON line, decoded with every shipped schema version.
+//! wires. It holds the pipeline [`config`] file and [`tail`]: read a
+//! pkgstream topic and print each event as one JSON line, decoded with
+//! every shipped schema version. `pkgstream router` runs `pkgstream-router`.
 //! The router, the sinks, replay and the queries become subcommands here as
 //! their crates land; this crate stays thin glue over them.
 
+pub mod config;
 pub mod render;
 pub mod tail;
 

@@ -1,26 +1,39 @@
 //! `pkgstream`: the central side's command. See `pkgstream --help`.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use pkgstream::config::PipelineConfig;
 use pkgstream::tail::{tail, TailOptions};
+use pkgstream_router::metrics::RouterMetrics;
+use pkgstream_router::Router;
+use pkgstream_runtime::health::{self, Readiness};
+use pkgstream_runtime::shutdown::Shutdown;
 
 #[derive(Parser)]
 #[command(name = "pkgstream", version, about = "pkgstream: package change events of an RPM fleet")]
 struct Cli {
+    /// Pipeline configuration file (see config/pkgstream.example.toml).
+    #[arg(long, short, env = "PKGSTREAM_CONFIG", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Consume the raw topics, enrich and deduplicate, produce the enriched topic (exactly once).
+    Router,
     /// Print the events of a topic as JSON lines (no consumer group, nothing committed).
     Tail {
-        /// Kafka bootstrap servers.
-        #[arg(long, env = "PKGSTREAM__KAFKA__BROKERS", default_value = "127.0.0.1:9092")]
-        brokers: String,
+        /// Kafka bootstrap servers [default: kafka.brokers of the config].
+        #[arg(long)]
+        brokers: Option<String>,
         /// Topic to read.
         #[arg(long, default_value = "pkgstream.changes.raw")]
         topic: String,
@@ -37,21 +50,39 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
-    let result = match Cli::parse().command {
-        Command::Tail { brokers, topic, from_beginning, max, idle_secs } => {
-            let opts = TailOptions { brokers, topic, from_beginning, max, idle: idle_secs.map(Duration::from_secs) };
-            tail(&opts, &mut std::io::stdout().lock()).map(|r| {
-                eprintln!("pkgstream tail: {} event(s), {} undecodable", r.printed, r.undecodable);
-            })
-        }
-    };
-    match result {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("PKGSTREAM_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+    match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pkgstream: error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = PipelineConfig::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Router => {
+            let metrics = Arc::new(RouterMetrics::new().context("metrics")?);
+            let ready = Readiness::default();
+            health::serve(&cfg.router.metrics_listen, metrics.registry.clone(), ready.clone())?;
+            let shutdown = Shutdown::on_signals()?;
+            let router = Router { kafka: cfg.kafka, topics: cfg.topics, config: cfg.router, metrics, ready };
+            router.run(&shutdown)?;
+            Ok(())
+        }
+        Command::Tail { brokers, topic, from_beginning, max, idle_secs } => {
+            let opts = TailOptions { brokers: brokers.unwrap_or(cfg.kafka.brokers), topic, from_beginning, max, idle: idle_secs.map(Duration::from_secs) };
+            let report = tail(&opts, &mut std::io::stdout().lock())?;
+            eprintln!("pkgstream tail: {} event(s), {} undecodable", report.printed, report.undecodable);
+            Ok(())
         }
     }
 }

@@ -243,3 +243,15 @@ mod tests {
         assert!(load_text("[flush]\ntimeout_secs = \"soon\"\n").is_err());
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    #[test]
+    fn example_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/emit.example.toml");
+        let file = EmitConfig::load(Some(&path)).unwrap();
+        assert_eq!(format!("{file:?}"), format!("{:?}", EmitConfig::default()), "config/emit.example.toml drifted from the defaults");
+    }
+}

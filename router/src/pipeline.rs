@@ -92,6 +92,14 @@ struct Raw {
     payload: Vec<u8>,
 }
 
+/// What one round of polling collected.
+#[derive(Default)]
+struct Batch {
+    messages: Vec<Raw>,
+    /// A rebalance happened while collecting.
+    rebalanced: bool,
+}
+
 /// One record to produce in the current transaction.
 enum Out {
     Enriched { partition: i32, record: Enriched },
@@ -152,6 +160,9 @@ impl Router {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("partition.assignment.strategy", "range")
+            // Static membership: a restarted instance takes its partitions
+            // back at once instead of after the session timeout.
+            .set("group.instance.id", &self.config.transactional_id)
             .create_with_context(RebalanceLog::default())
             .map_err(self.kafka_err("create consumer"))?;
         self.check_partitions(&consumer)?;
@@ -159,17 +170,14 @@ impl Router {
 
         let mut windows: HashMap<i32, DedupeWindow> = HashMap::new();
         let mut last_lag = Instant::now() - Duration::from_secs(60);
+        let mut generation = consumer.context().generation();
         while !shutdown.requested() {
-            let generation = consumer.context().generation();
-            let batch = self.collect_batch(&consumer, shutdown)?;
-            if consumer.context().generation() != generation {
-                // Eager rebalance: every position was reset to the committed
-                // offset, so the collected messages will come again (or go
-                // to another instance). Drop them and the windows.
-                debug!(dropped = batch.len(), "rebalance during batch; dropping it");
+            let batch = self.collect_batch(&consumer, shutdown, &mut generation)?;
+            if batch.rebalanced {
+                // Partitions may have moved: windows are rebuilt on demand.
                 windows.clear();
-                continue;
             }
+            let batch = batch.messages;
             if consumer.assignment().is_ok_and(|a| a.count() > 0) {
                 self.ready.set(true);
             }
@@ -210,18 +218,30 @@ impl Router {
         Ok(())
     }
 
-    fn collect_batch(&self, consumer: &BaseConsumer<RebalanceLog>, shutdown: &Shutdown) -> Result<Vec<Raw>, RouterError> {
+    /// Polls up to `batch_events` messages or `batch_ms`. An (eager)
+    /// rebalance resets every position to the committed offset, so messages
+    /// received before it are dropped — they come again, here or elsewhere —
+    /// while those received after it are kept.
+    fn collect_batch(&self, consumer: &BaseConsumer<RebalanceLog>, shutdown: &Shutdown, generation: &mut u64) -> Result<Batch, RouterError> {
         let deadline = Instant::now() + Duration::from_millis(self.config.batch_ms);
-        let mut batch = Vec::new();
-        while batch.len() < self.config.batch_events && !shutdown.requested() {
+        let mut batch = Batch::default();
+        while batch.messages.len() < self.config.batch_events && !shutdown.requested() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            match consumer.poll(left) {
+            let polled = consumer.poll(left);
+            let now_generation = consumer.context().generation();
+            if now_generation != *generation {
+                debug!(dropped = batch.messages.len(), "rebalance: dropping messages read before it");
+                *generation = now_generation;
+                batch.messages.clear();
+                batch.rebalanced = true;
+            }
+            match polled {
                 Some(Ok(m)) => {
                     let lane = if m.topic() == self.topics.inventory_raw { Lane::Inventory } else { Lane::Changes };
-                    batch.push(Raw { lane, topic: m.topic().to_owned(), partition: m.partition(), offset: m.offset(), key: m.key().map(<[u8]>::to_vec), payload: m.payload().unwrap_or_default().to_vec() });
+                    batch.messages.push(Raw { lane, topic: m.topic().to_owned(), partition: m.partition(), offset: m.offset(), key: m.key().map(<[u8]>::to_vec), payload: m.payload().unwrap_or_default().to_vec() });
                 }
                 Some(Err(e)) => return Err(self.kafka_err("consume")(e)),
                 None => {}
@@ -375,6 +395,7 @@ impl Router {
                 start = start.max(o);
             }
         }
+        debug!(partition = p, low, high, start, "rebuilding dedupe window");
         if start >= high {
             return Ok(window);
         }

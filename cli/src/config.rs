@@ -1,0 +1,48 @@
+//! `pkgstream.toml`: the one configuration file of the central side (see
+//! `config/pkgstream.example.toml`). Each stage reads its own section;
+//! `[kafka]` and `[topics]` are shared. Unknown sections or keys are errors.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use pkgstream_router::RouterConfig;
+use pkgstream_runtime::config::{KafkaConfig, TopicsConfig};
+
+/// The whole central configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// `[kafka]`.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// `[topics]`.
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    /// `[router]`.
+    #[serde(default)]
+    pub router: RouterConfig,
+}
+
+impl PipelineConfig {
+    /// Loads defaults, the file (if any) and `PKGSTREAM__*` overrides, and
+    /// validates without I/O.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<PipelineConfig> {
+        let cfg: PipelineConfig = pkgstream_runtime::config::load(path)?;
+        cfg.router.validate().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/pkgstream.example.toml");
+        let file = PipelineConfig::load(Some(&path)).unwrap();
+        let defaults = PipelineConfig::default();
+        assert_eq!(format!("{file:?}"), format!("{defaults:?}"), "config/pkgstream.example.toml drifted from the defaults");
+    }
+}
