@@ -1,7 +1,7 @@
 //! "No allocation per event on the hot path", checked with a counting global
 //! allocator rather than assumed: after warm-up, encoding a `PackageChange`
-//! into a reused buffer with a reused `Encoder`, and decoding one, make zero
-//! heap allocations. The figures for the peer (apache-avro) and for a
+//! into a reused buffer with a reused `Encoder`, decoding one, and the
+//! router's `append_enrichment`, make zero heap allocations. The figures for the peer (apache-avro) and for a
 //! 1500-package snapshot are printed for BENCHMARKS.md
 //! (`cargo test -p pkgstream-benches --test no_alloc -- --nocapture`).
 //!
@@ -87,6 +87,29 @@ fn decode_does_not_allocate() {
     assert_eq!(allocs, Allocs::default(), "decode allocates: {}", per_event(allocs));
     // The decoded events are the ones encoded (the loop above measured real work).
     assert_eq!(decode_change(&bytes[5]).unwrap(), events[5]);
+}
+
+#[test]
+fn append_enrichment_does_not_allocate() {
+    let events = events();
+    let bytes = encoded(&events);
+    let enrichments: Vec<_> = (0..DISTINCT as u64).map(sample::enrichment).collect();
+    let mut enc = Encoder::new();
+    let mut buf = Vec::new();
+    for (b, e) in bytes.iter().zip(&enrichments) {
+        buf.clear();
+        assert!(enc.append_enrichment(b, e, &mut buf).unwrap());
+    }
+    assert_counter_works();
+    let ((), allocs) = count_allocs(|| {
+        for i in 0..ROUNDS {
+            buf.clear();
+            assert!(enc.append_enrichment(black_box(&bytes[i % DISTINCT]), black_box(&enrichments[i % DISTINCT]), &mut buf).unwrap());
+            black_box(&buf);
+        }
+    });
+    println!("pkgstream Encoder::append_enrichment: {}", per_event(allocs));
+    assert_eq!(allocs, Allocs::default(), "append_enrichment allocates: {}", per_event(allocs));
 }
 
 /// For comparison only (printed, not asserted): the apache-avro `Value`

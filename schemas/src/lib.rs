@@ -5,7 +5,9 @@
 //! - [`event`]: the types (`PackageChange`, `InventorySnapshot`, ...), with
 //!   strings that borrow from the decoded bytes;
 //! - [`codec`]: single-object framing, the registry of every shipped version,
-//!   [`decode_change`]/[`decode_snapshot`] and the reusable [`Encoder`];
+//!   [`decode_change`]/[`decode_snapshot`] and the reusable [`Encoder`]; its
+//!   private `codec/fast.rs` is the hand-written positional codec for the
+//!   current `PackageChange` and `Enrichment` (the hot path);
 //! - [`id`]: the `event_id` and `snapshot_id` derivations;
 //! - [`validate`]: semantic checks applied on encode and decode;
 //! - [`sample`]: realistic sample events for tests, benches and demos;

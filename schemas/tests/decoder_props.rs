@@ -2,48 +2,11 @@
 //! event round-trips, and every corruption of a valid event is an error or
 //! a valid event (never a crash).
 
-use std::borrow::Cow;
+mod common;
 
-use pkgstream_schemas::{change_event_id, decode_change, decode_snapshot, sample, Action, Encoder, Package, PackageChange, Source};
+use common::change;
+use pkgstream_schemas::{decode_change, decode_snapshot, sample, Encoder};
 use proptest::prelude::*;
-
-fn text() -> impl Strategy<Value = String> {
-    "[a-zA-Z0-9._+~^-]{1,40}"
-}
-
-fn package() -> impl Strategy<Value = Package<'static>> {
-    (text(), proptest::option::of(0..100i32), text(), text(), text(), proptest::option::of(text()), proptest::option::of(0..i64::MAX), proptest::option::of(".*"))
-        .prop_map(|(name, epoch, version, release, arch, repo, size, digest)| Package {
-            name: name.into(),
-            epoch,
-            version: version.into(),
-            release: release.into(),
-            arch: arch.into(),
-            repo: repo.map(Cow::Owned),
-            vendor: None,
-            buildtime: size.map(|s| s / 3),
-            install_time: None,
-            size,
-            digest: digest.map(Cow::Owned),
-        })
-}
-
-fn change() -> impl Strategy<Value = PackageChange<'static>> {
-    (package(), proptest::option::of(package()), 1..i64::MAX, 0..i64::MAX, prop::sample::select(vec![Action::Install, Action::Reinstall, Action::Remove, Action::Obsolete, Action::Upgrade]), ".{0,80}")
-        .prop_map(|(package, replaced, event_time, rpm_tid, action, cmd)| {
-            let mut c = sample::change(0);
-            let action = if replaced.is_none() && action == Action::Upgrade { Action::Install } else { action };
-            c.event_id = change_event_id(&c.host.machine_id, action, &package.name, package.epoch, &package.version, &package.release, &package.arch, rpm_tid);
-            c.action = action;
-            c.source = Source::Rpm;
-            c.package = package;
-            c.replaced = replaced;
-            c.event_time = event_time;
-            c.transaction.rpm_tid = rpm_tid;
-            c.transaction.command_line = Some(cmd.into());
-            c
-        })
-}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
