@@ -17,7 +17,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pkgstream_schemas::{decode_change, decode_snapshot, sample, validate, Encoder, Kind, PackageChange, Registry};
+use pkgstream_schemas::{
+    decode_change, decode_snapshot, sample, validate, Encoder, Kind, PackageChange, Registry,
+};
 use serde_avro_fast::ser::SerializerConfig;
 
 /// Distinct pre-built samples the loops rotate over, so no bench measures
@@ -47,18 +49,28 @@ fn change(c: &mut Criterion) {
         sizes.iter().min().unwrap(),
         sizes.iter().max().unwrap()
     );
-    println!("PackageChange in memory: {} bytes (moved by value through the serde visitors on decode)", std::mem::size_of::<PackageChange<'_>>());
+    println!(
+        "PackageChange in memory: {} bytes (moved by value through the serde visitors on decode)",
+        std::mem::size_of::<PackageChange<'_>>()
+    );
     let current = Registry::get().current(Kind::PackageChange);
     let mut config = SerializerConfig::new(&current.schema);
     for (e, b) in events.iter().zip(&bytes) {
         let serde = serde_avro_fast::to_datum_vec(e, &mut config).unwrap();
-        assert_eq!(&b[10..], &serde[..], "Encoder writes the same bytes as serde_avro_fast");
+        assert_eq!(
+            &b[10..],
+            &serde[..],
+            "Encoder writes the same bytes as serde_avro_fast"
+        );
         assert_eq!(&decode_change(b).unwrap(), e, "and reads them back");
     }
     let avro_schema = apache_avro::Schema::parse_str(current.json).unwrap();
 
     let mut g = c.benchmark_group("change");
-    g.throughput(Throughput::ElementsAndBytes { elements: 1, bytes: mean as u64 });
+    g.throughput(Throughput::ElementsAndBytes {
+        elements: 1,
+        bytes: mean as u64,
+    });
 
     g.bench_function("encode/pkgstream", |b| {
         let mut enc = Encoder::new();
@@ -74,7 +86,10 @@ fn change(c: &mut Criterion) {
     g.bench_function("encode/apache_avro_value", |b| {
         let mut i = 0;
         b.iter(|| {
-            let value = apache_avro::to_value(black_box(&events[i])).unwrap().resolve(&avro_schema).unwrap();
+            let value = apache_avro::to_value(black_box(&events[i]))
+                .unwrap()
+                .resolve(&avro_schema)
+                .unwrap();
             let datum = apache_avro::to_avro_datum(&avro_schema, value).unwrap();
             i = (i + 1) % DISTINCT;
             black_box(datum)
@@ -111,7 +126,9 @@ fn change(c: &mut Criterion) {
     g.bench_function("decode/serde_avro_fast_raw", |b| {
         let mut i = 0;
         b.iter(|| {
-            let e: PackageChange<'_> = serde_avro_fast::from_datum_slice(black_box(&bytes[i][10..]), &current.schema).unwrap();
+            let e: PackageChange<'_> =
+                serde_avro_fast::from_datum_slice(black_box(&bytes[i][10..]), &current.schema)
+                    .unwrap();
             i = (i + 1) % DISTINCT;
             black_box(e)
         })
@@ -129,11 +146,22 @@ fn change(c: &mut Criterion) {
 fn snapshot(c: &mut Criterion) {
     let snapshot = sample::snapshot(1, 1500);
     let mut bytes = Vec::new();
-    Encoder::new().encode_snapshot(&snapshot, &mut bytes).unwrap();
-    println!("InventorySnapshot event size: {} bytes for {} packages", bytes.len(), snapshot.packages.len());
+    Encoder::new()
+        .encode_snapshot(&snapshot, &mut bytes)
+        .unwrap();
+    println!(
+        "InventorySnapshot event size: {} bytes for {} packages",
+        bytes.len(),
+        snapshot.packages.len()
+    );
     let mut g = c.benchmark_group("snapshot_1500");
-    g.throughput(Throughput::ElementsAndBytes { elements: 1, bytes: bytes.len() as u64 });
-    g.bench_function("decode/pkgstream", |b| b.iter(|| black_box(decode_snapshot(black_box(&bytes)).unwrap())));
+    g.throughput(Throughput::ElementsAndBytes {
+        elements: 1,
+        bytes: bytes.len() as u64,
+    });
+    g.bench_function("decode/pkgstream", |b| {
+        b.iter(|| black_box(decode_snapshot(black_box(&bytes)).unwrap()))
+    });
     g.finish();
 }
 
@@ -145,7 +173,11 @@ fn enrichment(c: &mut Criterion) {
     let enrichments: Vec<_> = (0..DISTINCT as u64).map(sample::enrichment).collect();
     let enriched = Registry::get().current(Kind::EnrichedChange).json;
     let fields: serde_json::Value = serde_json::from_str(enriched).unwrap();
-    let schema: serde_avro_fast::Schema = fields["fields"].as_array().unwrap().last().unwrap()["type"].to_string().parse().unwrap();
+    let schema: serde_avro_fast::Schema = fields["fields"].as_array().unwrap().last().unwrap()
+        ["type"]
+        .to_string()
+        .parse()
+        .unwrap();
     let mut g = c.benchmark_group("enrichment");
     g.throughput(Throughput::Elements(1));
     g.bench_function("append/pkgstream", |b| {
@@ -154,7 +186,9 @@ fn enrichment(c: &mut Criterion) {
         let mut i = 0;
         b.iter(|| {
             buf.clear();
-            assert!(enc.append_enrichment(black_box(&bytes[i]), black_box(&enrichments[i]), &mut buf).unwrap());
+            assert!(enc
+                .append_enrichment(black_box(&bytes[i]), black_box(&enrichments[i]), &mut buf)
+                .unwrap());
             i = (i + 1) % DISTINCT;
             black_box(&buf);
         })
@@ -174,7 +208,9 @@ fn enrichment(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4))
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
 }
 
 criterion_group! { name = benches; config = config(); targets = change, snapshot, enrichment }

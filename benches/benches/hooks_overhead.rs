@@ -28,16 +28,26 @@ const PACKAGES: usize = 200;
 const RUNS: usize = 7;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
 }
 
 fn check(what: &str, cmd: &mut Command) -> std::process::Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -62,10 +72,18 @@ fn build_repo(dir: &Path) -> PathBuf {
     std::fs::write(&path, spec).expect("write spec");
     check(
         "rpmbuild",
-        Command::new("rpmbuild").args(["-bb", "--quiet", "--define"]).arg(format!("_topdir {}", top.display())).args(["--define", "_build_id_links none"]).arg(&path).env("HOME", dir),
+        Command::new("rpmbuild")
+            .args(["-bb", "--quiet", "--define"])
+            .arg(format!("_topdir {}", top.display()))
+            .args(["--define", "_build_id_links none"])
+            .arg(&path)
+            .env("HOME", dir),
     );
     let repo = top.join("RPMS/noarch");
-    check("createrepo_c", Command::new("createrepo_c").arg("--quiet").arg(&repo));
+    check(
+        "createrepo_c",
+        Command::new("createrepo_c").arg("--quiet").arg(&repo),
+    );
     repo
 }
 
@@ -78,17 +96,27 @@ struct Setup {
 impl Setup {
     /// One `dnf install` of all packages into a fresh root; returns its wall time.
     fn dnf_install(&self, run: usize, hooks: bool) -> Duration {
-        let base = self.dir.join(format!("run-{run}-{}", if hooks { "hooks" } else { "plain" }));
+        let base = self.dir.join(format!(
+            "run-{run}-{}",
+            if hooks { "hooks" } else { "plain" }
+        ));
         let home = base.join("home");
         let root = base.join("root");
         std::fs::create_dir_all(&home).expect("mkdir");
         std::fs::create_dir_all(&root).expect("mkdir");
-        let mut macros = format!("%_dbpath /var/lib/rpm\n%__plugindir {}\n", self.plugindir.display());
+        let mut macros = format!(
+            "%_dbpath /var/lib/rpm\n%__plugindir {}\n",
+            self.plugindir.display()
+        );
         if hooks {
             macros.push_str("%__transaction_pkgstream %{__plugindir}/pkgstream.so\n");
         }
         std::fs::write(home.join(".rpmmacros"), macros).expect("macros");
-        let plugins = if hooks { repo_root().join("producer/dnf") } else { self.dir.join("no-plugins") };
+        let plugins = if hooks {
+            repo_root().join("producer/dnf")
+        } else {
+            self.dir.join("no-plugins")
+        };
         let pkgs: Vec<String> = (0..PACKAGES).map(|i| format!("bulk-{i:03}")).collect();
         let started = Instant::now();
         check(
@@ -108,8 +136,14 @@ impl Setup {
         );
         let took = started.elapsed();
         if hooks {
-            let status = check("status", Command::new(&self.emit).arg("status").envs(emit_env(&base)));
-            assert!(!String::from_utf8_lossy(&status.stdout).contains(": 0 bytes of change"), "the hooks recorded nothing");
+            let status = check(
+                "status",
+                Command::new(&self.emit).arg("status").envs(emit_env(&base)),
+            );
+            assert!(
+                !String::from_utf8_lossy(&status.stdout).contains(": 0 bytes of change"),
+                "the hooks recorded nothing"
+            );
         }
         took
     }
@@ -125,11 +159,26 @@ fn emit_env(base: &Path) -> Vec<(String, String)> {
     vec![
         ("PKGSTREAM__KAFKA__BROKERS".into(), "127.0.0.1:1".into()),
         ("PKGSTREAM__FLUSH__TIMEOUT_SECS".into(), "1".into()),
-        ("PKGSTREAM__SPOOL__DIR".into(), base.join("spool").display().to_string()),
-        ("PKGSTREAM__HOST__MACHINE_ID_FILE".into(), etc.join("machine-id").display().to_string()),
-        ("PKGSTREAM__HOST__OS_RELEASE_FILE".into(), etc.join("os-release").display().to_string()),
-        ("PKGSTREAM__HOST__HOSTNAME_FILE".into(), etc.join("hostname").display().to_string()),
-        ("PKGSTREAM_EMIT_CONFIG".into(), etc.join("emit.toml").display().to_string()),
+        (
+            "PKGSTREAM__SPOOL__DIR".into(),
+            base.join("spool").display().to_string(),
+        ),
+        (
+            "PKGSTREAM__HOST__MACHINE_ID_FILE".into(),
+            etc.join("machine-id").display().to_string(),
+        ),
+        (
+            "PKGSTREAM__HOST__OS_RELEASE_FILE".into(),
+            etc.join("os-release").display().to_string(),
+        ),
+        (
+            "PKGSTREAM__HOST__HOSTNAME_FILE".into(),
+            etc.join("hostname").display().to_string(),
+        ),
+        (
+            "PKGSTREAM_EMIT_CONFIG".into(),
+            etc.join("emit.toml").display().to_string(),
+        ),
     ]
 }
 
@@ -144,8 +193,20 @@ fn record_alone(emit: &Path, dir: &Path) -> Duration {
     let mut times = Vec::new();
     for _ in 0..23 {
         let started = Instant::now();
-        let mut child = Command::new(emit).args(["record", "--spawn-flush"]).envs(emit_env(&base)).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
+        let mut child = Command::new(emit)
+            .args(["record", "--spawn-flush"])
+            .envs(emit_env(&base))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write");
         assert!(child.wait().expect("wait").success());
         times.push(started.elapsed());
     }
@@ -153,19 +214,37 @@ fn record_alone(emit: &Path, dir: &Path) -> Duration {
 }
 
 fn stripped_size(path: &Path, dir: &Path) -> u64 {
-    let to = dir.join(format!("stripped-{}", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
+    let to = dir.join(format!(
+        "stripped-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
     check("strip", Command::new("strip").arg("-o").arg(&to).arg(path));
     std::fs::metadata(&to).map(|m| m.len()).unwrap_or(0)
 }
 
 fn main() {
     // `cargo bench` passes --bench; a filter that does not name us skips the run.
-    if std::env::args().skip(1).any(|a| !a.starts_with('-') && !"hooks_overhead".contains(a.as_str())) {
+    if std::env::args()
+        .skip(1)
+        .any(|a| !a.starts_with('-') && !"hooks_overhead".contains(a.as_str()))
+    {
         return;
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    check("cargo build --release (emitter)", Command::new(&cargo).args(["build", "--release", "-p", "pkgstream-producer", "--bins"]).current_dir(repo_root()));
-    check("cargo build --release (rpm plugin)", Command::new(&cargo).args(["build", "--release", "-p", "pkgstream-rpm-plugin", "--lib"]).current_dir(repo_root()));
+    check(
+        "cargo build --release (emitter)",
+        Command::new(&cargo)
+            .args(["build", "--release", "-p", "pkgstream-producer", "--bins"])
+            .current_dir(repo_root()),
+    );
+    check(
+        "cargo build --release (rpm plugin)",
+        Command::new(&cargo)
+            .args(["build", "--release", "-p", "pkgstream-rpm-plugin", "--lib"])
+            .current_dir(repo_root()),
+    );
     let release = target_dir().join("release");
     let emit = release.join("pkgstream-emit");
     let so = release.join("libpkgstream_rpm_plugin.so");
@@ -178,9 +257,16 @@ fn main() {
     std::fs::copy(&so, plugindir.join("pkgstream.so")).expect("copy plugin");
     let started = Instant::now();
     let repo = build_repo(&dir);
-    println!("built {PACKAGES} packages and the repository in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "built {PACKAGES} packages and the repository in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     std::fs::write(dir.join("dnf.conf"), format!("[main]\ngpgcheck=0\nreposdir=/dev/null\ncachedir={}\n[local]\nname=local\nbaseurl=file://{}\ngpgcheck=0\n", dir.join("cache").display(), repo.display())).expect("dnf.conf");
-    let setup = Setup { dir: dir.clone(), emit: emit.clone(), plugindir };
+    let setup = Setup {
+        dir: dir.clone(),
+        emit: emit.clone(),
+        plugindir,
+    };
 
     // Warm the metadata cache and page cache once per variant, untimed.
     setup.dnf_install(100, false);
@@ -191,9 +277,20 @@ fn main() {
         hooked.push(setup.dnf_install(run, true));
     }
     let (p, h) = (median(plain.clone()), median(hooked.clone()));
-    println!("dnf install of {PACKAGES} packages, {RUNS} runs each (ms): without hooks {:?}", plain.iter().map(|d| ms(*d).round()).collect::<Vec<_>>());
-    println!("dnf install of {PACKAGES} packages, {RUNS} runs each (ms): with hooks    {:?}", hooked.iter().map(|d| ms(*d).round()).collect::<Vec<_>>());
-    println!("median without hooks {:.0} ms, with hooks {:.0} ms: the hooks add {:.0} ms (goal < 50 ms)", ms(p), ms(h), ms(h) - ms(p));
+    println!(
+        "dnf install of {PACKAGES} packages, {RUNS} runs each (ms): without hooks {:?}",
+        plain.iter().map(|d| ms(*d).round()).collect::<Vec<_>>()
+    );
+    println!(
+        "dnf install of {PACKAGES} packages, {RUNS} runs each (ms): with hooks    {:?}",
+        hooked.iter().map(|d| ms(*d).round()).collect::<Vec<_>>()
+    );
+    println!(
+        "median without hooks {:.0} ms, with hooks {:.0} ms: the hooks add {:.0} ms (goal < 50 ms)",
+        ms(p),
+        ms(h),
+        ms(h) - ms(p)
+    );
     let alone = record_alone(&emit, &dir);
     println!("pkgstream-emit record --spawn-flush of {PACKAGES} events, as the rpm plugin runs it: median {:.1} ms (20 runs)", ms(alone));
 
@@ -213,7 +310,11 @@ fn main() {
         "config/emit.example.toml",
     ]
     .iter()
-    .map(|f| std::fs::metadata(root.join(f)).map(|m| m.len()).unwrap_or(0))
+    .map(|f| {
+        std::fs::metadata(root.join(f))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    })
     .sum();
     let total = bin + plugin + others;
     println!(

@@ -70,7 +70,13 @@ pub fn count_allocs<R>(f: impl FnOnce() -> R) -> (R, Allocs) {
     let before = (ALLOCATIONS.with(Cell::get), ALLOCATED_BYTES.with(Cell::get));
     let r = f();
     let after = (ALLOCATIONS.with(Cell::get), ALLOCATED_BYTES.with(Cell::get));
-    (r, Allocs { count: after.0 - before.0, bytes: after.1 - before.1 })
+    (
+        r,
+        Allocs {
+            count: after.0 - before.0,
+            bytes: after.1 - before.1,
+        },
+    )
 }
 
 /// Durations of timed calls, sorted, for percentiles.
@@ -132,6 +138,9 @@ mod tests {
         assert_eq!(l.percentile(99.9), Duration::from_micros(999));
         assert_eq!(l.percentile(100.0), l.max());
         assert_eq!(l.total(), Duration::from_micros(500_500));
-        assert_eq!(Latencies::new(vec![Duration::from_secs(1)]).percentile(0.1), Duration::from_secs(1));
+        assert_eq!(
+            Latencies::new(vec![Duration::from_secs(1)]).percentile(0.1),
+            Duration::from_secs(1)
+        );
     }
 }

@@ -13,7 +13,9 @@
 use std::hint::black_box;
 
 use pkgstream_benches::{count_allocs, Allocs, CountingAlloc};
-use pkgstream_schemas::{decode_change, decode_snapshot, sample, Encoder, Kind, PackageChange, Registry};
+use pkgstream_schemas::{
+    decode_change, decode_snapshot, sample, Encoder, Kind, PackageChange, Registry,
+};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -41,11 +43,23 @@ fn encoded(events: &[PackageChange<'_>]) -> Vec<Vec<u8>> {
 fn assert_counter_works() {
     let (v, a) = count_allocs(|| black_box(Vec::<u8>::with_capacity(100)));
     drop(v);
-    assert_eq!(a, Allocs { count: 1, bytes: 100 }, "CountingAlloc is not the global allocator");
+    assert_eq!(
+        a,
+        Allocs {
+            count: 1,
+            bytes: 100
+        },
+        "CountingAlloc is not the global allocator"
+    );
 }
 
 fn per_event(a: Allocs) -> String {
-    format!("{} allocations ({} bytes) in {ROUNDS} events = {:.2} per event", a.count, a.bytes, a.count as f64 / ROUNDS as f64)
+    format!(
+        "{} allocations ({} bytes) in {ROUNDS} events = {:.2} per event",
+        a.count,
+        a.bytes,
+        a.count as f64 / ROUNDS as f64
+    )
 }
 
 #[test]
@@ -62,12 +76,18 @@ fn encode_into_reused_buffer_does_not_allocate() {
     let ((), allocs) = count_allocs(|| {
         for i in 0..ROUNDS {
             buf.clear();
-            enc.encode_change(black_box(&events[i % DISTINCT]), &mut buf).unwrap();
+            enc.encode_change(black_box(&events[i % DISTINCT]), &mut buf)
+                .unwrap();
             black_box(&buf);
         }
     });
     println!("pkgstream Encoder::encode_change: {}", per_event(allocs));
-    assert_eq!(allocs, Allocs::default(), "encode allocates: {}", per_event(allocs));
+    assert_eq!(
+        allocs,
+        Allocs::default(),
+        "encode allocates: {}",
+        per_event(allocs)
+    );
 }
 
 #[test]
@@ -84,7 +104,12 @@ fn decode_does_not_allocate() {
         }
     });
     println!("pkgstream decode_change: {}", per_event(allocs));
-    assert_eq!(allocs, Allocs::default(), "decode allocates: {}", per_event(allocs));
+    assert_eq!(
+        allocs,
+        Allocs::default(),
+        "decode allocates: {}",
+        per_event(allocs)
+    );
     // The decoded events are the ones encoded (the loop above measured real work).
     assert_eq!(decode_change(&bytes[5]).unwrap(), events[5]);
 }
@@ -104,12 +129,26 @@ fn append_enrichment_does_not_allocate() {
     let ((), allocs) = count_allocs(|| {
         for i in 0..ROUNDS {
             buf.clear();
-            assert!(enc.append_enrichment(black_box(&bytes[i % DISTINCT]), black_box(&enrichments[i % DISTINCT]), &mut buf).unwrap());
+            assert!(enc
+                .append_enrichment(
+                    black_box(&bytes[i % DISTINCT]),
+                    black_box(&enrichments[i % DISTINCT]),
+                    &mut buf
+                )
+                .unwrap());
             black_box(&buf);
         }
     });
-    println!("pkgstream Encoder::append_enrichment: {}", per_event(allocs));
-    assert_eq!(allocs, Allocs::default(), "append_enrichment allocates: {}", per_event(allocs));
+    println!(
+        "pkgstream Encoder::append_enrichment: {}",
+        per_event(allocs)
+    );
+    assert_eq!(
+        allocs,
+        Allocs::default(),
+        "append_enrichment allocates: {}",
+        per_event(allocs)
+    );
 }
 
 /// For comparison only (printed, not asserted): the apache-avro `Value`
@@ -118,21 +157,37 @@ fn append_enrichment_does_not_allocate() {
 fn peer_allocations_are_reported() {
     let events = events();
     let bytes = encoded(&events);
-    let schema = apache_avro::Schema::parse_str(Registry::get().current(Kind::PackageChange).json).unwrap();
+    let schema =
+        apache_avro::Schema::parse_str(Registry::get().current(Kind::PackageChange).json).unwrap();
     let ((), enc) = count_allocs(|| {
         for i in 0..ROUNDS {
-            let value = apache_avro::to_value(&events[i % DISTINCT]).unwrap().resolve(&schema).unwrap();
+            let value = apache_avro::to_value(&events[i % DISTINCT])
+                .unwrap()
+                .resolve(&schema)
+                .unwrap();
             black_box(apache_avro::to_avro_datum(&schema, value).unwrap());
         }
     });
     let ((), dec) = count_allocs(|| {
         for i in 0..ROUNDS {
-            black_box(apache_avro::from_avro_datum(&schema, &mut &bytes[i % DISTINCT][10..], None).unwrap());
+            black_box(
+                apache_avro::from_avro_datum(&schema, &mut &bytes[i % DISTINCT][10..], None)
+                    .unwrap(),
+            );
         }
     });
-    println!("apache-avro encode (to_value, resolve, to_avro_datum): {}", per_event(enc));
-    println!("apache-avro decode (from_avro_datum to Value): {}", per_event(dec));
-    assert!(enc.count > 0 && dec.count > 0, "the counting allocator is installed");
+    println!(
+        "apache-avro encode (to_value, resolve, to_avro_datum): {}",
+        per_event(enc)
+    );
+    println!(
+        "apache-avro decode (from_avro_datum to Value): {}",
+        per_event(dec)
+    );
+    assert!(
+        enc.count > 0 && dec.count > 0,
+        "the counting allocator is installed"
+    );
 }
 
 /// A snapshot decodes into one `Vec<Package>`; its strings borrow, so the
@@ -142,10 +197,20 @@ fn peer_allocations_are_reported() {
 fn snapshot_decode_allocations_are_reported() {
     let snapshot = sample::snapshot(1, 1500);
     let mut bytes = Vec::new();
-    Encoder::new().encode_snapshot(&snapshot, &mut bytes).unwrap();
+    Encoder::new()
+        .encode_snapshot(&snapshot, &mut bytes)
+        .unwrap();
     black_box(decode_snapshot(&bytes).unwrap());
     let (decoded, allocs) = count_allocs(|| decode_snapshot(black_box(&bytes)).unwrap());
-    println!("pkgstream decode_snapshot (1500 packages, {} bytes): {} allocations, {} bytes", bytes.len(), allocs.count, allocs.bytes);
+    println!(
+        "pkgstream decode_snapshot (1500 packages, {} bytes): {} allocations, {} bytes",
+        bytes.len(),
+        allocs.count,
+        allocs.bytes
+    );
     assert_eq!(decoded.packages.len(), 1500);
-    assert!(allocs.count <= 16, "a snapshot should cost its package vector only, not an allocation per package: {allocs:?}");
+    assert!(
+        allocs.count <= 16,
+        "a snapshot should cost its package vector only, not an allocation per package: {allocs:?}"
+    );
 }

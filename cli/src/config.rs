@@ -29,7 +29,9 @@ impl PipelineConfig {
     /// validates without I/O.
     pub fn load(path: Option<&Path>) -> anyhow::Result<PipelineConfig> {
         let cfg: PipelineConfig = pkgstream_runtime::config::load(path)?;
-        cfg.router.validate().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        cfg.router
+            .validate()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         Ok(cfg)
     }
 }
@@ -43,6 +45,10 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/pkgstream.example.toml");
         let file = PipelineConfig::load(Some(&path)).unwrap();
         let defaults = PipelineConfig::default();
-        assert_eq!(format!("{file:?}"), format!("{defaults:?}"), "config/pkgstream.example.toml drifted from the defaults");
+        assert_eq!(
+            format!("{file:?}"),
+            format!("{defaults:?}"),
+            "config/pkgstream.example.toml drifted from the defaults"
+        );
     }
 }

@@ -16,7 +16,11 @@ use pkgstream_runtime::health::{self, Readiness};
 use pkgstream_runtime::shutdown::Shutdown;
 
 #[derive(Parser)]
-#[command(name = "pkgstream", version, about = "pkgstream: package change events of an RPM fleet")]
+#[command(
+    name = "pkgstream",
+    version,
+    about = "pkgstream: package change events of an RPM fleet"
+)]
 struct Cli {
     /// Pipeline configuration file (see config/pkgstream.example.toml).
     #[arg(long, short, env = "PKGSTREAM_CONFIG", global = true)]
@@ -50,8 +54,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("PKGSTREAM_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
@@ -72,16 +79,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Router => {
             let metrics = Arc::new(RouterMetrics::new().context("metrics")?);
             let ready = Readiness::default();
-            health::serve(&cfg.router.metrics_listen, metrics.registry.clone(), ready.clone())?;
+            health::serve(
+                &cfg.router.metrics_listen,
+                metrics.registry.clone(),
+                ready.clone(),
+            )?;
             let shutdown = Shutdown::on_signals()?;
-            let router = Router { kafka: cfg.kafka, topics: cfg.topics, config: cfg.router, metrics, ready };
+            let router = Router {
+                kafka: cfg.kafka,
+                topics: cfg.topics,
+                config: cfg.router,
+                metrics,
+                ready,
+            };
             router.run(&shutdown)?;
             Ok(())
         }
-        Command::Tail { brokers, topic, from_beginning, max, idle_secs } => {
-            let opts = TailOptions { brokers: brokers.unwrap_or(cfg.kafka.brokers), topic, from_beginning, max, idle: idle_secs.map(Duration::from_secs) };
+        Command::Tail {
+            brokers,
+            topic,
+            from_beginning,
+            max,
+            idle_secs,
+        } => {
+            let opts = TailOptions {
+                brokers: brokers.unwrap_or(cfg.kafka.brokers),
+                topic,
+                from_beginning,
+                max,
+                idle: idle_secs.map(Duration::from_secs),
+            };
             let report = tail(&opts, &mut std::io::stdout().lock())?;
-            eprintln!("pkgstream tail: {} event(s), {} undecodable", report.printed, report.undecodable);
+            eprintln!(
+                "pkgstream tail: {} event(s), {} undecodable",
+                report.printed, report.undecodable
+            );
             Ok(())
         }
     }

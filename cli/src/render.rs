@@ -4,7 +4,9 @@ use pkgstream_schemas::{InventorySnapshot, PackageChange};
 use serde_json::Value;
 
 fn rfc3339(micros: i64) -> Value {
-    chrono::DateTime::from_timestamp_micros(micros).map_or(Value::from(micros), |t| Value::from(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)))
+    chrono::DateTime::from_timestamp_micros(micros).map_or(Value::from(micros), |t| {
+        Value::from(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+    })
 }
 
 fn times(v: &mut Value, fields: &[&str]) {
@@ -55,7 +57,12 @@ pub fn enriched_change(e: pkgstream_schemas::EnrichedChange<'_>) -> Value {
 
 /// An enriched snapshot: the snapshot's fields plus `enrichment`.
 pub fn enriched_snapshot(e: pkgstream_schemas::EnrichedSnapshot<'_>) -> Value {
-    let s = InventorySnapshot { snapshot_id: e.snapshot_id, taken_at: e.taken_at, host: e.host, packages: e.packages };
+    let s = InventorySnapshot {
+        snapshot_id: e.snapshot_id,
+        taken_at: e.taken_at,
+        host: e.host,
+        packages: e.packages,
+    };
     let mut v = snapshot(&s);
     v["enrichment"] = enrichment_json(&e.enrichment);
     v

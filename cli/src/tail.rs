@@ -36,7 +36,10 @@ pub struct TailReport {
 /// Reads `opts.topic` without a consumer group (nothing is committed) and
 /// writes one JSON object per event to `out`.
 pub fn tail(opts: &TailOptions, out: &mut impl Write) -> Result<TailReport, CliError> {
-    let kafka = |reason: String| CliError::Kafka { brokers: opts.brokers.clone(), reason };
+    let kafka = |reason: String| CliError::Kafka {
+        brokers: opts.brokers.clone(),
+        reason,
+    };
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &opts.brokers)
         .set("group.id", "pkgstream-tail")
@@ -45,15 +48,29 @@ pub fn tail(opts: &TailOptions, out: &mut impl Write) -> Result<TailReport, CliE
         .set("allow.auto.create.topics", "false")
         .create()
         .map_err(|e| kafka(e.to_string()))?;
-    let metadata = consumer.fetch_metadata(Some(&opts.topic), Duration::from_secs(10)).map_err(|e| kafka(format!("unreachable ({e})")))?;
-    let partitions = metadata.topics().first().filter(|t| t.error().is_none()).map_or(0, |t| t.partitions().len());
+    let metadata = consumer
+        .fetch_metadata(Some(&opts.topic), Duration::from_secs(10))
+        .map_err(|e| kafka(format!("unreachable ({e})")))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
     if partitions == 0 {
-        return Err(CliError::NoSuchTopic { topic: opts.topic.clone(), brokers: opts.brokers.clone() });
+        return Err(CliError::NoSuchTopic {
+            topic: opts.topic.clone(),
+            brokers: opts.brokers.clone(),
+        });
     }
     let mut tpl = TopicPartitionList::new();
-    let start = if opts.from_beginning { Offset::Beginning } else { Offset::End };
+    let start = if opts.from_beginning {
+        Offset::Beginning
+    } else {
+        Offset::End
+    };
     for p in 0..partitions as i32 {
-        tpl.add_partition_offset(&opts.topic, p, start).map_err(|e| kafka(e.to_string()))?;
+        tpl.add_partition_offset(&opts.topic, p, start)
+            .map_err(|e| kafka(e.to_string()))?;
     }
     consumer.assign(&tpl).map_err(|e| kafka(e.to_string()))?;
 
@@ -64,12 +81,22 @@ pub fn tail(opts: &TailOptions, out: &mut impl Write) -> Result<TailReport, CliE
             Some(Ok(m)) => {
                 last = Instant::now();
                 let bytes = m.payload().unwrap_or_default();
-                let rendered = Registry::get().writer_of(bytes).and_then(|(v, _)| match v.kind {
-                    Kind::PackageChange => pkgstream_schemas::decode_change(bytes).map(|c| render::change(&c)),
-                    Kind::InventorySnapshot => pkgstream_schemas::decode_snapshot(bytes).map(|s| render::snapshot(&s)),
-                    Kind::EnrichedChange => pkgstream_schemas::decode_enriched_change(bytes).map(|e| render::enriched_change(e)),
-                    Kind::EnrichedSnapshot => pkgstream_schemas::decode_enriched_snapshot(bytes).map(|e| render::enriched_snapshot(e)),
-                });
+                let rendered = Registry::get()
+                    .writer_of(bytes)
+                    .and_then(|(v, _)| match v.kind {
+                        Kind::PackageChange => {
+                            pkgstream_schemas::decode_change(bytes).map(|c| render::change(&c))
+                        }
+                        Kind::InventorySnapshot => {
+                            pkgstream_schemas::decode_snapshot(bytes).map(|s| render::snapshot(&s))
+                        }
+                        Kind::EnrichedChange => pkgstream_schemas::decode_enriched_change(bytes)
+                            .map(|e| render::enriched_change(e)),
+                        Kind::EnrichedSnapshot => {
+                            pkgstream_schemas::decode_enriched_snapshot(bytes)
+                                .map(|e| render::enriched_snapshot(e))
+                        }
+                    });
                 match rendered {
                     Ok(v) => {
                         let _ = writeln!(out, "{v}");

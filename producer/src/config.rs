@@ -156,7 +156,13 @@ macro_rules! default_from_serde {
         }
     )*};
 }
-default_from_serde!(KafkaConfig, TopicsConfig, SpoolConfig, FlushConfig, HostConfig);
+default_from_serde!(
+    KafkaConfig,
+    TopicsConfig,
+    SpoolConfig,
+    FlushConfig,
+    HostConfig
+);
 
 impl EmitConfig {
     /// Loads defaults, then `path` (required when given; `DEFAULT_PATH` is
@@ -165,17 +171,35 @@ impl EmitConfig {
     pub fn load(path: Option<&Path>) -> Result<EmitConfig, ProducerError> {
         let mut builder = config::Config::builder();
         match path {
-            Some(p) => builder = builder.add_source(config::File::from(p).format(config::FileFormat::Toml).required(true)),
+            Some(p) => {
+                builder = builder.add_source(
+                    config::File::from(p)
+                        .format(config::FileFormat::Toml)
+                        .required(true),
+                )
+            }
             None if Path::new(DEFAULT_PATH).exists() => {
-                builder = builder.add_source(config::File::from(Path::new(DEFAULT_PATH)).format(config::FileFormat::Toml))
+                builder = builder.add_source(
+                    config::File::from(Path::new(DEFAULT_PATH)).format(config::FileFormat::Toml),
+                )
             }
             None => {}
         }
-        let builder = builder.add_source(config::Environment::with_prefix("PKGSTREAM").separator("__").try_parsing(true));
+        let builder = builder.add_source(
+            config::Environment::with_prefix("PKGSTREAM")
+                .separator("__")
+                .try_parsing(true),
+        );
         let cfg: EmitConfig = builder
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| ProducerError::Config(format!("{e}{}", path.map(|p| format!(" (file {})", p.display())).unwrap_or_default())))?;
+            .map_err(|e| {
+                ProducerError::Config(format!(
+                    "{e}{}",
+                    path.map(|p| format!(" (file {})", p.display()))
+                        .unwrap_or_default()
+                ))
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -190,7 +214,10 @@ impl EmitConfig {
             return bad("topics.changes_raw and topics.inventory_raw must be set".into());
         }
         if self.spool.segment_bytes < 4096 || self.spool.segment_bytes > self.spool.max_bytes {
-            return bad(format!("spool.segment_bytes ({}) must be at least 4096 and at most spool.max_bytes ({})", self.spool.segment_bytes, self.spool.max_bytes));
+            return bad(format!(
+                "spool.segment_bytes ({}) must be at least 4096 and at most spool.max_bytes ({})",
+                self.spool.segment_bytes, self.spool.max_bytes
+            ));
         }
         if self.flush.timeout_secs == 0 || self.flush.batch_events == 0 {
             return bad("flush.timeout_secs and flush.batch_events must be positive".into());
@@ -221,7 +248,8 @@ mod tests {
 
     #[test]
     fn defaults_and_file_values() {
-        let cfg = load_text("[kafka]\nbrokers = \"k1:9092,k2:9092\"\n[spool]\ndir = \"/tmp/x\"\n").unwrap();
+        let cfg = load_text("[kafka]\nbrokers = \"k1:9092,k2:9092\"\n[spool]\ndir = \"/tmp/x\"\n")
+            .unwrap();
         assert_eq!(cfg.kafka.brokers, "k1:9092,k2:9092");
         assert_eq!(cfg.spool.dir, PathBuf::from("/tmp/x"));
         assert_eq!(cfg.spool.max_bytes, 256 << 20);
@@ -230,15 +258,21 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error_naming_it() {
-        let err = load_text("[spool]\ndirr = \"/tmp/x\"\n").unwrap_err().to_string();
+        let err = load_text("[spool]\ndirr = \"/tmp/x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("dirr"), "{err}");
-        let err = load_text("[kafak]\nbrokers = \"x\"\n").unwrap_err().to_string();
+        let err = load_text("[kafak]\nbrokers = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("kafak"), "{err}");
     }
 
     #[test]
     fn impossible_values_are_rejected() {
-        let err = load_text("[spool]\nsegment_bytes = 10\n").unwrap_err().to_string();
+        let err = load_text("[spool]\nsegment_bytes = 10\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("spool.segment_bytes"), "{err}");
         assert!(load_text("[flush]\ntimeout_secs = \"soon\"\n").is_err());
     }
@@ -252,6 +286,10 @@ mod example_file {
     fn example_file_is_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/emit.example.toml");
         let file = EmitConfig::load(Some(&path)).unwrap();
-        assert_eq!(format!("{file:?}"), format!("{:?}", EmitConfig::default()), "config/emit.example.toml drifted from the defaults");
+        assert_eq!(
+            format!("{file:?}"),
+            format!("{:?}", EmitConfig::default()),
+            "config/emit.example.toml drifted from the defaults"
+        );
     }
 }

@@ -36,14 +36,23 @@ pub struct RecordReport {
 /// durably to the spool: all change events of one call in one append (one
 /// fsync), each snapshot in its own segment. Lines that fail are reported
 /// in [`RecordReport::rejected`]; the good ones are recorded regardless.
-pub fn record(cfg: &EmitConfig, spool: &Spool, input: impl BufRead, source_name: &str) -> Result<RecordReport, ProducerError> {
+pub fn record(
+    cfg: &EmitConfig,
+    spool: &Spool,
+    input: impl BufRead,
+    source_name: &str,
+) -> Result<RecordReport, ProducerError> {
     let mut report = RecordReport::default();
     let mut encoder = Encoder::new();
     let mut local_host: Option<Result<Host<'static>, String>> = None;
     let mut change_buf: Vec<u8> = Vec::new();
     let mut changes: Vec<(Vec<u8>, std::ops::Range<usize>)> = Vec::new();
     let mut snapshots: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let reject = |line: usize, reason: String| ProducerError::Input { source_name: source_name.to_owned(), line, reason };
+    let reject = |line: usize, reason: String| ProducerError::Input {
+        source_name: source_name.to_owned(),
+        line,
+        reason,
+    };
 
     for (i, line) in input.lines().enumerate() {
         let line_no = i + 1;
@@ -59,7 +68,9 @@ pub fn record(cfg: &EmitConfig, spool: &Spool, input: impl BufRead, source_name:
             }
         };
         let local = if event.needs_local_host() {
-            match local_host.get_or_insert_with(|| host::detect(&cfg.host).map_err(|e| e.to_string())) {
+            match local_host
+                .get_or_insert_with(|| host::detect(&cfg.host).map_err(|e| e.to_string()))
+            {
                 Ok(h) => Some(&*h),
                 Err(e) => {
                     report.rejected.push(reject(line_no, e.clone()));
@@ -74,7 +85,10 @@ pub fn record(cfg: &EmitConfig, spool: &Spool, input: impl BufRead, source_name:
                 let event = c.into_event(local);
                 let start = change_buf.len();
                 match encoder.encode_change(&event, &mut change_buf) {
-                    Ok(()) => changes.push((event.host.machine_id.as_bytes().to_vec(), start..change_buf.len())),
+                    Ok(()) => changes.push((
+                        event.host.machine_id.as_bytes().to_vec(),
+                        start..change_buf.len(),
+                    )),
                     Err(e) => report.rejected.push(reject(line_no, e.to_string())),
                 }
             }
@@ -89,7 +103,10 @@ pub fn record(cfg: &EmitConfig, spool: &Spool, input: impl BufRead, source_name:
         }
     }
 
-    let entries: Vec<(&[u8], &[u8])> = changes.iter().map(|(k, r)| (k.as_slice(), &change_buf[r.clone()])).collect();
+    let entries: Vec<(&[u8], &[u8])> = changes
+        .iter()
+        .map(|(k, r)| (k.as_slice(), &change_buf[r.clone()]))
+        .collect();
     let mut note = |r: AppendReport| {
         report.evicted_snapshots += r.evicted_snapshots;
         report.over_budget |= r.over_budget;
@@ -130,7 +147,10 @@ struct DeliveryState {
 
 impl Deliveries {
     fn with_state<T>(&self, f: impl FnOnce(&mut DeliveryState) -> T) -> T {
-        let mut guard = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut guard)
     }
 }
@@ -170,7 +190,11 @@ impl ProducerContext for Deliveries {
 /// records are removed. Returns [`ProducerError::KafkaUnavailable`] (and
 /// keeps what was not acknowledged) when Kafka cannot be reached in time.
 /// An empty spool makes no connection at all.
-pub fn flush(cfg: &EmitConfig, spool: &Spool, timeout: Duration) -> Result<FlushReport, ProducerError> {
+pub fn flush(
+    cfg: &EmitConfig,
+    spool: &Spool,
+    timeout: Duration,
+) -> Result<FlushReport, ProducerError> {
     let deadline = Instant::now() + timeout;
     let mut report = FlushReport::default();
     let mut producer: Option<BaseProducer<Deliveries>> = None;
@@ -201,8 +225,15 @@ pub fn flush(cfg: &EmitConfig, spool: &Spool, timeout: Duration) -> Result<Flush
             let failed = delivered.len() as u64 - acked;
             info!(topic, acked, failed, "batch shipped");
             if failed > 0 {
-                let reason = producer.context().with_state(|s| s.last_error.take()).unwrap_or_else(|| "no acknowledgement before the flush timeout".into());
-                return Err(ProducerError::KafkaUnavailable { brokers: cfg.kafka.brokers.clone(), reason, pending: failed });
+                let reason = producer
+                    .context()
+                    .with_state(|s| s.last_error.take())
+                    .unwrap_or_else(|| "no acknowledgement before the flush timeout".into());
+                return Err(ProducerError::KafkaUnavailable {
+                    brokers: cfg.kafka.brokers.clone(),
+                    reason,
+                    pending: failed,
+                });
             }
         }
     }
@@ -210,8 +241,14 @@ pub fn flush(cfg: &EmitConfig, spool: &Spool, timeout: Duration) -> Result<Flush
 }
 
 /// Creates the idempotent producer and checks that a broker answers.
-fn connect(cfg: &EmitConfig, deadline: Instant, pending: usize) -> Result<BaseProducer<Deliveries>, ProducerError> {
-    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+fn connect(
+    cfg: &EmitConfig,
+    deadline: Instant,
+    pending: usize,
+) -> Result<BaseProducer<Deliveries>, ProducerError> {
+    let remaining = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
     let producer: BaseProducer<Deliveries> = ClientConfig::new()
         .set("bootstrap.servers", &cfg.kafka.brokers)
         .set("client.id", &cfg.kafka.client_id)
@@ -224,22 +261,40 @@ fn connect(cfg: &EmitConfig, deadline: Instant, pending: usize) -> Result<BasePr
         .map_err(|e| ProducerError::KafkaClient(e.to_string()))?;
     let probe = remaining.min(Duration::from_secs(10));
     if let Err(e) = producer.client().fetch_metadata(None, probe) {
-        let reason = producer.context().with_state(|s| s.last_error.take()).unwrap_or_else(|| e.to_string());
-        return Err(ProducerError::KafkaUnavailable { brokers: cfg.kafka.brokers.clone(), reason, pending: pending as u64 });
+        let reason = producer
+            .context()
+            .with_state(|s| s.last_error.take())
+            .unwrap_or_else(|| e.to_string());
+        return Err(ProducerError::KafkaUnavailable {
+            brokers: cfg.kafka.brokers.clone(),
+            reason,
+            pending: pending as u64,
+        });
     }
     Ok(producer)
 }
 
 /// Sends `records` and waits for their delivery reports until `deadline`.
 /// Returns, per record, whether Kafka acknowledged it.
-fn send_batch(producer: &BaseProducer<Deliveries>, topic: &str, records: &[crate::spool::Record], deadline: Instant) -> Vec<bool> {
-    producer.context().with_state(|s| s.results = vec![None; records.len()]);
+fn send_batch(
+    producer: &BaseProducer<Deliveries>,
+    topic: &str,
+    records: &[crate::spool::Record],
+    deadline: Instant,
+) -> Vec<bool> {
+    producer
+        .context()
+        .with_state(|s| s.results = vec![None; records.len()]);
     for (i, record) in records.iter().enumerate() {
-        let mut message = BaseRecord::with_opaque_to(topic, i).key(&record.key).payload(&record.value);
+        let mut message = BaseRecord::with_opaque_to(topic, i)
+            .key(&record.key)
+            .payload(&record.value);
         loop {
             match producer.send(message) {
                 Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), m)) if Instant::now() < deadline => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), m))
+                    if Instant::now() < deadline =>
+                {
                     message = m;
                     producer.poll(Duration::from_millis(50));
                 }
@@ -255,5 +310,7 @@ fn send_batch(producer: &BaseProducer<Deliveries>, topic: &str, records: &[crate
         }
     }
     let _ = producer.flush(deadline.saturating_duration_since(Instant::now()));
-    producer.context().with_state(|s| s.results.iter().map(|r| *r == Some(true)).collect())
+    producer
+        .context()
+        .with_state(|s| s.results.iter().map(|r| *r == Some(true)).collect())
 }

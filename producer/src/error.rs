@@ -37,7 +37,9 @@ pub enum ProducerError {
         source: std::io::Error,
     },
     /// Another process held the spool lock for too long.
-    #[error("spool {path}: lock not acquired within {waited_ms} ms (another pkgstream-emit is stuck?)")]
+    #[error(
+        "spool {path}: lock not acquired within {waited_ms} ms (another pkgstream-emit is stuck?)"
+    )]
     LockTimeout {
         /// The lock file.
         path: PathBuf,
@@ -82,7 +84,11 @@ impl ProducerError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ProducerError::Input { .. } | ProducerError::Schema(_) => 65,
-            ProducerError::HostIdentity { .. } | ProducerError::Inventory(_) | ProducerError::SpoolIo { .. } | ProducerError::LockTimeout { .. } | ProducerError::SpoolFull { .. } => 74,
+            ProducerError::HostIdentity { .. }
+            | ProducerError::Inventory(_)
+            | ProducerError::SpoolIo { .. }
+            | ProducerError::LockTimeout { .. }
+            | ProducerError::SpoolFull { .. } => 74,
             ProducerError::KafkaUnavailable { .. } => 75,
             ProducerError::Config(_) | ProducerError::KafkaClient(_) => 78,
         }

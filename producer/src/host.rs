@@ -12,16 +12,24 @@ use crate::ProducerError;
 pub fn detect(cfg: &HostConfig) -> Result<Host<'static>, ProducerError> {
     let machine_id = read_trimmed(&cfg.machine_id_file)?;
     if machine_id.is_empty() {
-        return Err(ProducerError::HostIdentity { path: cfg.machine_id_file.clone(), reason: "file is empty (run systemd-machine-id-setup)".into() });
+        return Err(ProducerError::HostIdentity {
+            path: cfg.machine_id_file.clone(),
+            reason: "file is empty (run systemd-machine-id-setup)".into(),
+        });
     }
     let hostname = read_trimmed(&cfg.hostname_file)?;
-    let os_release = std::fs::read_to_string(&cfg.os_release_file)
-        .map_err(|e| ProducerError::HostIdentity { path: cfg.os_release_file.clone(), reason: e.to_string() })?;
+    let os_release =
+        std::fs::read_to_string(&cfg.os_release_file).map_err(|e| ProducerError::HostIdentity {
+            path: cfg.os_release_file.clone(),
+            reason: e.to_string(),
+        })?;
     Ok(Host {
         machine_id: Cow::Owned(machine_id),
         hostname: Cow::Owned(hostname),
         os_id: Cow::Owned(os_release_value(&os_release, "ID").unwrap_or_else(|| "unknown".into())),
-        os_version: Cow::Owned(os_release_value(&os_release, "VERSION_ID").unwrap_or_else(|| "unknown".into())),
+        os_version: Cow::Owned(
+            os_release_value(&os_release, "VERSION_ID").unwrap_or_else(|| "unknown".into()),
+        ),
         arch: Cow::Borrowed(std::env::consts::ARCH),
     })
 }
@@ -29,7 +37,10 @@ pub fn detect(cfg: &HostConfig) -> Result<Host<'static>, ProducerError> {
 fn read_trimmed(path: &Path) -> Result<String, ProducerError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_owned())
-        .map_err(|e| ProducerError::HostIdentity { path: path.to_path_buf(), reason: e.to_string() })
+        .map_err(|e| ProducerError::HostIdentity {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
 }
 
 /// `KEY=value` or `KEY="value"` from os-release text.
@@ -54,7 +65,10 @@ mod tests {
 
     #[test]
     fn missing_machine_id_names_the_file() {
-        let cfg = HostConfig { machine_id_file: "/nonexistent/machine-id".into(), ..HostConfig::default() };
+        let cfg = HostConfig {
+            machine_id_file: "/nonexistent/machine-id".into(),
+            ..HostConfig::default()
+        };
         let err = detect(&cfg).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/machine-id"), "{err}");
     }

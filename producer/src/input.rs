@@ -16,7 +16,10 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use pkgstream_schemas::{change_event_id, snapshot_id, Action, Host, InventorySnapshot, Package, PackageChange, Source, Transaction};
+use pkgstream_schemas::{
+    change_event_id, snapshot_id, Action, Host, InventorySnapshot, Package, PackageChange, Source,
+    Transaction,
+};
 use serde::Deserialize;
 
 /// One line of hook input.
@@ -132,10 +135,17 @@ impl<'de> Deserialize<'de> for Timestamp {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Seconds(s) => s.checked_mul(1_000_000).map(Timestamp).ok_or_else(|| serde::de::Error::custom(format!("{s} seconds is out of range"))),
+            Raw::Seconds(s) => s
+                .checked_mul(1_000_000)
+                .map(Timestamp)
+                .ok_or_else(|| serde::de::Error::custom(format!("{s} seconds is out of range"))),
             Raw::Text(t) => DateTime::parse_from_rfc3339(&t)
                 .map(|dt| Timestamp(dt.timestamp_micros()))
-                .map_err(|e| serde::de::Error::custom(format!("{t:?} is not an RFC 3339 time or Unix seconds: {e}"))),
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "{t:?} is not an RFC 3339 time or Unix seconds: {e}"
+                    ))
+                }),
         }
     }
 }
@@ -157,14 +167,22 @@ impl HookEvent {
             HookEvent::Change(c) => &c.host,
             HookEvent::Inventory(i) => &i.host,
         };
-        host.as_ref().is_none_or(|h| h.machine_id.is_none() || h.hostname.is_none() || h.os_id.is_none() || h.os_version.is_none() || h.arch.is_none())
+        host.as_ref().is_none_or(|h| {
+            h.machine_id.is_none()
+                || h.hostname.is_none()
+                || h.os_id.is_none()
+                || h.os_version.is_none()
+                || h.arch.is_none()
+        })
     }
 }
 
 fn host(input: Option<HostInput>, local: Option<&Host<'static>>) -> Host<'static> {
     let h = input.unwrap_or_default();
     let pick = |v: Option<String>, local: Option<&Cow<'static, str>>| -> Cow<'static, str> {
-        v.map(Cow::Owned).or_else(|| local.cloned()).unwrap_or(Cow::Borrowed(""))
+        v.map(Cow::Owned)
+            .or_else(|| local.cloned())
+            .unwrap_or(Cow::Borrowed(""))
     };
     Host {
         machine_id: pick(h.machine_id, local.map(|l| &l.machine_id)),
@@ -196,7 +214,16 @@ impl ChangeInput {
     pub fn into_event(self, local: Option<&Host<'static>>) -> PackageChange<'static> {
         let host = host(self.host, local);
         let package = to_package(self.package);
-        let event_id = change_event_id(&host.machine_id, self.action, &package.name, package.epoch, &package.version, &package.release, &package.arch, self.transaction.rpm_tid);
+        let event_id = change_event_id(
+            &host.machine_id,
+            self.action,
+            &package.name,
+            package.epoch,
+            &package.version,
+            &package.release,
+            &package.arch,
+            self.transaction.rpm_tid,
+        );
         PackageChange {
             event_id,
             event_time: self.event_time.map_or_else(now_micros, |t| t.0),
@@ -221,7 +248,12 @@ impl InventoryInput {
     pub fn into_snapshot(self, local: Option<&Host<'static>>) -> InventorySnapshot<'static> {
         let host = host(self.host, local);
         let taken_at = self.taken_at.map_or_else(now_micros, |t| t.0);
-        InventorySnapshot { snapshot_id: snapshot_id(&host.machine_id, taken_at), taken_at, host, packages: self.packages.into_iter().map(to_package).collect() }
+        InventorySnapshot {
+            snapshot_id: snapshot_id(&host.machine_id, taken_at),
+            taken_at,
+            host,
+            packages: self.packages.into_iter().map(to_package).collect(),
+        }
     }
 }
 
@@ -233,19 +265,38 @@ mod tests {
 
     #[test]
     fn change_line_becomes_the_contract_event() {
-        let HookEvent::Change(c) = HookEvent::parse(UPGRADE).unwrap() else { panic!("not a change") };
+        let HookEvent::Change(c) = HookEvent::parse(UPGRADE).unwrap() else {
+            panic!("not a change")
+        };
         let e = c.into_event(None);
         assert_eq!(e.action, Action::Upgrade);
         assert_eq!(e.source, Source::Dnf);
         assert_eq!(e.event_time, 1_795_507_201_500_000);
         assert_eq!(e.package.buildtime, Some(1_716_300_000_000_000));
         assert_eq!(e.replaced.as_ref().unwrap().release, "25.el9");
-        assert_eq!(e.event_id, change_event_id("abc", Action::Upgrade, "openssl-libs", Some(1), "3.0.7", "27.el9", "x86_64", 1_764_000_000));
+        assert_eq!(
+            e.event_id,
+            change_event_id(
+                "abc",
+                Action::Upgrade,
+                "openssl-libs",
+                Some(1),
+                "3.0.7",
+                "27.el9",
+                "x86_64",
+                1_764_000_000
+            )
+        );
     }
 
     #[test]
     fn same_change_from_two_hooks_has_one_id() {
-        let rpm = UPGRADE.replace(r#""source":"dnf""#, r#""source":"RPM""#).replace(r#","history_id":42,"command_line":"dnf upgrade openssl","login_user":"alice""#, "");
+        let rpm = UPGRADE
+            .replace(r#""source":"dnf""#, r#""source":"RPM""#)
+            .replace(
+                r#","history_id":42,"command_line":"dnf upgrade openssl","login_user":"alice""#,
+                "",
+            );
         let id = |line: &str| match HookEvent::parse(line).unwrap() {
             HookEvent::Change(c) => c.into_event(None).event_id,
             HookEvent::Inventory(_) => unreachable!(),
@@ -255,12 +306,23 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let err = HookEvent::parse(&UPGRADE.replace("\"arch\":\"x86_64\",\"repo\"", "\"arhc\":\"x86_64\",\"repo\"")).unwrap_err();
+        let err = HookEvent::parse(&UPGRADE.replace(
+            "\"arch\":\"x86_64\",\"repo\"",
+            "\"arhc\":\"x86_64\",\"repo\"",
+        ))
+        .unwrap_err();
         assert!(err.contains("arhc"), "{err}");
-        let err = HookEvent::parse(&UPGRADE.replace("2026-11-24T08:00:01.5Z", "yesterday")).unwrap_err();
+        let err =
+            HookEvent::parse(&UPGRADE.replace("2026-11-24T08:00:01.5Z", "yesterday")).unwrap_err();
         assert!(err.contains("yesterday"), "{err}");
-        assert!(HookEvent::parse(r#"{"kind":"reboot"}"#).unwrap_err().contains("reboot"));
-        assert!(HookEvent::parse(&UPGRADE.replace("\"upgrade\"", "\"upgrayed\"")).unwrap_err().contains("upgrayed"));
+        assert!(HookEvent::parse(r#"{"kind":"reboot"}"#)
+            .unwrap_err()
+            .contains("reboot"));
+        assert!(
+            HookEvent::parse(&UPGRADE.replace("\"upgrade\"", "\"upgrayed\""))
+                .unwrap_err()
+                .contains("upgrayed")
+        );
     }
 
     #[test]

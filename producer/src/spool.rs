@@ -162,8 +162,17 @@ impl Spool {
 
     /// Durably appends `entries` (key, value) to `lane`: when this returns
     /// Ok, the frames are on disk. One lock, one write, one fdatasync.
-    pub fn append(&self, lane: Lane, entries: &[(&[u8], &[u8])]) -> Result<AppendReport, ProducerError> {
-        let mut buf = Vec::with_capacity(entries.iter().map(|(k, v)| FRAME_HEADER + 2 + k.len() + v.len()).sum());
+    pub fn append(
+        &self,
+        lane: Lane,
+        entries: &[(&[u8], &[u8])],
+    ) -> Result<AppendReport, ProducerError> {
+        let mut buf = Vec::with_capacity(
+            entries
+                .iter()
+                .map(|(k, v)| FRAME_HEADER + 2 + k.len() + v.len())
+                .sum(),
+        );
         for (key, value) in entries {
             encode_frame(&mut buf, key, value)?;
         }
@@ -171,7 +180,10 @@ impl Spool {
             return Ok(AppendReport::default());
         }
         let _lock = self.lock()?;
-        let mut report = AppendReport { bytes: buf.len() as u64, ..AppendReport::default() };
+        let mut report = AppendReport {
+            bytes: buf.len() as u64,
+            ..AppendReport::default()
+        };
         self.make_room(lane, buf.len() as u64, &mut report)?;
 
         let lane_dir = self.lane_dir(lane);
@@ -183,7 +195,11 @@ impl Spool {
             _ => (next_number, true),
         };
         let path = segment_path(&lane_dir, number);
-        let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path, "open segment"))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path, "open segment"))?;
         file.write_all(&buf).map_err(io_err(&path, "write"))?;
         file.sync_data().map_err(io_err(&path, "fdatasync"))?;
         if created {
@@ -193,14 +209,21 @@ impl Spool {
     }
 
     /// Deletes oldest inventory segments until `incoming` bytes fit.
-    fn make_room(&self, lane: Lane, incoming: u64, report: &mut AppendReport) -> Result<(), ProducerError> {
+    fn make_room(
+        &self,
+        lane: Lane,
+        incoming: u64,
+        report: &mut AppendReport,
+    ) -> Result<(), ProducerError> {
         let changes = list_segments(&self.lane_dir(Lane::Changes))?;
         let inventory_dir = self.lane_dir(Lane::Inventory);
         let inventory = list_segments(&inventory_dir)?;
         let mut used: u64 = changes.iter().chain(&inventory).map(|s| s.1).sum();
         let mut victims = inventory.iter();
         while used + incoming > self.limits.max_bytes {
-            let Some(&(n, size)) = victims.next() else { break };
+            let Some(&(n, size)) = victims.next() else {
+                break;
+            };
             let path = segment_path(&inventory_dir, n);
             fs::remove_file(&path).map_err(io_err(&path, "evict snapshot"))?;
             warn!(segment = %path.display(), bytes = size, max_bytes = self.limits.max_bytes, "spool full: unshipped inventory snapshot evicted");
@@ -212,7 +235,13 @@ impl Spool {
         }
         if used + incoming > self.limits.max_bytes {
             match lane {
-                Lane::Inventory => return Err(ProducerError::SpoolFull { path: self.dir.clone(), used, max: self.limits.max_bytes }),
+                Lane::Inventory => {
+                    return Err(ProducerError::SpoolFull {
+                        path: self.dir.clone(),
+                        used,
+                        max: self.limits.max_bytes,
+                    })
+                }
                 Lane::Changes => {
                     error!(used, incoming, max_bytes = self.limits.max_bytes, "spool over budget with unshipped change events; keeping them (a committed change is never dropped)");
                     report.over_budget = true;
@@ -225,21 +254,37 @@ impl Spool {
     /// Reads up to `max_records` records (and roughly `max_bytes` bytes) of
     /// `lane` from the cursor on, skipping frames already shipped and
     /// corrupt bytes (with a warning).
-    pub fn read_batch(&self, lane: Lane, max_records: usize, max_bytes: u64) -> Result<Batch, ProducerError> {
+    pub fn read_batch(
+        &self,
+        lane: Lane,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<Batch, ProducerError> {
         let lane_dir = self.lane_dir(lane);
         let (cursor, segments) = {
             let _lock = self.lock()?;
             (read_cursor(&lane_dir), list_segments(&lane_dir)?)
         };
-        let mut batch = Batch { lane: Some(lane), end: cursor.next, ..Batch::default() };
+        let mut batch = Batch {
+            lane: Some(lane),
+            end: cursor.next,
+            ..Batch::default()
+        };
         let mut bytes = 0u64;
         for (number, size) in segments {
             if number < cursor.next.segment {
                 continue;
             }
-            let start = if number == cursor.next.segment { cursor.next.offset } else { 0 };
+            let start = if number == cursor.next.segment {
+                cursor.next.offset
+            } else {
+                0
+            };
             if start >= size {
-                batch.end = Pos { segment: number, offset: size };
+                batch.end = Pos {
+                    segment: number,
+                    offset: size,
+                };
                 continue;
             }
             let path = segment_path(&lane_dir, number);
@@ -253,9 +298,16 @@ impl Spool {
             while at < data.len() {
                 match decode_frame(&data[at..]) {
                     Some((key, value, len)) => {
-                        let pos = Pos { segment: number, offset: start + at as u64 };
+                        let pos = Pos {
+                            segment: number,
+                            offset: start + at as u64,
+                        };
                         if !cursor.acked.contains(&pos) {
-                            batch.records.push(Record { pos, key: key.to_vec(), value: value.to_vec() });
+                            batch.records.push(Record {
+                                pos,
+                                key: key.to_vec(),
+                                value: value.to_vec(),
+                            });
                             bytes += len as u64;
                         }
                         at += len;
@@ -267,7 +319,10 @@ impl Spool {
                         at += skip;
                     }
                 }
-                batch.end = Pos { segment: number, offset: start + at as u64 };
+                batch.end = Pos {
+                    segment: number,
+                    offset: start + at as u64,
+                };
                 if batch.records.len() >= max_records || bytes >= max_bytes {
                     return Ok(batch);
                 }
@@ -281,7 +336,9 @@ impl Spool {
     /// delivered records after the first failure, and deletes segments that
     /// are fully shipped. Written atomically: a crash leaves the old cursor.
     pub fn ack(&self, batch: &Batch, delivered: &[bool]) -> Result<(), ProducerError> {
-        let Some(lane) = batch.lane else { return Ok(()) };
+        let Some(lane) = batch.lane else {
+            return Ok(());
+        };
         let lane_dir = self.lane_dir(lane);
         let _lock = self.lock()?;
         let mut cursor = read_cursor(&lane_dir);
@@ -327,7 +384,13 @@ impl Spool {
             stats.segments += segments.len();
             let pending: u64 = segments
                 .iter()
-                .map(|&(n, size)| if n == cursor.next.segment { size.saturating_sub(cursor.next.offset) } else { size })
+                .map(|&(n, size)| {
+                    if n == cursor.next.segment {
+                        size.saturating_sub(cursor.next.offset)
+                    } else {
+                        size
+                    }
+                })
                 .sum();
             match lane {
                 Lane::Changes => stats.change_bytes = pending,
@@ -340,7 +403,12 @@ impl Spool {
     /// Takes the flush lock without waiting; `None` when another flush runs.
     pub fn try_flush_lock(&self) -> Result<Option<File>, ProducerError> {
         let path = self.dir.join("flush.lock");
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path, "open lock"))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path, "open lock"))?;
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
@@ -355,14 +423,26 @@ impl Spool {
     /// The spool lock, waited for up to `lock_timeout`; released on drop.
     fn lock(&self) -> Result<File, ProducerError> {
         let path = self.dir.join("lock");
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path, "open lock"))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path, "open lock"))?;
         let started = Instant::now();
         loop {
             match file.try_lock() {
                 Ok(()) => return Ok(file),
-                Err(fs::TryLockError::WouldBlock) if started.elapsed() < self.limits.lock_timeout => std::thread::sleep(Duration::from_millis(1)),
+                Err(fs::TryLockError::WouldBlock)
+                    if started.elapsed() < self.limits.lock_timeout =>
+                {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
                 Err(fs::TryLockError::WouldBlock) => {
-                    return Err(ProducerError::LockTimeout { path, waited_ms: started.elapsed().as_millis() as u64 })
+                    return Err(ProducerError::LockTimeout {
+                        path,
+                        waited_ms: started.elapsed().as_millis() as u64,
+                    })
                 }
                 Err(fs::TryLockError::Error(e)) => return Err(io_err(&path, "lock")(e)),
             }
@@ -370,8 +450,15 @@ impl Spool {
     }
 }
 
-fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> ProducerError + 'a {
-    move |source| ProducerError::SpoolIo { path: path.to_path_buf(), op, source }
+fn io_err<'a>(
+    path: &'a Path,
+    op: &'static str,
+) -> impl FnOnce(std::io::Error) -> ProducerError + 'a {
+    move |source| ProducerError::SpoolIo {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
 }
 
 fn encode_frame(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) -> Result<(), ProducerError> {
@@ -379,7 +466,13 @@ fn encode_frame(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) -> Result<(), Produ
     let key_len = u16::try_from(key.len()).ok();
     let body_len32 = u32::try_from(body_len).ok().filter(|l| *l <= MAX_BODY);
     let (Some(key_len), Some(body_len32)) = (key_len, body_len32) else {
-        return Err(ProducerError::Input { source_name: "event".into(), line: 0, reason: format!("record of {body_len} bytes is larger than the spool accepts ({MAX_BODY})") });
+        return Err(ProducerError::Input {
+            source_name: "event".into(),
+            line: 0,
+            reason: format!(
+                "record of {body_len} bytes is larger than the spool accepts ({MAX_BODY})"
+            ),
+        });
     };
     buf.extend_from_slice(&FRAME_MAGIC);
     buf.extend_from_slice(&body_len32.to_le_bytes());
@@ -419,7 +512,10 @@ fn decode_frame(data: &[u8]) -> Option<(&[u8], &[u8], usize)> {
 /// (or to the end).
 fn resync(data: &[u8]) -> usize {
     data.get(1..)
-        .and_then(|rest| rest.windows(FRAME_MAGIC.len()).position(|w| w == FRAME_MAGIC))
+        .and_then(|rest| {
+            rest.windows(FRAME_MAGIC.len())
+                .position(|w| w == FRAME_MAGIC)
+        })
         .map_or(data.len(), |p| p + 1)
 }
 
@@ -433,7 +529,11 @@ fn list_segments(lane_dir: &Path) -> Result<Vec<(u64, u64)>, ProducerError> {
     for entry in fs::read_dir(lane_dir).map_err(io_err(lane_dir, "list"))? {
         let entry = entry.map_err(io_err(lane_dir, "list"))?;
         let name = entry.file_name();
-        let Some(number) = name.to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse::<u64>().ok()) else {
+        let Some(number) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".seg"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
             continue;
         };
         match entry.metadata() {
@@ -480,7 +580,10 @@ fn parse_cursor(text: &str) -> Option<Cursor> {
     }
     let pos = |line: &str, prefix: &str| -> Option<Pos> {
         let mut parts = line.strip_prefix(prefix)?.split(' ');
-        let p = Pos { segment: parts.next()?.parse().ok()?, offset: parts.next()?.parse().ok()? };
+        let p = Pos {
+            segment: parts.next()?.parse().ok()?,
+            offset: parts.next()?.parse().ok()?,
+        };
         parts.next().is_none().then_some(p)
     };
     let next = pos(lines.next()?, "next ")?;
@@ -492,21 +595,27 @@ fn parse_cursor(text: &str) -> Option<Cursor> {
 }
 
 fn write_cursor(lane_dir: &Path, cursor: &Cursor) -> Result<(), ProducerError> {
-    let mut text = format!("{CURSOR_HEADER}\nnext {} {}\n", cursor.next.segment, cursor.next.offset);
+    let mut text = format!(
+        "{CURSOR_HEADER}\nnext {} {}\n",
+        cursor.next.segment, cursor.next.offset
+    );
     for p in &cursor.acked {
         text.push_str(&format!("acked {} {}\n", p.segment, p.offset));
     }
     let tmp = lane_dir.join("cursor.tmp");
     let path = lane_dir.join("cursor");
     let mut file = File::create(&tmp).map_err(io_err(&tmp, "create cursor"))?;
-    file.write_all(text.as_bytes()).map_err(io_err(&tmp, "write cursor"))?;
+    file.write_all(text.as_bytes())
+        .map_err(io_err(&tmp, "write cursor"))?;
     file.sync_data().map_err(io_err(&tmp, "fdatasync cursor"))?;
     fs::rename(&tmp, &path).map_err(io_err(&path, "replace cursor"))?;
     sync_dir(lane_dir)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ProducerError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir, "fsync directory"))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir, "fsync directory"))
 }
 
 #[cfg(test)]
@@ -514,7 +623,11 @@ mod tests {
     use super::*;
 
     fn limits() -> SpoolLimits {
-        SpoolLimits { max_bytes: 1 << 20, segment_bytes: 4096, lock_timeout: Duration::from_secs(2) }
+        SpoolLimits {
+            max_bytes: 1 << 20,
+            segment_bytes: 4096,
+            lock_timeout: Duration::from_secs(2),
+        }
     }
 
     fn values(batch: &Batch) -> Vec<Vec<u8>> {
@@ -533,17 +646,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), limits()).unwrap();
         append_n(&spool, Lane::Changes, 0..100);
-        assert!(list_segments(&dir.path().join("changes")).unwrap().len() > 2, "segments roll");
+        assert!(
+            list_segments(&dir.path().join("changes")).unwrap().len() > 2,
+            "segments roll"
+        );
         let batch = spool.read_batch(Lane::Changes, 1000, u64::MAX).unwrap();
         assert_eq!(batch.records.len(), 100);
         assert!(batch.records.windows(2).all(|w| w[0].pos < w[1].pos));
         assert!(batch.records[99].value.starts_with(b"event-00099"));
         spool.ack(&batch, &vec![true; 100]).unwrap();
-        assert!(spool.read_batch(Lane::Changes, 1000, u64::MAX).unwrap().records.is_empty());
-        assert_eq!(list_segments(&dir.path().join("changes")).unwrap(), vec![], "shipped segments are deleted");
+        assert!(spool
+            .read_batch(Lane::Changes, 1000, u64::MAX)
+            .unwrap()
+            .records
+            .is_empty());
+        assert_eq!(
+            list_segments(&dir.path().join("changes")).unwrap(),
+            vec![],
+            "shipped segments are deleted"
+        );
         // Numbering continues after everything was deleted.
         append_n(&spool, Lane::Changes, 100..101);
-        assert_eq!(values(&spool.read_batch(Lane::Changes, 10, u64::MAX).unwrap()).len(), 1);
+        assert_eq!(
+            values(&spool.read_batch(Lane::Changes, 10, u64::MAX).unwrap()).len(),
+            1
+        );
     }
 
     #[test]
@@ -555,10 +682,18 @@ mod tests {
         let delivered: Vec<bool> = (0..10).map(|i| i != 3 && i != 7).collect();
         spool.ack(&batch, &delivered).unwrap();
         let again = spool.read_batch(Lane::Changes, 100, u64::MAX).unwrap();
-        let names: Vec<String> = again.records.iter().map(|r| String::from_utf8_lossy(&r.value[..11]).into_owned()).collect();
+        let names: Vec<String> = again
+            .records
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.value[..11]).into_owned())
+            .collect();
         assert_eq!(names, vec!["event-00003", "event-00007"]);
         spool.ack(&again, &[true, true]).unwrap();
-        assert!(spool.read_batch(Lane::Changes, 100, u64::MAX).unwrap().records.is_empty());
+        assert!(spool
+            .read_batch(Lane::Changes, 100, u64::MAX)
+            .unwrap()
+            .records
+            .is_empty());
     }
 
     #[test]
@@ -582,11 +717,24 @@ mod tests {
         let seg = segment_path(&dir.path().join("changes"), 1);
         let len = fs::metadata(&seg).unwrap().len();
         // Power loss mid-write: the last frame is cut in half.
-        OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 50).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 50)
+            .unwrap();
         append_n(&spool, Lane::Changes, 3..5);
         let b = spool.read_batch(Lane::Changes, 100, u64::MAX).unwrap();
         let names: Vec<_> = b.records.iter().map(|r| r.value[..11].to_vec()).collect();
-        assert_eq!(names, vec![b"event-00000".to_vec(), b"event-00001".to_vec(), b"event-00003".to_vec(), b"event-00004".to_vec()]);
+        assert_eq!(
+            names,
+            vec![
+                b"event-00000".to_vec(),
+                b"event-00001".to_vec(),
+                b"event-00003".to_vec(),
+                b"event-00004".to_vec()
+            ]
+        );
         assert!(b.corrupt_bytes > 0);
     }
 
@@ -608,7 +756,14 @@ mod tests {
     #[test]
     fn full_spool_evicts_oldest_snapshots_and_keeps_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), SpoolLimits { max_bytes: 10_000, ..limits() }).unwrap();
+        let spool = Spool::open(
+            dir.path(),
+            SpoolLimits {
+                max_bytes: 10_000,
+                ..limits()
+            },
+        )
+        .unwrap();
         let snapshot = vec![7u8; 3000];
         for _ in 0..3 {
             spool.append(Lane::Inventory, &[(b"h", &snapshot)]).unwrap();
@@ -617,15 +772,32 @@ mod tests {
         let change = vec![1u8; 2000];
         let r = spool.append(Lane::Changes, &[(b"h", &change)]).unwrap();
         assert_eq!(r.evicted_snapshots, 1);
-        assert_eq!(spool.read_batch(Lane::Inventory, 10, u64::MAX).unwrap().records.len(), 2);
+        assert_eq!(
+            spool
+                .read_batch(Lane::Inventory, 10, u64::MAX)
+                .unwrap()
+                .records
+                .len(),
+            2
+        );
         // Changes alone over budget: kept, flagged; snapshots then refused.
         for _ in 0..5 {
             spool.append(Lane::Changes, &[(b"h", &change)]).unwrap();
         }
         let r = spool.append(Lane::Changes, &[(b"h", &change)]).unwrap();
         assert!(r.over_budget);
-        assert_eq!(spool.read_batch(Lane::Changes, 100, u64::MAX).unwrap().records.len(), 7);
-        assert!(matches!(spool.append(Lane::Inventory, &[(b"h", &snapshot)]), Err(ProducerError::SpoolFull { .. })));
+        assert_eq!(
+            spool
+                .read_batch(Lane::Changes, 100, u64::MAX)
+                .unwrap()
+                .records
+                .len(),
+            7
+        );
+        assert!(matches!(
+            spool.append(Lane::Inventory, &[(b"h", &snapshot)]),
+            Err(ProducerError::SpoolFull { .. })
+        ));
     }
 
     #[test]
@@ -637,7 +809,9 @@ mod tests {
                 std::thread::spawn(move || {
                     let spool = Spool::open(path, limits()).unwrap();
                     for i in 0..200 {
-                        spool.append(Lane::Changes, &[(b"k", format!("{t}-{i}").as_bytes())]).unwrap();
+                        spool
+                            .append(Lane::Changes, &[(b"k", format!("{t}-{i}").as_bytes())])
+                            .unwrap();
                     }
                 })
             })
@@ -661,15 +835,41 @@ mod tests {
         let b = spool.read_batch(Lane::Changes, 2, u64::MAX).unwrap();
         spool.ack(&b, &[true, true]).unwrap();
         fs::write(dir.path().join("changes/cursor"), "garbage").unwrap();
-        assert_eq!(spool.read_batch(Lane::Changes, 100, u64::MAX).unwrap().records.len(), 3);
+        assert_eq!(
+            spool
+                .read_batch(Lane::Changes, 100, u64::MAX)
+                .unwrap()
+                .records
+                .len(),
+            3
+        );
     }
 
     #[test]
     fn cursor_text_round_trips() {
-        let c = Cursor { next: Pos { segment: 3, offset: 77 }, acked: [Pos { segment: 3, offset: 200 }, Pos { segment: 4, offset: 0 }].into() };
+        let c = Cursor {
+            next: Pos {
+                segment: 3,
+                offset: 77,
+            },
+            acked: [
+                Pos {
+                    segment: 3,
+                    offset: 200,
+                },
+                Pos {
+                    segment: 4,
+                    offset: 0,
+                },
+            ]
+            .into(),
+        };
         let dir = tempfile::tempdir().unwrap();
         write_cursor(dir.path(), &c).unwrap();
         assert_eq!(read_cursor(dir.path()), c);
-        assert_eq!(parse_cursor("pkgstream-spool-cursor v1\nnext 1 2 3\n"), None);
+        assert_eq!(
+            parse_cursor("pkgstream-spool-cursor v1\nnext 1 2 3\n"),
+            None
+        );
     }
 }

@@ -48,7 +48,7 @@ fn d_transactional_id() -> String {
     "pkgstream-router-0".into()
 }
 fn d_batch_events() -> usize {
-    5_000
+    50_000
 }
 fn d_batch_ms() -> u64 {
     200
@@ -87,7 +87,9 @@ impl RouterConfig {
             return Err("router.dedupe_window_entries must be positive".into());
         }
         if self.default_hostgroup.is_empty() || self.default_environment.is_empty() {
-            return Err("router.default_hostgroup and router.default_environment must not be empty".into());
+            return Err(
+                "router.default_hostgroup and router.default_environment must not be empty".into(),
+            );
         }
         if self.transactional_id.is_empty() || self.group_id.is_empty() {
             return Err("router.transactional_id and router.group_id must not be empty".into());

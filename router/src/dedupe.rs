@@ -47,7 +47,13 @@ pub struct DedupeWindow {
 impl DedupeWindow {
     /// An empty window.
     pub fn new(max_entries: usize, max_age_secs: u32) -> Self {
-        DedupeWindow { set: IdSet::default(), order: VecDeque::new(), times: VecDeque::new(), max_entries: max_entries.max(1), max_age_secs }
+        DedupeWindow {
+            set: IdSet::default(),
+            order: VecDeque::new(),
+            times: VecDeque::new(),
+            max_entries: max_entries.max(1),
+            max_age_secs,
+        }
     }
 
     /// Whether `id` is in the window.
@@ -63,7 +69,12 @@ impl DedupeWindow {
             self.order.push_back(key);
             self.times.push_back(now);
         }
-        while self.order.len() > self.max_entries || self.times.front().is_some_and(|t| now.saturating_sub(*t) > self.max_age_secs) {
+        while self.order.len() > self.max_entries
+            || self
+                .times
+                .front()
+                .is_some_and(|t| now.saturating_sub(*t) > self.max_age_secs)
+        {
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&old);
             }
@@ -110,7 +121,10 @@ mod tests {
         assert!(!w.contains(&id(0)), "count bound evicts the oldest");
         assert_eq!(w.len(), 3);
         w.insert(&id(4), 200);
-        assert!(!w.contains(&id(1)) && !w.contains(&id(2)) && !w.contains(&id(3)), "age bound");
+        assert!(
+            !w.contains(&id(1)) && !w.contains(&id(2)) && !w.contains(&id(3)),
+            "age bound"
+        );
         assert!(w.contains(&id(4)));
         w.insert(&id(4), 201);
         assert_eq!(w.len(), 1, "re-inserting does not duplicate");

@@ -64,10 +64,19 @@ impl TryFrom<String> for Window {
 impl Window {
     /// Parses `sat,sun 02:00-04:00`, `daily 22:00-02:00`, `mon-fri 12:00-13:00`.
     pub fn parse(text: &str) -> Result<Window, String> {
-        let bad = |why: &str| format!("maintenance window {text:?}: {why} (expected e.g. \"sat,sun 02:00-04:00\")");
-        let (days, times) = text.trim().split_once(' ').ok_or_else(|| bad("missing time range"))?;
+        let bad = |why: &str| {
+            format!("maintenance window {text:?}: {why} (expected e.g. \"sat,sun 02:00-04:00\")")
+        };
+        let (days, times) = text
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| bad("missing time range"))?;
         let day = |d: &str| -> Result<u8, String> {
-            ["mon", "tue", "wed", "thu", "fri", "sat", "sun"].iter().position(|n| n.eq_ignore_ascii_case(d.trim())).map(|p| p as u8).ok_or_else(|| bad(&format!("unknown day {d:?}")))
+            ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(d.trim()))
+                .map(|p| p as u8)
+                .ok_or_else(|| bad(&format!("unknown day {d:?}")))
         };
         let mut mask = 0u8;
         for part in days.split(',') {
@@ -87,16 +96,29 @@ impl Window {
                 mask |= 1 << day(part)?;
             }
         }
-        let (start, end) = times.trim().split_once('-').ok_or_else(|| bad("time range needs a '-'"))?;
+        let (start, end) = times
+            .trim()
+            .split_once('-')
+            .ok_or_else(|| bad("time range needs a '-'"))?;
         let hm = |t: &str| -> Result<u16, String> {
-            let (h, m) = t.trim().split_once(':').ok_or_else(|| bad(&format!("{t:?} is not HH:MM")))?;
-            let (h, m): (u16, u16) = (h.parse().map_err(|_| bad("bad hour"))?, m.parse().map_err(|_| bad("bad minute"))?);
+            let (h, m) = t
+                .trim()
+                .split_once(':')
+                .ok_or_else(|| bad(&format!("{t:?} is not HH:MM")))?;
+            let (h, m): (u16, u16) = (
+                h.parse().map_err(|_| bad("bad hour"))?,
+                m.parse().map_err(|_| bad("bad minute"))?,
+            );
             if h > 24 || m > 59 || (h == 24 && m > 0) {
                 return Err(bad(&format!("{t:?} is not a time of day")));
             }
             Ok(h * 60 + m)
         };
-        Ok(Window { days: mask, start: hm(start)?, end: hm(end)? })
+        Ok(Window {
+            days: mask,
+            start: hm(start)?,
+            end: hm(end)?,
+        })
     }
 
     /// Whether `t` falls in this window.
@@ -108,7 +130,8 @@ impl Window {
             starts_on(day) && (self.start..self.end).contains(&minute)
         } else {
             // Crosses midnight: the evening of a listed day or the morning after it.
-            (starts_on(day) && minute >= self.start) || (starts_on((day + 6) % 7) && minute < self.end)
+            (starts_on(day) && minute >= self.start)
+                || (starts_on((day + 6) % 7) && minute < self.end)
         }
     }
 }
@@ -117,7 +140,9 @@ impl HostMeta {
     /// Whether the event at `micros` is outside every window; false when the
     /// host has no windows (nothing to be outside of).
     pub fn outside_maintenance(&self, micros: i64) -> bool {
-        let Some(t) = DateTime::from_timestamp_micros(micros) else { return false };
+        let Some(t) = DateTime::from_timestamp_micros(micros) else {
+            return false;
+        };
         !self.maintenance.is_empty() && !self.maintenance.iter().any(|w| w.contains(t))
     }
 }
@@ -140,7 +165,11 @@ impl HostTable {
     /// Looks a host up by machine id, then by hostname.
     pub fn get(&self, machine_id: &str, hostname: &str) -> Option<Arc<HostMeta>> {
         let t = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        t.topic.get(machine_id).or_else(|| t.file.get(machine_id)).or_else(|| t.file.get(hostname)).cloned()
+        t.topic
+            .get(machine_id)
+            .or_else(|| t.file.get(machine_id))
+            .or_else(|| t.file.get(hostname))
+            .cloned()
     }
 
     /// Replaces all file entries.
@@ -166,36 +195,75 @@ impl HostTable {
 
 /// Parses a hosts CSV file; errors name the line and the column.
 pub fn read_hosts_file(path: &Path) -> Result<HashMap<String, Arc<HostMeta>>, RouterError> {
-    let bad = |line: u64, reason: String| RouterError::HostsFile { path: path.to_path_buf(), line, reason };
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).comment(Some(b'#')).from_path(path).map_err(|e| bad(0, e.to_string()))?;
+    let bad = |line: u64, reason: String| RouterError::HostsFile {
+        path: path.to_path_buf(),
+        line,
+        reason,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .comment(Some(b'#'))
+        .from_path(path)
+        .map_err(|e| bad(0, e.to_string()))?;
     let headers = reader.headers().map_err(|e| bad(1, e.to_string()))?.clone();
     let col = |name: &str| headers.iter().position(|h| h == name);
-    let (Some(host_col), Some(group_col), Some(env_col)) = (col("host"), col("hostgroup"), col("environment")) else {
+    let (Some(host_col), Some(group_col), Some(env_col)) =
+        (col("host"), col("hostgroup"), col("environment"))
+    else {
         return Err(bad(1, "header must name at least host, hostgroup, environment (optional: owner, datacenter, tags, maintenance)".into()));
     };
-    let known = ["host", "hostgroup", "environment", "owner", "datacenter", "tags", "maintenance"];
+    let known = [
+        "host",
+        "hostgroup",
+        "environment",
+        "owner",
+        "datacenter",
+        "tags",
+        "maintenance",
+    ];
     if let Some(unknown) = headers.iter().find(|h| !known.contains(h)) {
-        return Err(bad(1, format!("unknown column {unknown:?} (known: {})", known.join(", "))));
+        return Err(bad(
+            1,
+            format!("unknown column {unknown:?} (known: {})", known.join(", ")),
+        ));
     }
     let mut out = HashMap::new();
     for record in reader.records() {
-        let record = record.map_err(|e| bad(e.position().map_or(0, |p| p.line()), e.to_string()))?;
+        let record =
+            record.map_err(|e| bad(e.position().map_or(0, |p| p.line()), e.to_string()))?;
         let line = record.position().map_or(0, |p| p.line());
-        let field = |c: Option<usize>| c.and_then(|c| record.get(c)).filter(|v| !v.is_empty()).map(str::to_owned);
+        let field = |c: Option<usize>| {
+            c.and_then(|c| record.get(c))
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
         let host = field(Some(host_col)).ok_or_else(|| bad(line, "host is empty".into()))?;
         let mut meta = HostMeta {
-            hostgroup: field(Some(group_col)).ok_or_else(|| bad(line, "hostgroup is empty".into()))?,
-            environment: field(Some(env_col)).ok_or_else(|| bad(line, "environment is empty".into()))?,
+            hostgroup: field(Some(group_col))
+                .ok_or_else(|| bad(line, "hostgroup is empty".into()))?,
+            environment: field(Some(env_col))
+                .ok_or_else(|| bad(line, "environment is empty".into()))?,
             owner: field(col("owner")),
             datacenter: field(col("datacenter")),
             ..HostMeta::default()
         };
-        for tag in field(col("tags")).unwrap_or_default().split(';').filter(|t| !t.trim().is_empty()) {
-            let (k, v) = tag.split_once('=').ok_or_else(|| bad(line, format!("tag {tag:?} is not key=value")))?;
+        for tag in field(col("tags"))
+            .unwrap_or_default()
+            .split(';')
+            .filter(|t| !t.trim().is_empty())
+        {
+            let (k, v) = tag
+                .split_once('=')
+                .ok_or_else(|| bad(line, format!("tag {tag:?} is not key=value")))?;
             meta.tags.insert(k.trim().to_owned(), v.trim().to_owned());
         }
-        for w in field(col("maintenance")).unwrap_or_default().split(';').filter(|w| !w.trim().is_empty()) {
-            meta.maintenance.push(Window::parse(w).map_err(|e| bad(line, e))?);
+        for w in field(col("maintenance"))
+            .unwrap_or_default()
+            .split(';')
+            .filter(|w| !w.trim().is_empty())
+        {
+            meta.maintenance
+                .push(Window::parse(w).map_err(|e| bad(line, e))?);
         }
         out.insert(host, Arc::new(meta));
     }
@@ -218,19 +286,34 @@ mod tests {
         assert!(!w.contains(at("2026-11-27T02:30:00Z")), "Friday");
         let night = Window::parse("mon-fri 22:00-02:00").unwrap();
         assert!(night.contains(at("2026-11-27T23:00:00Z")), "Friday evening");
-        assert!(night.contains(at("2026-11-28T01:00:00Z")), "Saturday morning after a Friday window");
-        assert!(!night.contains(at("2026-11-29T01:00:00Z")), "Sunday morning: Saturday is not listed");
-        assert!(Window::parse("daily 00:00-24:00").unwrap().contains(at("2026-11-24T13:00:00Z")));
-        assert!(Window::parse("someday 01:00-02:00").unwrap_err().contains("someday"));
+        assert!(
+            night.contains(at("2026-11-28T01:00:00Z")),
+            "Saturday morning after a Friday window"
+        );
+        assert!(
+            !night.contains(at("2026-11-29T01:00:00Z")),
+            "Sunday morning: Saturday is not listed"
+        );
+        assert!(Window::parse("daily 00:00-24:00")
+            .unwrap()
+            .contains(at("2026-11-24T13:00:00Z")));
+        assert!(Window::parse("someday 01:00-02:00")
+            .unwrap_err()
+            .contains("someday"));
         assert!(Window::parse("sat 25:00-26:00").is_err());
     }
 
     #[test]
     fn outside_maintenance_needs_windows() {
-        let mut meta = HostMeta { hostgroup: "g".into(), environment: "e".into(), ..HostMeta::default() };
+        let mut meta = HostMeta {
+            hostgroup: "g".into(),
+            environment: "e".into(),
+            ..HostMeta::default()
+        };
         let t = at("2026-11-24T13:00:00Z").timestamp_micros();
         assert!(!meta.outside_maintenance(t));
-        meta.maintenance.push(Window::parse("sat 02:00-04:00").unwrap());
+        meta.maintenance
+            .push(Window::parse("sat 02:00-04:00").unwrap());
         assert!(meta.outside_maintenance(t));
     }
 
@@ -247,7 +330,14 @@ mod tests {
         table.set_file_entries(entries);
         assert_eq!(table.get("m-unknown", "web-1").unwrap().hostgroup, "web");
         assert_eq!(table.get("abc123", "whatever").unwrap().hostgroup, "db");
-        table.apply_topic_record("abc123", Some(HostMeta { hostgroup: "db-new".into(), environment: "prod".into(), ..HostMeta::default() }));
+        table.apply_topic_record(
+            "abc123",
+            Some(HostMeta {
+                hostgroup: "db-new".into(),
+                environment: "prod".into(),
+                ..HostMeta::default()
+            }),
+        );
         assert_eq!(table.get("abc123", "whatever").unwrap().hostgroup, "db-new");
         table.apply_topic_record("abc123", None);
         assert_eq!(table.get("abc123", "whatever").unwrap().hostgroup, "db");
@@ -262,12 +352,22 @@ mod tests {
         let err = read_hosts_file(&path).unwrap_err().to_string();
         assert!(err.contains("line 3") && err.contains("someday"), "{err}");
         std::fs::write(&path, "host,group,environment\n").unwrap();
-        assert!(read_hosts_file(&path).unwrap_err().to_string().contains("hostgroup"));
+        assert!(read_hosts_file(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("hostgroup"));
     }
 
     #[test]
     fn topic_values_are_json() {
         let meta: HostMeta = serde_json::from_str(r#"{"hostgroup":"web","environment":"prod","maintenance":["daily 01:00-03:00"],"tags":{"a":"b"}}"#).unwrap();
-        assert_eq!(meta.maintenance[0], Window { days: 0x7f, start: 60, end: 180 });
+        assert_eq!(
+            meta.maintenance[0],
+            Window {
+                days: 0x7f,
+                start: 60,
+                end: 180
+            }
+        );
     }
 }

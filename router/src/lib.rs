@@ -43,6 +43,9 @@ pub enum RouterError {
         /// librdkafka's reason.
         reason: String,
     },
+    /// A Kafka client setting is invalid (fatal).
+    #[error("Kafka client configuration: {0}")]
+    KafkaClient(String),
     /// The topics cannot work as configured (fatal).
     #[error("{0}")]
     Topology(String),
@@ -61,6 +64,9 @@ pub enum RouterError {
 impl RouterError {
     /// Errors a restart cannot fix.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, RouterError::Topology(_) | RouterError::HostsFile { .. })
+        matches!(
+            self,
+            RouterError::Topology(_) | RouterError::HostsFile { .. } | RouterError::KafkaClient(_)
+        )
     }
 }

@@ -102,8 +102,15 @@ struct Batch {
 
 /// One record to produce in the current transaction.
 enum Out {
-    Enriched { partition: i32, record: Enriched },
-    Dlq { raw: Raw, code: &'static str, reason: String },
+    Enriched {
+        partition: i32,
+        record: Enriched,
+    },
+    Dlq {
+        raw: Raw,
+        code: &'static str,
+        reason: String,
+    },
 }
 
 impl Router {
@@ -113,13 +120,22 @@ impl Router {
         let hosts = HostTable::default();
         let hosts_ready = start_host_sources(self, hosts.clone(), shutdown.clone())?;
         let started = Instant::now();
-        while !hosts_ready.get() && started.elapsed() < Duration::from_secs(30) && !shutdown.requested() {
+        while !hosts_ready.get()
+            && started.elapsed() < Duration::from_secs(30)
+            && !shutdown.requested()
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
         if !hosts_ready.get() {
             warn!(topic = %self.topics.hosts, "host table not caught up after 30 s; starting anyway");
         }
-        let mut processor = Processor::new(hosts, HostDefaults { hostgroup: self.config.default_hostgroup.clone(), environment: self.config.default_environment.clone() });
+        let mut processor = Processor::new(
+            hosts,
+            HostDefaults {
+                hostgroup: self.config.default_hostgroup.clone(),
+                environment: self.config.default_environment.clone(),
+            },
+        );
         let mut backoff = Duration::from_millis(500);
         while !shutdown.requested() {
             match self.run_clients(&mut processor, shutdown) {
@@ -138,11 +154,19 @@ impl Router {
     }
 
     fn kafka_err(&self, what: &'static str) -> impl Fn(KafkaError) -> RouterError + '_ {
-        move |e| RouterError::Kafka { brokers: self.kafka.brokers.clone(), what, reason: e.to_string() }
+        move |e| RouterError::Kafka {
+            brokers: self.kafka.brokers.clone(),
+            what,
+            reason: e.to_string(),
+        }
     }
 
     /// One life of the clients: init, then batches until shutdown or error.
-    fn run_clients(&self, processor: &mut Processor, shutdown: &Shutdown) -> Result<(), RouterError> {
+    fn run_clients(
+        &self,
+        processor: &mut Processor,
+        shutdown: &Shutdown,
+    ) -> Result<(), RouterError> {
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", &self.kafka.brokers)
             .set("transactional.id", &self.config.transactional_id)
@@ -150,9 +174,16 @@ impl Router {
             .set("compression.type", "zstd")
             .set("linger.ms", "5")
             .set("transaction.timeout.ms", "60000")
+            // Right after a commit the broker answers the next transaction's
+            // first AddPartitionsToTxn with CONCURRENT_TRANSACTIONS until the
+            // markers are written; the default 100 ms retry backoff would
+            // then idle every transaction for 100 ms.
+            .set("retry.backoff.ms", "5")
             .create()
-            .map_err(self.kafka_err("create producer"))?;
-        producer.init_transactions(TXN_TIMEOUT).map_err(self.kafka_err("init transactions"))?;
+            .map_err(|e| RouterError::KafkaClient(e.to_string()))?;
+        producer
+            .init_transactions(TXN_TIMEOUT)
+            .map_err(self.kafka_err("init transactions"))?;
         let consumer: BaseConsumer<RebalanceLog> = ClientConfig::new()
             .set("bootstrap.servers", &self.kafka.brokers)
             .set("group.id", &self.config.group_id)
@@ -164,9 +195,11 @@ impl Router {
             // back at once instead of after the session timeout.
             .set("group.instance.id", &self.config.transactional_id)
             .create_with_context(RebalanceLog::default())
-            .map_err(self.kafka_err("create consumer"))?;
+            .map_err(|e| RouterError::KafkaClient(e.to_string()))?;
         self.check_partitions(&consumer)?;
-        consumer.subscribe(&[&self.topics.changes_raw, &self.topics.inventory_raw]).map_err(self.kafka_err("subscribe"))?;
+        consumer
+            .subscribe(&[&self.topics.changes_raw, &self.topics.inventory_raw])
+            .map_err(self.kafka_err("subscribe"))?;
 
         let mut windows: HashMap<i32, DedupeWindow> = HashMap::new();
         let mut last_lag = Instant::now() - Duration::from_secs(60);
@@ -202,8 +235,14 @@ impl Router {
     /// topic (partition p of raw is written to partition p of enriched).
     fn check_partitions(&self, consumer: &BaseConsumer<RebalanceLog>) -> Result<(), RouterError> {
         let count = |topic: &str| -> Result<usize, RouterError> {
-            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(self.kafka_err("fetch metadata"))?;
-            Ok(md.topics().first().filter(|t| t.error().is_none()).map_or(0, |t| t.partitions().len()))
+            let md = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(self.kafka_err("fetch metadata"))?;
+            Ok(md
+                .topics()
+                .first()
+                .filter(|t| t.error().is_none())
+                .map_or(0, |t| t.partitions().len()))
         };
         let enriched = count(&self.topics.changes_enriched)?;
         for raw in [&self.topics.changes_raw, &self.topics.inventory_raw] {
@@ -222,7 +261,12 @@ impl Router {
     /// rebalance resets every position to the committed offset, so messages
     /// received before it are dropped — they come again, here or elsewhere —
     /// while those received after it are kept.
-    fn collect_batch(&self, consumer: &BaseConsumer<RebalanceLog>, shutdown: &Shutdown, generation: &mut u64) -> Result<Batch, RouterError> {
+    fn collect_batch(
+        &self,
+        consumer: &BaseConsumer<RebalanceLog>,
+        shutdown: &Shutdown,
+        generation: &mut u64,
+    ) -> Result<Batch, RouterError> {
         let deadline = Instant::now() + Duration::from_millis(self.config.batch_ms);
         let mut batch = Batch::default();
         while batch.messages.len() < self.config.batch_events && !shutdown.requested() {
@@ -233,15 +277,29 @@ impl Router {
             let polled = consumer.poll(left);
             let now_generation = consumer.context().generation();
             if now_generation != *generation {
-                debug!(dropped = batch.messages.len(), "rebalance: dropping messages read before it");
+                debug!(
+                    dropped = batch.messages.len(),
+                    "rebalance: dropping messages read before it"
+                );
                 *generation = now_generation;
                 batch.messages.clear();
                 batch.rebalanced = true;
             }
             match polled {
                 Some(Ok(m)) => {
-                    let lane = if m.topic() == self.topics.inventory_raw { Lane::Inventory } else { Lane::Changes };
-                    batch.messages.push(Raw { lane, topic: m.topic().to_owned(), partition: m.partition(), offset: m.offset(), key: m.key().map(<[u8]>::to_vec), payload: m.payload().unwrap_or_default().to_vec() });
+                    let lane = if m.topic() == self.topics.inventory_raw {
+                        Lane::Inventory
+                    } else {
+                        Lane::Changes
+                    };
+                    batch.messages.push(Raw {
+                        lane,
+                        topic: m.topic().to_owned(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                    });
                 }
                 Some(Err(e)) => return Err(self.kafka_err("consume")(e)),
                 None => {}
@@ -251,9 +309,17 @@ impl Router {
     }
 
     /// Processes `batch` and commits its outputs and offsets in one transaction.
-    fn transact(&self, producer: &BaseProducer, consumer: &BaseConsumer<RebalanceLog>, processor: &mut Processor, windows: &mut HashMap<i32, DedupeWindow>, batch: Vec<Raw>) -> Result<(), RouterError> {
+    fn transact(
+        &self,
+        producer: &BaseProducer,
+        consumer: &BaseConsumer<RebalanceLog>,
+        processor: &mut Processor,
+        windows: &mut HashMap<i32, DedupeWindow>,
+        batch: Vec<Raw>,
+    ) -> Result<(), RouterError> {
         let span = info_span!("batch", events = batch.len());
         let _enter = span.enter();
+        let process_started = Instant::now();
         let now = chrono::Utc::now().timestamp_micros();
         let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut outs: Vec<Out> = Vec::with_capacity(batch.len());
@@ -261,9 +327,14 @@ impl Router {
         let mut in_batch: HashMap<(i32, EventId), (usize, u8)> = HashMap::new();
         let mut deduplicated = 0u64;
         for raw in batch {
-            let slot = offsets.entry((raw.topic.clone(), raw.partition)).or_insert(raw.offset);
+            let slot = offsets
+                .entry((raw.topic.clone(), raw.partition))
+                .or_insert(raw.offset);
             *slot = (*slot).max(raw.offset);
-            self.metrics.events_in.with_label_values(&[raw.lane.label()]).inc();
+            self.metrics
+                .events_in
+                .with_label_values(&[raw.lane.label()])
+                .inc();
             match processor.process(raw.lane, &raw.payload, now) {
                 Ok(records) => {
                     for record in records {
@@ -277,33 +348,71 @@ impl Router {
                                 deduplicated += 1;
                                 if record.richness > richness {
                                     in_batch.insert((p, record.id), (i, record.richness));
-                                    outs[i] = Out::Enriched { partition: p, record };
+                                    outs[i] = Out::Enriched {
+                                        partition: p,
+                                        record,
+                                    };
                                 }
                             }
                             None => {
                                 in_batch.insert((p, record.id), (outs.len(), record.richness));
-                                outs.push(Out::Enriched { partition: p, record });
+                                outs.push(Out::Enriched {
+                                    partition: p,
+                                    record,
+                                });
                             }
                         }
                     }
                 }
                 Err(e) => {
                     warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, reason = %e, "poison event to the DLQ");
-                    outs.push(Out::Dlq { code: e.code(), reason: e.to_string(), raw });
+                    outs.push(Out::Dlq {
+                        code: e.code(),
+                        reason: e.to_string(),
+                        raw,
+                    });
                 }
             }
         }
 
+        let process_time = process_started.elapsed();
         let started = Instant::now();
-        producer.begin_transaction().map_err(self.kafka_err("begin transaction"))?;
+        producer
+            .begin_transaction()
+            .map_err(self.kafka_err("begin transaction"))?;
         let result = self.produce_all(producer, &outs).and_then(|()| {
+            let produced = started.elapsed();
             let mut tpl = TopicPartitionList::new();
             for ((topic, partition), offset) in &offsets {
-                tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1)).map_err(self.kafka_err("offsets"))?;
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
+                    .map_err(self.kafka_err("offsets"))?;
             }
-            let group = consumer.group_metadata().ok_or_else(|| RouterError::Kafka { brokers: self.kafka.brokers.clone(), what: "group metadata", reason: "consumer has no group metadata".into() })?;
-            producer.send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT).map_err(self.kafka_err("send offsets to transaction"))?;
-            producer.commit_transaction(TXN_TIMEOUT).map_err(self.kafka_err("commit transaction"))
+            let group = consumer
+                .group_metadata()
+                .ok_or_else(|| RouterError::Kafka {
+                    brokers: self.kafka.brokers.clone(),
+                    what: "group metadata",
+                    reason: "consumer has no group metadata".into(),
+                })?;
+            producer
+                .send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)
+                .map_err(self.kafka_err("send offsets to transaction"))?;
+            // Wait for the deliveries here: librdkafka's own flush inside
+            // commit_transaction sleeps in 100 ms steps on a BaseProducer.
+            producer
+                .flush(TXN_TIMEOUT)
+                .map_err(self.kafka_err("flush"))?;
+            let offsets_sent = started.elapsed();
+            let r = producer
+                .commit_transaction(TXN_TIMEOUT)
+                .map_err(self.kafka_err("commit transaction"));
+            debug!(
+                produce_ms = produced.as_millis() as u64,
+                offsets_ms = (offsets_sent - produced).as_millis() as u64,
+                commit_ms = (started.elapsed() - offsets_sent).as_millis() as u64,
+                "transaction phases"
+            );
+            r
         });
         if let Err(e) = result {
             self.metrics.transactions_aborted.inc();
@@ -312,7 +421,15 @@ impl Router {
             }
             return Err(e);
         }
-        self.metrics.transaction_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .transaction_seconds
+            .observe(started.elapsed().as_secs_f64());
+        debug!(
+            process_ms = process_time.as_millis() as u64,
+            transaction_ms = started.elapsed().as_millis() as u64,
+            outputs = outs.len(),
+            "batch committed"
+        );
 
         // Committed: now the ids count as seen.
         let now_secs = (now / 1_000_000) as u32;
@@ -323,14 +440,22 @@ impl Router {
         }
         for out in &outs {
             match out {
-                Out::Enriched { record, .. } => self.metrics.events_out.with_label_values(&[record.kind.label()]).inc(),
+                Out::Enriched { record, .. } => self
+                    .metrics
+                    .events_out
+                    .with_label_values(&[record.kind.label()])
+                    .inc(),
                 Out::Dlq { code, .. } => self.metrics.dlq.with_label_values(&[code]).inc(),
             }
         }
         self.metrics.deduplicated.inc_by(deduplicated);
         self.metrics.unknown_hosts.inc_by(processor.take_unknown());
-        self.metrics.window_entries.set(windows.values().map(|w| w.len() as i64).sum());
-        self.metrics.window_bytes.set(windows.values().map(|w| w.bytes() as i64).sum());
+        self.metrics
+            .window_entries
+            .set(windows.values().map(|w| w.len() as i64).sum());
+        self.metrics
+            .window_bytes
+            .set(windows.values().map(|w| w.bytes() as i64).sum());
         Ok(())
     }
 
@@ -339,17 +464,40 @@ impl Router {
             let source_partition;
             let source_offset;
             let (mut record, topic): (BaseRecord<'_, [u8], [u8]>, &str) = match out {
-                Out::Enriched { partition, record } => (BaseRecord::to(&self.topics.changes_enriched).partition(*partition).key(&record.key[..]).payload(&record.value[..]), &self.topics.changes_enriched),
+                Out::Enriched { partition, record } => (
+                    BaseRecord::to(&self.topics.changes_enriched)
+                        .partition(*partition)
+                        .key(&record.key[..])
+                        .payload(&record.value[..]),
+                    &self.topics.changes_enriched,
+                ),
                 Out::Dlq { raw, code, reason } => {
                     source_partition = raw.partition.to_string();
                     source_offset = raw.offset.to_string();
                     let headers = OwnedHeaders::new()
-                        .insert(Header { key: "pkgstream.error.code", value: Some(*code) })
-                        .insert(Header { key: "pkgstream.error.reason", value: Some(reason.as_str()) })
-                        .insert(Header { key: "pkgstream.source.topic", value: Some(raw.topic.as_str()) })
-                        .insert(Header { key: "pkgstream.source.partition", value: Some(source_partition.as_str()) })
-                        .insert(Header { key: "pkgstream.source.offset", value: Some(source_offset.as_str()) });
-                    let mut r = BaseRecord::to(&self.topics.dlq).payload(&raw.payload[..]).headers(headers);
+                        .insert(Header {
+                            key: "pkgstream.error.code",
+                            value: Some(*code),
+                        })
+                        .insert(Header {
+                            key: "pkgstream.error.reason",
+                            value: Some(reason.as_str()),
+                        })
+                        .insert(Header {
+                            key: "pkgstream.source.topic",
+                            value: Some(raw.topic.as_str()),
+                        })
+                        .insert(Header {
+                            key: "pkgstream.source.partition",
+                            value: Some(source_partition.as_str()),
+                        })
+                        .insert(Header {
+                            key: "pkgstream.source.offset",
+                            value: Some(source_offset.as_str()),
+                        });
+                    let mut r = BaseRecord::to(&self.topics.dlq)
+                        .payload(&raw.payload[..])
+                        .headers(headers);
                     if let Some(k) = &raw.key {
                         r = r.key(&k[..]);
                     }
@@ -363,7 +511,13 @@ impl Router {
                         record = r;
                         producer.poll(Duration::from_millis(10));
                     }
-                    Err((e, _)) => return Err(RouterError::Kafka { brokers: self.kafka.brokers.clone(), what: "produce", reason: format!("{topic}: {e}") }),
+                    Err((e, _)) => {
+                        return Err(RouterError::Kafka {
+                            brokers: self.kafka.brokers.clone(),
+                            what: "produce",
+                            reason: format!("{topic}: {e}"),
+                        })
+                    }
                 }
             }
         }
@@ -375,7 +529,10 @@ impl Router {
     /// partition `p` within the window's bounds.
     fn rebuild_window(&self, p: i32) -> Result<DedupeWindow, RouterError> {
         let started = Instant::now();
-        let mut window = DedupeWindow::new(self.config.dedupe_window_entries, self.config.dedupe_window_secs);
+        let mut window = DedupeWindow::new(
+            self.config.dedupe_window_entries,
+            self.config.dedupe_window_secs,
+        );
         let reader: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.kafka.brokers)
             .set("group.id", format!("{}-rebuild", self.config.group_id))
@@ -385,11 +542,16 @@ impl Router {
             .create()
             .map_err(self.kafka_err("create rebuild reader"))?;
         let topic = &self.topics.changes_enriched;
-        let (low, high) = reader.fetch_watermarks(topic, p, Duration::from_secs(10)).map_err(self.kafka_err("fetch watermarks"))?;
+        let (low, high) = reader
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(self.kafka_err("fetch watermarks"))?;
         let mut start = low.max(high - self.config.dedupe_window_entries as i64);
-        let since = chrono::Utc::now().timestamp_millis() - i64::from(self.config.dedupe_window_secs) * 1000;
+        let since = chrono::Utc::now().timestamp_millis()
+            - i64::from(self.config.dedupe_window_secs) * 1000;
         let mut by_time = TopicPartitionList::new();
-        by_time.add_partition_offset(topic, p, Offset::Offset(since)).map_err(self.kafka_err("offsets"))?;
+        by_time
+            .add_partition_offset(topic, p, Offset::Offset(since))
+            .map_err(self.kafka_err("offsets"))?;
         if let Ok(found) = reader.offsets_for_times(by_time, Duration::from_secs(10)) {
             if let Some(Offset::Offset(o)) = found.elements().first().map(|e| e.offset()) {
                 start = start.max(o);
@@ -400,7 +562,8 @@ impl Router {
             return Ok(window);
         }
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, Offset::Offset(start)).map_err(self.kafka_err("offsets"))?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(start))
+            .map_err(self.kafka_err("offsets"))?;
         reader.assign(&tpl).map_err(self.kafka_err("assign"))?;
         let now_secs = (chrono::Utc::now().timestamp()) as u32;
         let mut idle = Instant::now();
@@ -430,15 +593,28 @@ impl Router {
                 None => {}
             }
         }
-        info!(partition = p, entries = window.len(), elapsed_ms = started.elapsed().as_millis() as u64, "dedupe window rebuilt");
+        info!(
+            partition = p,
+            entries = window.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "dedupe window rebuilt"
+        );
         Ok(window)
     }
 
     fn update_lag(&self, consumer: &BaseConsumer<RebalanceLog>) {
-        let Ok(positions) = consumer.position() else { return };
+        let Ok(positions) = consumer.position() else {
+            return;
+        };
         for e in positions.elements() {
-            if let (Offset::Offset(pos), Ok((_, high))) = (e.offset(), consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))) {
-                self.metrics.consumer_lag.with_label_values(&[e.topic(), &e.partition().to_string()]).set((high - pos).max(0));
+            if let (Offset::Offset(pos), Ok((_, high))) = (
+                e.offset(),
+                consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2)),
+            ) {
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[e.topic(), &e.partition().to_string()])
+                    .set((high - pos).max(0));
             }
         }
     }
@@ -448,7 +624,11 @@ impl Router {
 /// (re-read when its modification time changes) and the compacted hosts
 /// topic (read from the beginning, then followed). The returned flag is
 /// raised once the topic was read up to its end as of start.
-fn start_host_sources(router: &Router, hosts: HostTable, shutdown: Shutdown) -> Result<Readiness, RouterError> {
+fn start_host_sources(
+    router: &Router,
+    hosts: HostTable,
+    shutdown: Shutdown,
+) -> Result<Readiness, RouterError> {
     if let Some(path) = &router.config.hosts_file {
         // A broken file at start is a configuration error; later it is a warning.
         hosts.set_file_entries(read_hosts_file(path)?);
@@ -532,7 +712,10 @@ fn start_host_sources(router: &Router, hosts: HostTable, shutdown: Shutdown) -> 
 
 /// A reader of every partition of the hosts topic from the beginning, and
 /// the end offset of each non-empty partition at start.
-fn open_hosts_reader(brokers: &str, topic: &str) -> Result<(BaseConsumer, HashMap<i32, i64>), KafkaError> {
+fn open_hosts_reader(
+    brokers: &str,
+    topic: &str,
+) -> Result<(BaseConsumer, HashMap<i32, i64>), KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "pkgstream-router-hosts")
@@ -540,7 +723,11 @@ fn open_hosts_reader(brokers: &str, topic: &str) -> Result<(BaseConsumer, HashMa
         .set("allow.auto.create.topics", "false")
         .create()?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let t = md.topics().first().filter(|t| t.error().is_none() && !t.partitions().is_empty()).ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopic))?;
+    let t = md
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopic))?;
     let mut tpl = TopicPartitionList::new();
     let mut ends = HashMap::new();
     for p in t.partitions() {

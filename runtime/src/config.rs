@@ -19,7 +19,9 @@ pub struct KafkaConfig {
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        KafkaConfig { brokers: default_brokers() }
+        KafkaConfig {
+            brokers: default_brokers(),
+        }
     }
 }
 
@@ -64,7 +66,13 @@ fn d_dlq() -> String {
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        TopicsConfig { changes_raw: d_changes_raw(), inventory_raw: d_inventory_raw(), hosts: d_hosts(), changes_enriched: d_changes_enriched(), dlq: d_dlq() }
+        TopicsConfig {
+            changes_raw: d_changes_raw(),
+            inventory_raw: d_inventory_raw(),
+            hosts: d_hosts(),
+            changes_enriched: d_changes_enriched(),
+            dlq: d_dlq(),
+        }
     }
 }
 
@@ -74,13 +82,27 @@ impl Default for TopicsConfig {
 pub fn load<T: DeserializeOwned>(path: Option<&Path>) -> Result<T, RuntimeError> {
     let mut builder = config::Config::builder();
     if let Some(p) = path {
-        builder = builder.add_source(config::File::from(p).format(config::FileFormat::Toml).required(true));
+        builder = builder.add_source(
+            config::File::from(p)
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
     }
     builder
-        .add_source(config::Environment::with_prefix("PKGSTREAM").separator("__").try_parsing(true))
+        .add_source(
+            config::Environment::with_prefix("PKGSTREAM")
+                .separator("__")
+                .try_parsing(true),
+        )
         .build()
         .and_then(|c| c.try_deserialize())
-        .map_err(|e| RuntimeError::Config(format!("{e}{}", path.map(|p| format!(" (file {})", p.display())).unwrap_or_default())))
+        .map_err(|e| {
+            RuntimeError::Config(format!(
+                "{e}{}",
+                path.map(|p| format!(" (file {})", p.display()))
+                    .unwrap_or_default()
+            ))
+        })
 }
 
 #[cfg(test)]

@@ -28,9 +28,22 @@ impl Readiness {
 
 /// Serves the endpoint on `addr` (e.g. `127.0.0.1:9108`; port 0 picks one)
 /// from a background thread; returns the bound address.
-pub fn serve(addr: &str, registry: Registry, ready: Readiness) -> Result<std::net::SocketAddr, RuntimeError> {
-    let server = tiny_http::Server::http(addr).map_err(|e| RuntimeError::Listen { addr: addr.to_owned(), reason: e.to_string() })?;
-    let bound = server.server_addr().to_ip().ok_or_else(|| RuntimeError::Listen { addr: addr.to_owned(), reason: "not an IP address".into() })?;
+pub fn serve(
+    addr: &str,
+    registry: Registry,
+    ready: Readiness,
+) -> Result<std::net::SocketAddr, RuntimeError> {
+    let server = tiny_http::Server::http(addr).map_err(|e| RuntimeError::Listen {
+        addr: addr.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| RuntimeError::Listen {
+            addr: addr.to_owned(),
+            reason: "not an IP address".into(),
+        })?;
     info!(%bound, "serving /metrics, /healthz, /readyz");
     std::thread::Builder::new()
         .name("health".into())
@@ -47,13 +60,21 @@ pub fn serve(addr: &str, registry: Registry, ready: Readiness) -> Result<std::ne
                     "/healthz" => (200, b"ok\n".to_vec()),
                     "/readyz" if ready.get() => (200, b"ready\n".to_vec()),
                     "/readyz" => (503, b"not ready\n".to_vec()),
-                    _ => (404, b"not found: try /metrics, /healthz, /readyz\n".to_vec()),
+                    _ => (
+                        404,
+                        b"not found: try /metrics, /healthz, /readyz\n".to_vec(),
+                    ),
                 };
-                if let Err(e) = request.respond(tiny_http::Response::from_data(body).with_status_code(status)) {
+                if let Err(e) =
+                    request.respond(tiny_http::Response::from_data(body).with_status_code(status))
+                {
                     warn!(error = %e, "health endpoint: response failed");
                 }
             }
         })
-        .map_err(|e| RuntimeError::Listen { addr: addr.to_owned(), reason: e.to_string() })?;
+        .map_err(|e| RuntimeError::Listen {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })?;
     Ok(bound)
 }

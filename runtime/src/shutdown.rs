@@ -15,7 +15,8 @@ impl Shutdown {
     pub fn on_signals() -> Result<Shutdown, RuntimeError> {
         let s = Shutdown::default();
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            signal_hook::flag::register(sig, s.0.clone()).map_err(|e| RuntimeError::Signals(e.to_string()))?;
+            signal_hook::flag::register(sig, s.0.clone())
+                .map_err(|e| RuntimeError::Signals(e.to_string()))?;
         }
         Ok(s)
     }

@@ -19,7 +19,9 @@ use serde_avro_fast::de::{DeserializerConfig, DeserializerState};
 use serde_avro_fast::ser::SerializerConfig;
 use serde_avro_fast::Schema;
 
-use crate::event::{EnrichedChange, EnrichedSnapshot, Enrichment, InventorySnapshot, PackageChange};
+use crate::event::{
+    EnrichedChange, EnrichedSnapshot, Enrichment, InventorySnapshot, PackageChange,
+};
 use crate::validate;
 use crate::SchemaError;
 
@@ -50,7 +52,12 @@ impl Kind {
     }
 
     /// Every kind.
-    pub const ALL: [Kind; 4] = [Kind::PackageChange, Kind::InventorySnapshot, Kind::EnrichedChange, Kind::EnrichedSnapshot];
+    pub const ALL: [Kind; 4] = [
+        Kind::PackageChange,
+        Kind::InventorySnapshot,
+        Kind::EnrichedChange,
+        Kind::EnrichedSnapshot,
+    ];
 
     /// The enriched kind the router turns this raw kind into.
     pub fn enriched(self) -> Kind {
@@ -86,10 +93,26 @@ impl SchemaVersion {
 /// replays for audits read events written years ago. The `registry_lists_
 /// every_file` test fails when a file exists that is not listed here.
 pub const SHIPPED: &[(Kind, u32, &str)] = &[
-    (Kind::PackageChange, 1, include_str!("../avro/PackageChange/v1.avsc")),
-    (Kind::InventorySnapshot, 1, include_str!("../avro/InventorySnapshot/v1.avsc")),
-    (Kind::EnrichedChange, 1, include_str!("../avro/EnrichedChange/v1.avsc")),
-    (Kind::EnrichedSnapshot, 1, include_str!("../avro/EnrichedSnapshot/v1.avsc")),
+    (
+        Kind::PackageChange,
+        1,
+        include_str!("../avro/PackageChange/v1.avsc"),
+    ),
+    (
+        Kind::InventorySnapshot,
+        1,
+        include_str!("../avro/InventorySnapshot/v1.avsc"),
+    ),
+    (
+        Kind::EnrichedChange,
+        1,
+        include_str!("../avro/EnrichedChange/v1.avsc"),
+    ),
+    (
+        Kind::EnrichedSnapshot,
+        1,
+        include_str!("../avro/EnrichedSnapshot/v1.avsc"),
+    ),
 ];
 
 /// Upper bound on any array length in a decoded datum (an inventory of a
@@ -113,24 +136,42 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
             #[allow(clippy::expect_used)]
             let schema: Schema = json.parse().expect("a shipped .avsc does not parse");
             let fingerprint = *schema.rabin_fingerprint();
-            SchemaVersion { kind, version, json, schema, fingerprint }
+            SchemaVersion {
+                kind,
+                version,
+                json,
+                schema,
+                fingerprint,
+            }
         })
         .collect::<Vec<_>>();
     // The shipped files are compiled in and checked by the unit tests.
     #[allow(clippy::expect_used)]
     let enrichment = enrichment_schema_json(
-        versions.iter().filter(|v| v.kind == Kind::EnrichedChange).max_by_key(|v| v.version).expect("an EnrichedChange version").json,
+        versions
+            .iter()
+            .filter(|v| v.kind == Kind::EnrichedChange)
+            .max_by_key(|v| v.version)
+            .expect("an EnrichedChange version")
+            .json,
     )
     .parse()
     .expect("the Enrichment record parses on its own");
-    Registry { versions, enrichment }
+    Registry {
+        versions,
+        enrichment,
+    }
 });
 
 /// The JSON of the last field's type (the `Enrichment` record) of an
 /// enriched schema.
 fn enrichment_schema_json(enriched: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(enriched).unwrap_or_default();
-    v["fields"].as_array().and_then(|f| f.last()).map(|f| f["type"].to_string()).unwrap_or_default()
+    v["fields"]
+        .as_array()
+        .and_then(|f| f.last())
+        .map(|f| f["type"].to_string())
+        .unwrap_or_default()
 }
 
 impl Registry {
@@ -168,18 +209,25 @@ impl Registry {
 
     /// Reads the single-object header and returns the writer schema and the
     /// datum that follows it.
-    pub fn writer_of<'b>(&self, bytes: &'b [u8]) -> Result<(&SchemaVersion, &'b [u8]), SchemaError> {
+    pub fn writer_of<'b>(
+        &self,
+        bytes: &'b [u8],
+    ) -> Result<(&SchemaVersion, &'b [u8]), SchemaError> {
         let Some((header, datum)) = bytes.split_first_chunk::<10>() else {
             return Err(SchemaError::TruncatedHeader { len: bytes.len() });
         };
         if header[..2] != [0xC3, 0x01] {
-            return Err(SchemaError::WrongMagic { found: [header[0], header[1]] });
+            return Err(SchemaError::WrongMagic {
+                found: [header[0], header[1]],
+            });
         }
         let mut fp = [0u8; 8];
         fp.copy_from_slice(&header[2..]);
         let version = self
             .by_fingerprint(&fp)
-            .ok_or_else(|| SchemaError::UnknownFingerprint { fingerprint: hex::encode(fp) })?;
+            .ok_or_else(|| SchemaError::UnknownFingerprint {
+                fingerprint: hex::encode(fp),
+            })?;
         Ok((version, datum))
     }
 }
@@ -203,8 +251,14 @@ pub fn decode_change(bytes: &[u8]) -> Result<PackageChange<'_>, SchemaError> {
 #[cold]
 fn fast_decode_error(e: fast::DecodeError, writer: &SchemaVersion, datum: &[u8]) -> SchemaError {
     match e {
-        fast::DecodeError::Truncated => SchemaError::TruncatedDatum { schema: writer.label(), len: datum.len() },
-        fast::DecodeError::Malformed { .. } => SchemaError::Malformed { schema: writer.label(), reason: e.to_string() },
+        fast::DecodeError::Truncated => SchemaError::TruncatedDatum {
+            schema: writer.label(),
+            len: datum.len(),
+        },
+        fast::DecodeError::Malformed { .. } => SchemaError::Malformed {
+            schema: writer.label(),
+            reason: e.to_string(),
+        },
     }
 }
 
@@ -236,26 +290,42 @@ fn decode<'b, T: serde::Deserialize<'b>>(bytes: &'b [u8], kind: Kind) -> Result<
 }
 
 /// The writer schema and datum of `bytes`, which must be of `kind`.
-fn writer_of_kind(bytes: &[u8], kind: Kind) -> Result<(&'static SchemaVersion, &[u8]), SchemaError> {
+fn writer_of_kind(
+    bytes: &[u8],
+    kind: Kind,
+) -> Result<(&'static SchemaVersion, &[u8]), SchemaError> {
     let (writer, datum) = Registry::get().writer_of(bytes)?;
     if writer.kind != kind {
-        return Err(SchemaError::WrongKind { expected: kind.name(), found: writer.label() });
+        return Err(SchemaError::WrongKind {
+            expected: kind.name(),
+            found: writer.label(),
+        });
     }
     Ok((writer, datum))
 }
 
 /// Reads `datum`, written with `writer`, into the current types through
 /// serde_avro_fast (with schema resolution by field name).
-fn decode_datum<'b, T: serde::Deserialize<'b>>(writer: &SchemaVersion, datum: &'b [u8]) -> Result<T, SchemaError> {
+fn decode_datum<'b, T: serde::Deserialize<'b>>(
+    writer: &SchemaVersion,
+    datum: &'b [u8],
+) -> Result<T, SchemaError> {
     let mut config = DeserializerConfig::new(&writer.schema);
     config.max_seq_size = MAX_SEQ_LEN;
-    let mut state = DeserializerState::with_config(serde_avro_fast::de::read::SliceRead::new(datum), config);
+    let mut state =
+        DeserializerState::with_config(serde_avro_fast::de::read::SliceRead::new(datum), config);
     T::deserialize(state.deserializer()).map_err(|e| {
         let reason = e.to_string();
         if reason.contains("end of slice") || reason.contains("Reached EOF") {
-            SchemaError::TruncatedDatum { schema: writer.label(), len: datum.len() }
+            SchemaError::TruncatedDatum {
+                schema: writer.label(),
+                len: datum.len(),
+            }
         } else {
-            SchemaError::Malformed { schema: writer.label(), reason }
+            SchemaError::Malformed {
+                schema: writer.label(),
+                reason,
+            }
         }
     })
 }
@@ -287,7 +357,8 @@ impl Encoder {
         let r = Registry::get();
         Encoder {
             change: SerializerConfig::new(&r.current(Kind::PackageChange).schema),
-            fast_change: r.current(Kind::PackageChange).fingerprint == fast::PACKAGE_CHANGE_FINGERPRINT,
+            fast_change: r.current(Kind::PackageChange).fingerprint
+                == fast::PACKAGE_CHANGE_FINGERPRINT,
             fast_enrichment: *r.enrichment.rabin_fingerprint() == fast::ENRICHMENT_FINGERPRINT,
             snapshot: SerializerConfig::new(&r.current(Kind::InventorySnapshot).schema),
             enriched_change: SerializerConfig::new(&r.current(Kind::EnrichedChange).schema),
@@ -298,13 +369,21 @@ impl Encoder {
 
     /// Validates and encodes a whole `EnrichedChange` (the slow path, for
     /// events the router builds itself or read with an older raw version).
-    pub fn encode_enriched_change(&mut self, e: &EnrichedChange<'_>, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+    pub fn encode_enriched_change(
+        &mut self,
+        e: &EnrichedChange<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SchemaError> {
         validate::enrichment("EnrichedChange", &e.enrichment)?;
         encode(e, &mut self.enriched_change, out)
     }
 
     /// Validates and encodes a whole `EnrichedSnapshot`.
-    pub fn encode_enriched_snapshot(&mut self, e: &EnrichedSnapshot<'_>, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+    pub fn encode_enriched_snapshot(
+        &mut self,
+        e: &EnrichedSnapshot<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SchemaError> {
         validate::enrichment("EnrichedSnapshot", &e.enrichment)?;
         encode(e, &mut self.enriched_snapshot, out)
     }
@@ -319,10 +398,17 @@ impl Encoder {
     /// exactly those of a full encode. Returns `Ok(false)`, writing nothing,
     /// when `raw` was written with another version: decode and use
     /// `encode_enriched_*` then.
-    pub fn append_enrichment(&mut self, raw: &[u8], enrichment: &Enrichment<'_>, out: &mut Vec<u8>) -> Result<bool, SchemaError> {
+    pub fn append_enrichment(
+        &mut self,
+        raw: &[u8],
+        enrichment: &Enrichment<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, SchemaError> {
         let r = Registry::get();
         let (writer, datum) = r.writer_of(raw)?;
-        if !matches!(writer.kind, Kind::PackageChange | Kind::InventorySnapshot) || writer.version != r.current(writer.kind).version {
+        if !matches!(writer.kind, Kind::PackageChange | Kind::InventorySnapshot)
+            || writer.version != r.current(writer.kind).version
+        {
             return Ok(false);
         }
         let enriched = r.current(writer.kind.enriched());
@@ -333,15 +419,24 @@ impl Encoder {
         out.extend_from_slice(datum);
         if self.fast_enrichment {
             fast::encode_enrichment(enrichment, out);
-        } else if let Err(e) = serde_avro_fast::to_datum(enrichment, &mut *out, &mut self.enrichment) {
+        } else if let Err(e) =
+            serde_avro_fast::to_datum(enrichment, &mut *out, &mut self.enrichment)
+        {
             out.truncate(start);
-            return Err(SchemaError::Encode { schema: enriched.label(), reason: e.to_string() });
+            return Err(SchemaError::Encode {
+                schema: enriched.label(),
+                reason: e.to_string(),
+            });
         }
         Ok(true)
     }
 
     /// Validates `change` and appends its single-object encoding to `out`.
-    pub fn encode_change(&mut self, change: &PackageChange<'_>, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+    pub fn encode_change(
+        &mut self,
+        change: &PackageChange<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SchemaError> {
         validate::change(change)?;
         if !self.fast_change {
             return encode(change, &mut self.change, out);
@@ -353,25 +448,38 @@ impl Encoder {
     }
 
     /// Validates `snapshot` and appends its single-object encoding to `out`.
-    pub fn encode_snapshot(&mut self, snapshot: &InventorySnapshot<'_>, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+    pub fn encode_snapshot(
+        &mut self,
+        snapshot: &InventorySnapshot<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SchemaError> {
         validate::snapshot(snapshot)?;
         encode(snapshot, &mut self.snapshot, out)
     }
 }
 
-fn encode<T: serde::Serialize>(value: &T, config: &mut SerializerConfig<'static>, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+fn encode<T: serde::Serialize>(
+    value: &T,
+    config: &mut SerializerConfig<'static>,
+    out: &mut Vec<u8>,
+) -> Result<(), SchemaError> {
     let schema = config.schema();
     out.extend_from_slice(&[0xC3, 0x01]);
     out.extend_from_slice(schema.rabin_fingerprint());
     let start = out.len() - 10;
-    serde_avro_fast::to_datum(value, &mut *out, config).map(|_| ()).map_err(|e| {
-        out.truncate(start);
-        let label = Registry::get()
-            .by_fingerprint(schema.rabin_fingerprint())
-            .map(SchemaVersion::label)
-            .unwrap_or_default();
-        SchemaError::Encode { schema: label, reason: e.to_string() }
-    })
+    serde_avro_fast::to_datum(value, &mut *out, config)
+        .map(|_| ())
+        .map_err(|e| {
+            out.truncate(start);
+            let label = Registry::get()
+                .by_fingerprint(schema.rabin_fingerprint())
+                .map(SchemaVersion::label)
+                .unwrap_or_default();
+            SchemaError::Encode {
+                schema: label,
+                reason: e.to_string(),
+            }
+        })
 }
 
 #[cfg(test)]
@@ -382,7 +490,9 @@ mod tests {
 
     fn encoded(i: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        Encoder::new().encode_change(&sample::change(i), &mut out).unwrap();
+        Encoder::new()
+            .encode_change(&sample::change(i), &mut out)
+            .unwrap();
         out
     }
 
@@ -392,23 +502,42 @@ mod tests {
         for i in 0..10 {
             let raw = encoded(i);
             let mut fast = Vec::new();
-            assert!(enc.append_enrichment(&raw, &sample::enrichment(i), &mut fast).unwrap());
+            assert!(enc
+                .append_enrichment(&raw, &sample::enrichment(i), &mut fast)
+                .unwrap());
             let mut full = Vec::new();
-            enc.encode_enriched_change(&crate::EnrichedChange::new(sample::change(i), sample::enrichment(i)), &mut full).unwrap();
+            enc.encode_enriched_change(
+                &crate::EnrichedChange::new(sample::change(i), sample::enrichment(i)),
+                &mut full,
+            )
+            .unwrap();
             assert_eq!(fast, full);
             let back = decode_enriched_change(&fast).unwrap();
-            assert_eq!(back.into_parts(), (sample::change(i), sample::enrichment(i)));
+            assert_eq!(
+                back.into_parts(),
+                (sample::change(i), sample::enrichment(i))
+            );
         }
         let s = sample::snapshot(3, 40);
         let mut raw = Vec::new();
         enc.encode_snapshot(&s, &mut raw).unwrap();
         let mut fast = Vec::new();
-        assert!(enc.append_enrichment(&raw, &sample::enrichment(3), &mut fast).unwrap());
-        assert_eq!(decode_enriched_snapshot(&fast).unwrap(), crate::EnrichedSnapshot::new(s, sample::enrichment(3)));
+        assert!(enc
+            .append_enrichment(&raw, &sample::enrichment(3), &mut fast)
+            .unwrap());
+        assert_eq!(
+            decode_enriched_snapshot(&fast).unwrap(),
+            crate::EnrichedSnapshot::new(s, sample::enrichment(3))
+        );
         let mut bad = sample::enrichment(1);
         bad.hostgroup = Cow::Borrowed("");
         let mut out = Vec::new();
-        assert_eq!(enc.append_enrichment(&raw, &bad, &mut out).unwrap_err().to_string(), "invalid EnrichedSnapshot: enrichment.hostgroup is empty");
+        assert_eq!(
+            enc.append_enrichment(&raw, &bad, &mut out)
+                .unwrap_err()
+                .to_string(),
+            "invalid EnrichedSnapshot: enrichment.hostgroup is empty"
+        );
         assert!(out.is_empty());
     }
 
@@ -417,7 +546,10 @@ mod tests {
         let bytes = encoded(3);
         let back = decode_change(&bytes).unwrap();
         assert_eq!(back, sample::change(3));
-        assert!(matches!(back.host.hostname, Cow::Borrowed(_)), "decode must not allocate strings");
+        assert!(
+            matches!(back.host.hostname, Cow::Borrowed(_)),
+            "decode must not allocate strings"
+        );
         assert!(matches!(back.package.repo, Some(Cow::Borrowed(_))));
     }
 
@@ -433,7 +565,13 @@ mod tests {
         let mut out = Vec::new();
         Encoder::new().encode_snapshot(&s, &mut out).unwrap();
         assert_eq!(decode_snapshot(&out).unwrap(), s);
-        assert!(matches!(decode_change(&out), Err(SchemaError::WrongKind { expected: "PackageChange", .. })));
+        assert!(matches!(
+            decode_change(&out),
+            Err(SchemaError::WrongKind {
+                expected: "PackageChange",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -450,22 +588,43 @@ mod tests {
     #[test]
     fn each_bad_input_has_its_own_error() {
         let good = encoded(1);
-        assert_eq!(decode_change(&good[..5]), Err(SchemaError::TruncatedHeader { len: 5 }));
-        assert!(matches!(decode_change(&good[..good.len() - 20]), Err(SchemaError::TruncatedDatum { .. })));
+        assert_eq!(
+            decode_change(&good[..5]),
+            Err(SchemaError::TruncatedHeader { len: 5 })
+        );
+        assert!(matches!(
+            decode_change(&good[..good.len() - 20]),
+            Err(SchemaError::TruncatedDatum { .. })
+        ));
         let mut magic = good.clone();
         magic[0] = 0x4f;
-        assert_eq!(decode_change(&magic), Err(SchemaError::WrongMagic { found: [0x4f, 0x01] }));
+        assert_eq!(
+            decode_change(&magic),
+            Err(SchemaError::WrongMagic {
+                found: [0x4f, 0x01]
+            })
+        );
         let mut fp = good.clone();
         fp[2] ^= 0xff;
-        assert!(matches!(decode_change(&fp), Err(SchemaError::UnknownFingerprint { .. })));
+        assert!(matches!(
+            decode_change(&fp),
+            Err(SchemaError::UnknownFingerprint { .. })
+        ));
         // A negative string length is malformed: patch the length varint in
         // front of host.machine_id (32 chars, zigzag 0x40) to -1 (0x01).
         let id = sample::change(1).host.machine_id.into_owned();
-        let at = good.windows(id.len()).position(|w| w == id.as_bytes()).unwrap();
+        let at = good
+            .windows(id.len())
+            .position(|w| w == id.as_bytes())
+            .unwrap();
         assert_eq!(good[at - 1], 0x40);
         let mut neg = good.clone();
         neg[at - 1] = 0x01;
-        assert!(matches!(decode_change(&neg), Err(SchemaError::Malformed { .. })), "{:?}", decode_change(&neg));
+        assert!(
+            matches!(decode_change(&neg), Err(SchemaError::Malformed { .. })),
+            "{:?}",
+            decode_change(&neg)
+        );
     }
 
     #[test]
@@ -475,12 +634,20 @@ mod tests {
         let mut empty = sample::change(1);
         empty.package.name = Cow::Borrowed("");
         let err = enc.encode_change(&empty, &mut out).unwrap_err();
-        assert_eq!(err.to_string(), "invalid PackageChange: package.name is empty");
+        assert_eq!(
+            err.to_string(),
+            "invalid PackageChange: package.name is empty"
+        );
         assert!(out.is_empty(), "a rejected event leaves nothing behind");
 
         let mut negative = sample::change(1);
         negative.replaced.as_mut().unwrap().size = Some(-4);
-        assert_eq!(enc.encode_change(&negative, &mut out).unwrap_err().to_string(), "invalid PackageChange: replaced.size is negative");
+        assert_eq!(
+            enc.encode_change(&negative, &mut out)
+                .unwrap_err()
+                .to_string(),
+            "invalid PackageChange: replaced.size is negative"
+        );
 
         let mut lonely = sample::change(1);
         lonely.replaced = None;
@@ -497,7 +664,10 @@ mod tests {
         let mut snap = sample::snapshot(1, 3);
         snap.packages[2].epoch = Some(-1);
         assert_eq!(
-            Encoder::new().encode_snapshot(&snap, &mut out).unwrap_err().to_string(),
+            Encoder::new()
+                .encode_snapshot(&snap, &mut out)
+                .unwrap_err()
+                .to_string(),
             "invalid InventorySnapshot: packages[2].epoch is negative"
         );
     }

@@ -233,7 +233,9 @@ pub struct InventorySnapshot<'a> {
 /// `Option<Cow<str>>` that borrows from the input when it can (serde's own
 /// `Cow` impl always allocates, and `#[serde(borrow)]` does not reach inside
 /// an `Option`).
-fn opt_cow<'de: 'a, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+fn opt_cow<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
     struct CowStr;
     impl<'de> serde::de::Visitor<'de> for CowStr {
         type Value = Option<Cow<'de, str>>;
@@ -280,7 +282,7 @@ pub struct Enrichment<'a> {
     pub datacenter: Option<Cow<'a, str>>,
     /// Free-form tags.
     #[serde(default)]
-    pub tags: std::collections::BTreeMap<String, String>,
+    pub tags: Cow<'a, std::collections::BTreeMap<String, String>>,
     /// False when no host table knows the host.
     pub known_host: bool,
     /// The host has maintenance windows and the event is in none.
@@ -364,6 +366,12 @@ pub struct EnrichedSnapshot<'a> {
 impl<'a> EnrichedSnapshot<'a> {
     /// Joins a snapshot and its enrichment.
     pub fn new(s: InventorySnapshot<'a>, enrichment: Enrichment<'a>) -> Self {
-        EnrichedSnapshot { snapshot_id: s.snapshot_id, taken_at: s.taken_at, host: s.host, packages: s.packages, enrichment }
+        EnrichedSnapshot {
+            snapshot_id: s.snapshot_id,
+            taken_at: s.taken_at,
+            host: s.host,
+            packages: s.packages,
+            enrichment,
+        }
     }
 }

@@ -44,7 +44,11 @@ pub fn change_event_id(
 /// followed by `\n`; the first 16 bytes.
 pub fn snapshot_id(machine_id: &str, taken_at: i64) -> EventId {
     let mut h = Sha256::new();
-    for b in [b"pkgstream.snapshot.v1".as_slice(), machine_id.as_bytes(), itoa(taken_at).as_ref()] {
+    for b in [
+        b"pkgstream.snapshot.v1".as_slice(),
+        machine_id.as_bytes(),
+        itoa(taken_at).as_ref(),
+    ] {
         h.update(b);
         h.update(b"\n");
     }
@@ -59,7 +63,10 @@ fn truncate(digest: [u8; 32]) -> EventId {
 
 /// Decimal text of an integer without allocating.
 fn itoa(v: i64) -> ItoaBuf {
-    let mut buf = ItoaBuf { bytes: [0; 20], start: 20 };
+    let mut buf = ItoaBuf {
+        bytes: [0; 20],
+        start: 20,
+    };
     let neg = v < 0;
     let mut n = v.unsigned_abs();
     loop {
@@ -101,7 +108,18 @@ mod tests {
 
     #[test]
     fn change_id_is_stable_and_sensitive() {
-        let id = |tid| change_event_id("m1", Action::Upgrade, "openssl", None, "3.0.7", "27.el9", "x86_64", tid);
+        let id = |tid| {
+            change_event_id(
+                "m1",
+                Action::Upgrade,
+                "openssl",
+                None,
+                "3.0.7",
+                "27.el9",
+                "x86_64",
+                tid,
+            )
+        };
         assert_eq!(id(1), id(1));
         assert_ne!(id(1), id(2));
         // epoch unset and epoch 0 are the same change (rpm compares them equal)

@@ -23,7 +23,13 @@ pub mod id;
 pub mod sample;
 pub mod validate;
 
-pub use codec::{decode_change, decode_enriched_change, decode_enriched_snapshot, decode_snapshot, Encoder, Kind, Registry, SchemaVersion};
+pub use codec::{
+    decode_change, decode_enriched_change, decode_enriched_snapshot, decode_snapshot, Encoder,
+    Kind, Registry, SchemaVersion,
+};
 pub use error::SchemaError;
-pub use event::{Action, EnrichedChange, EnrichedSnapshot, Enrichment, EventId, Host, InventorySnapshot, Package, PackageChange, Source, Transaction};
+pub use event::{
+    Action, EnrichedChange, EnrichedSnapshot, Enrichment, EventId, Host, InventorySnapshot,
+    Package, PackageChange, Source, Transaction,
+};
 pub use id::{change_event_id, snapshot_id};

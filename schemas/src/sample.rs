@@ -3,7 +3,9 @@
 
 use std::borrow::Cow;
 
-use crate::event::{Action, Enrichment, Host, InventorySnapshot, Package, PackageChange, Source, Transaction};
+use crate::event::{
+    Action, Enrichment, Host, InventorySnapshot, Package, PackageChange, Source, Transaction,
+};
 use crate::id::{change_event_id, snapshot_id};
 
 const PACKAGES: &[(&str, &str, &str)] = &[
@@ -25,7 +27,12 @@ pub fn host(i: u64) -> Host<'static> {
     }
 }
 
-fn package(name: &str, version: &str, release: &str, install_time: Option<i64>) -> Package<'static> {
+fn package(
+    name: &str,
+    version: &str,
+    release: &str,
+    install_time: Option<i64>,
+) -> Package<'static> {
     Package {
         name: Cow::Owned(name.to_owned()),
         epoch: Some(1),
@@ -37,7 +44,10 @@ fn package(name: &str, version: &str, release: &str, install_time: Option<i64>) 
         buildtime: Some(1_716_300_000_000_000),
         install_time,
         size: Some(6_712_345),
-        digest: Some(Cow::Owned(format!("sha256:{:064x}", name.len() * 7919 + version.len()))),
+        digest: Some(Cow::Owned(format!(
+            "sha256:{:064x}",
+            name.len() * 7919 + version.len()
+        ))),
     }
 }
 
@@ -50,9 +60,24 @@ pub fn change(i: u64) -> PackageChange<'static> {
     let mut pkg = package(name, version, release, Some(event_time));
     pkg.release = Cow::Owned(format!("{release}.{}", i % 7 + 1));
     // What rpm still knows about the package it replaced.
-    let replaced = Package { repo: None, vendor: None, digest: None, buildtime: None, ..package(name, version, release, Some(1_750_000_000_000_000)) };
+    let replaced = Package {
+        repo: None,
+        vendor: None,
+        digest: None,
+        buildtime: None,
+        ..package(name, version, release, Some(1_750_000_000_000_000))
+    };
     PackageChange {
-        event_id: change_event_id(&host.machine_id, Action::Upgrade, &pkg.name, pkg.epoch, &pkg.version, &pkg.release, &pkg.arch, rpm_tid),
+        event_id: change_event_id(
+            &host.machine_id,
+            Action::Upgrade,
+            &pkg.name,
+            pkg.epoch,
+            &pkg.version,
+            &pkg.release,
+            &pkg.arch,
+            rpm_tid,
+        ),
         event_time,
         host,
         source: Source::Dnf,
@@ -77,7 +102,16 @@ pub fn snapshot(i: u64, n: usize) -> InventorySnapshot<'static> {
         snapshot_id: snapshot_id(&host.machine_id, taken_at),
         taken_at,
         host,
-        packages: (0..n).map(|k| package(&format!("pkg-{k:04}"), "1.0", &format!("{k}.el9"), Some(1_750_000_000_000_000))).collect(),
+        packages: (0..n)
+            .map(|k| {
+                package(
+                    &format!("pkg-{k:04}"),
+                    "1.0",
+                    &format!("{k}.el9"),
+                    Some(1_750_000_000_000_000),
+                )
+            })
+            .collect(),
     }
 }
 
@@ -88,7 +122,7 @@ pub fn enrichment(i: u64) -> Enrichment<'static> {
         environment: Cow::Borrowed(if i % 10 == 0 { "staging" } else { "prod" }),
         owner: Some(Cow::Borrowed("team-web")),
         datacenter: Some(Cow::Borrowed("dc1")),
-        tags: [("tier".to_owned(), "frontend".to_owned())].into(),
+        tags: Cow::Owned([("tier".to_owned(), "frontend".to_owned())].into()),
         known_host: true,
         outside_maintenance_window: i % 5 == 0,
         unexplained_rpm: false,

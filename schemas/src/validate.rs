@@ -10,7 +10,13 @@ const SNAPSHOT: &str = "InventorySnapshot";
 
 /// Checks a change event.
 pub fn change(c: &PackageChange<'_>) -> Result<(), SchemaError> {
-    let bad = |field: &str, reason| Err(SchemaError::Invalid { kind: CHANGE, field: field.to_owned(), reason });
+    let bad = |field: &str, reason| {
+        Err(SchemaError::Invalid {
+            kind: CHANGE,
+            field: field.to_owned(),
+            reason,
+        })
+    };
     if c.host.machine_id.is_empty() {
         return bad("host.machine_id", "is empty");
     }
@@ -23,7 +29,12 @@ pub fn change(c: &PackageChange<'_>) -> Result<(), SchemaError> {
     package(CHANGE, "package", &c.package)?;
     match (&c.replaced, c.action) {
         (Some(r), _) => package(CHANGE, "replaced", r)?,
-        (None, Action::Upgrade | Action::Downgrade) => return bad("replaced", "is missing (UPGRADE and DOWNGRADE name the package they replaced)"),
+        (None, Action::Upgrade | Action::Downgrade) => {
+            return bad(
+                "replaced",
+                "is missing (UPGRADE and DOWNGRADE name the package they replaced)",
+            )
+        }
         (None, _) => {}
     }
     Ok(())
@@ -32,23 +43,46 @@ pub fn change(c: &PackageChange<'_>) -> Result<(), SchemaError> {
 /// Checks an inventory snapshot.
 pub fn snapshot(s: &InventorySnapshot<'_>) -> Result<(), SchemaError> {
     if s.host.machine_id.is_empty() {
-        return Err(SchemaError::Invalid { kind: SNAPSHOT, field: "host.machine_id".into(), reason: "is empty" });
+        return Err(SchemaError::Invalid {
+            kind: SNAPSHOT,
+            field: "host.machine_id".into(),
+            reason: "is empty",
+        });
     }
     if s.taken_at <= 0 {
-        return Err(SchemaError::Invalid { kind: SNAPSHOT, field: "taken_at".into(), reason: "is not after 1970" });
+        return Err(SchemaError::Invalid {
+            kind: SNAPSHOT,
+            field: "taken_at".into(),
+            reason: "is not after 1970",
+        });
     }
     for (i, p) in s.packages.iter().enumerate() {
         // Only format the path when there is an error.
         if let Err(SchemaError::Invalid { field, reason, .. }) = package(SNAPSHOT, "", p) {
-            return Err(SchemaError::Invalid { kind: SNAPSHOT, field: format!("packages[{i}]{field}"), reason });
+            return Err(SchemaError::Invalid {
+                kind: SNAPSHOT,
+                field: format!("packages[{i}]{field}"),
+                reason,
+            });
         }
     }
     Ok(())
 }
 
 fn package(kind: &'static str, path: &str, p: &Package<'_>) -> Result<(), SchemaError> {
-    let bad = |field: &str, reason| Err(SchemaError::Invalid { kind, field: format!("{path}.{field}"), reason });
-    for (field, value) in [("name", &p.name), ("version", &p.version), ("release", &p.release), ("arch", &p.arch)] {
+    let bad = |field: &str, reason| {
+        Err(SchemaError::Invalid {
+            kind,
+            field: format!("{path}.{field}"),
+            reason,
+        })
+    };
+    for (field, value) in [
+        ("name", &p.name),
+        ("version", &p.version),
+        ("release", &p.release),
+        ("arch", &p.arch),
+    ] {
         if value.is_empty() {
             return bad(field, "is empty");
         }
@@ -64,7 +98,13 @@ fn package(kind: &'static str, path: &str, p: &Package<'_>) -> Result<(), Schema
 
 /// Checks the router's enrichment.
 pub fn enrichment(kind: &'static str, e: &Enrichment<'_>) -> Result<(), SchemaError> {
-    let bad = |field: &str, reason| Err(SchemaError::Invalid { kind, field: format!("enrichment.{field}"), reason });
+    let bad = |field: &str, reason| {
+        Err(SchemaError::Invalid {
+            kind,
+            field: format!("enrichment.{field}"),
+            reason,
+        })
+    };
     if e.hostgroup.is_empty() {
         return bad("hostgroup", "is empty");
     }

@@ -19,7 +19,10 @@ mod common;
 use std::borrow::Cow;
 
 use common::{any_change, any_enrichment, any_valid_change};
-use pkgstream_schemas::{decode_change, decode_enriched_change, validate, EnrichedChange, Encoder, Kind, PackageChange, Registry, SchemaError};
+use pkgstream_schemas::{
+    decode_change, decode_enriched_change, validate, Encoder, EnrichedChange, Kind, PackageChange,
+    Registry, SchemaError,
+};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_avro_fast::ser::SerializerConfig;
@@ -30,7 +33,8 @@ fn serde_encode<T: serde::Serialize>(value: &T, kind: Kind) -> Vec<u8> {
     let current = Registry::get().current(kind);
     let mut out = vec![0xC3, 0x01];
     out.extend_from_slice(&current.fingerprint);
-    serde_avro_fast::to_datum(value, &mut out, &mut SerializerConfig::new(&current.schema)).unwrap();
+    serde_avro_fast::to_datum(value, &mut out, &mut SerializerConfig::new(&current.schema))
+        .unwrap();
     out
 }
 
@@ -38,16 +42,26 @@ fn serde_encode<T: serde::Serialize>(value: &T, kind: Kind) -> Vec<u8> {
 fn serde_decode(bytes: &[u8]) -> Result<PackageChange<'_>, SchemaError> {
     let (writer, datum) = Registry::get().writer_of(bytes)?;
     if writer.kind != Kind::PackageChange {
-        return Err(SchemaError::WrongKind { expected: "PackageChange", found: writer.label() });
+        return Err(SchemaError::WrongKind {
+            expected: "PackageChange",
+            found: writer.label(),
+        });
     }
-    let change: PackageChange<'_> = serde_avro_fast::from_datum_slice(datum, &writer.schema).map_err(|e| {
-        let reason = e.to_string();
-        if reason.contains("end of slice") || reason.contains("Reached EOF") {
-            SchemaError::TruncatedDatum { schema: writer.label(), len: datum.len() }
-        } else {
-            SchemaError::Malformed { schema: writer.label(), reason }
-        }
-    })?;
+    let change: PackageChange<'_> = serde_avro_fast::from_datum_slice(datum, &writer.schema)
+        .map_err(|e| {
+            let reason = e.to_string();
+            if reason.contains("end of slice") || reason.contains("Reached EOF") {
+                SchemaError::TruncatedDatum {
+                    schema: writer.label(),
+                    len: datum.len(),
+                }
+            } else {
+                SchemaError::Malformed {
+                    schema: writer.label(),
+                    reason,
+                }
+            }
+        })?;
     validate::change(&change)?;
     Ok(change)
 }
@@ -63,9 +77,17 @@ fn agree(bytes: &[u8]) -> Result<(), TestCaseError> {
     match (&fast, &reference) {
         (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
         (Err(a), Err(b)) if a == b => {}
-        (Err(SchemaError::Malformed { schema: a, .. }), Err(SchemaError::Malformed { schema: b, .. })) if a == b => {}
-        (Err(SchemaError::Malformed { reason, .. }), Err(SchemaError::TruncatedDatum { .. })) if reason.contains("varint longer than 64 bits") || reason.contains("out of the 32-bit range") => {}
-        _ => prop_assert!(false, "fast path {fast:?}\nserde path {reference:?}\nbytes {bytes:02x?}"),
+        (
+            Err(SchemaError::Malformed { schema: a, .. }),
+            Err(SchemaError::Malformed { schema: b, .. }),
+        ) if a == b => {}
+        (Err(SchemaError::Malformed { reason, .. }), Err(SchemaError::TruncatedDatum { .. }))
+            if reason.contains("varint longer than 64 bits")
+                || reason.contains("out of the 32-bit range") => {}
+        _ => prop_assert!(
+            false,
+            "fast path {fast:?}\nserde path {reference:?}\nbytes {bytes:02x?}"
+        ),
     }
     Ok(())
 }
@@ -81,7 +103,14 @@ enum Edit {
 /// Any byte, but often one that means something in Avro: a small varint
 /// (union branch, enum index, short length), a continuation byte, a sign.
 fn byte() -> impl Strategy<Value = u8> {
-    prop_oneof![any::<u8>(), 0..16u8, Just(0x7f), Just(0x80), Just(0x81), Just(0xff)]
+    prop_oneof![
+        any::<u8>(),
+        0..16u8,
+        Just(0x7f),
+        Just(0x80),
+        Just(0x81),
+        Just(0xff)
+    ]
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -194,7 +223,13 @@ fn every_single_byte_corruption_is_judged_alike() {
     sparse.replaced = None;
     sparse.action = pkgstream_schemas::Action::Remove;
     sparse.package.vendor = None;
-    sparse.transaction = pkgstream_schemas::Transaction { rpm_tid: 7, history_id: None, command_line: None, login_user: None, start_time: None };
+    sparse.transaction = pkgstream_schemas::Transaction {
+        rpm_tid: 7,
+        history_id: None,
+        command_line: None,
+        login_user: None,
+        start_time: None,
+    };
     for c in [pkgstream_schemas::sample::change(1), sparse] {
         let good = serde_encode(&c, Kind::PackageChange);
         for at in 10..good.len() {
@@ -215,11 +250,13 @@ fn varint_and_length_edges_are_judged_alike() {
     // event_time is the varint right after the 16-byte event id.
     let at = 10 + 16;
     for tail in [
-        &[0xff; 9][..],                                                      // runs out
-        &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01][..],   // 10 bytes, bit 63: fine
-        &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02][..],   // 10 bytes, bit 64: overflow
-        &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x81, 0x00][..], // 11 bytes
-        &[0x80, 0x00][..],                                                   // non-minimal zero
+        &[0xff; 9][..],                                                    // runs out
+        &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01][..], // 10 bytes, bit 63: fine
+        &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02][..], // 10 bytes, bit 64: overflow
+        &[
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x81, 0x00,
+        ][..], // 11 bytes
+        &[0x80, 0x00][..],                                                 // non-minimal zero
     ] {
         let mut bytes = good[..at].to_vec();
         bytes.extend_from_slice(tail);

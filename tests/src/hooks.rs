@@ -35,7 +35,12 @@ pub struct PkgSpec {
 impl PkgSpec {
     /// A plain noarch package `name-version-1` with one file.
     pub fn new(name: &str, version: &str) -> PkgSpec {
-        PkgSpec { name: name.into(), version: version.into(), preamble: String::new(), sections: String::new() }
+        PkgSpec {
+            name: name.into(),
+            version: version.into(),
+            preamble: String::new(),
+            sections: String::new(),
+        }
     }
 
     fn text(&self) -> String {
@@ -55,7 +60,9 @@ pub fn build_repo(dir: &Path, specs: &[PkgSpec]) -> PathBuf {
     let top = dir.join("rpmbuild");
     std::fs::create_dir_all(top.join("SPECS")).expect("mkdir");
     for spec in specs {
-        let path = top.join("SPECS").join(format!("{}-{}.spec", spec.name, spec.version));
+        let path = top
+            .join("SPECS")
+            .join(format!("{}-{}.spec", spec.name, spec.version));
         std::fs::write(&path, spec.text()).expect("write spec");
         let out = Command::new("rpmbuild")
             .arg("-bb")
@@ -68,11 +75,24 @@ pub fn build_repo(dir: &Path, specs: &[PkgSpec]) -> PathBuf {
             .env("HOME", dir)
             .output()
             .expect("rpmbuild (apt-get install rpm; scripts/bootstrap.sh does)");
-        assert!(out.status.success(), "rpmbuild {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "rpmbuild {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let repo = top.join("RPMS").join("noarch");
-    let out = Command::new("createrepo_c").arg("--quiet").arg(&repo).output().expect("createrepo_c (apt-get install createrepo-c)");
-    assert!(out.status.success(), "createrepo_c: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("createrepo_c")
+        .arg("--quiet")
+        .arg(&repo)
+        .output()
+        .expect("createrepo_c (apt-get install createrepo-c)");
+    assert!(
+        out.status.success(),
+        "createrepo_c: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     repo
 }
 
@@ -90,12 +110,22 @@ impl TestRepo {
         static REPO: OnceLock<TestRepo> = OnceLock::new();
         REPO.get_or_init(|| {
             let dir = tempfile::tempdir().expect("tempdir");
-            let mut specs = vec![PkgSpec::new("pa", "1.0"), PkgSpec::new("pa", "2.0"), PkgSpec::new("pa", "3.0"), PkgSpec::new("pb", "1.0"), PkgSpec::new("pc", "1.0"), PkgSpec::new("pd", "1.0"), PkgSpec::new("pold", "1.0")];
+            let mut specs = vec![
+                PkgSpec::new("pa", "1.0"),
+                PkgSpec::new("pa", "2.0"),
+                PkgSpec::new("pa", "3.0"),
+                PkgSpec::new("pb", "1.0"),
+                PkgSpec::new("pc", "1.0"),
+                PkgSpec::new("pd", "1.0"),
+                PkgSpec::new("pold", "1.0"),
+            ];
             let mut pnew = PkgSpec::new("pnew", "1.0");
             pnew.preamble = "Obsoletes: pold < 2\nProvides: pold = 2".into();
             specs.push(pnew);
             let mut pfail = PkgSpec::new("pfail", "1.0");
-            pfail.sections = "%pre -p <lua>\nerror(\"pkgstream test: this package refuses to install\")\n".into();
+            pfail.sections =
+                "%pre -p <lua>\nerror(\"pkgstream test: this package refuses to install\")\n"
+                    .into();
             specs.push(pfail);
             let path = build_repo(dir.path(), &specs);
             TestRepo { _dir: dir, path }
@@ -114,13 +144,21 @@ impl TestRepo {
 pub fn plugin_so() -> PathBuf {
     let emit = binary("pkgstream-emit");
     let dir = emit.parent().expect("target dir");
-    let candidates = [dir.join("libpkgstream_rpm_plugin.so"), dir.join("deps").join("libpkgstream_rpm_plugin.so")];
+    let candidates = [
+        dir.join("libpkgstream_rpm_plugin.so"),
+        dir.join("deps").join("libpkgstream_rpm_plugin.so"),
+    ];
     candidates
         .into_iter()
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
         .max()
         .map(|(_, p)| p)
-        .unwrap_or_else(|| panic!("libpkgstream_rpm_plugin.so is missing under {}: build the workspace first", dir.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "libpkgstream_rpm_plugin.so is missing under {}: build the workspace first",
+                dir.display()
+            )
+        })
 }
 
 /// The dnf plugin's source folder (`producer/dnf`).
@@ -130,7 +168,10 @@ pub fn dnf_plugin_dir() -> PathBuf {
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
 }
 
 /// Which hooks a [`HostRoot`] has installed.
@@ -168,7 +209,10 @@ impl HostRoot {
             std::fs::create_dir_all(d).expect("mkdir");
         }
         std::fs::copy(plugin_so(), plugindir.join("pkgstream.so")).expect("copy plugin");
-        let mut macros = format!("%_dbpath /var/lib/rpm\n%__plugindir {}\n", plugindir.display());
+        let mut macros = format!(
+            "%_dbpath /var/lib/rpm\n%__plugindir {}\n",
+            plugindir.display()
+        );
         if hooks.rpm_plugin {
             macros.push_str("%__transaction_pkgstream %{__plugindir}/pkgstream.so\n");
         }
@@ -180,11 +224,26 @@ impl HostRoot {
         )
         .expect("write dnf.conf");
         std::fs::create_dir_all(base.join("no-plugins")).expect("mkdir");
-        HostRoot { env, root, home, plugindir, hooks, extra_env: vec![("PKGSTREAM_EMIT".into(), binary("pkgstream-emit").display().to_string())], dnf_plugin_paths: None }
+        HostRoot {
+            env,
+            root,
+            home,
+            plugindir,
+            hooks,
+            extra_env: vec![(
+                "PKGSTREAM_EMIT".into(),
+                binary("pkgstream-emit").display().to_string(),
+            )],
+            dnf_plugin_paths: None,
+        }
     }
 
     fn with_env(&self, mut cmd: Command) -> Command {
-        cmd.env("HOME", &self.home).env_remove("PKGSTREAM_DNF_CONTEXT").env_remove("PKGSTREAM_RPM_RECORDED").env_remove("PKGSTREAM_EMIT_CONFIG").env_remove("SUDO_USER");
+        cmd.env("HOME", &self.home)
+            .env_remove("PKGSTREAM_DNF_CONTEXT")
+            .env_remove("PKGSTREAM_RPM_RECORDED")
+            .env_remove("PKGSTREAM_EMIT_CONFIG")
+            .env_remove("SUDO_USER");
         cmd.envs(self.env.vars.iter().map(|(k, v)| (k, v)));
         cmd.envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         cmd
@@ -226,19 +285,44 @@ impl HostRoot {
     /// Uses the hooks as installed by the pkgstream RPM under `pkgroot`:
     /// its `pkgstream.so` (plugin dir `plugindir`), its rpm macro file, its
     /// dnf plugin and configuration, and its `pkgstream-emit`.
-    pub fn use_installed(&mut self, pkgroot: &Path, plugindir: &Path, macros: &Path, dnf_plugindir: &Path) {
+    pub fn use_installed(
+        &mut self,
+        pkgroot: &Path,
+        plugindir: &Path,
+        macros: &Path,
+        dnf_plugindir: &Path,
+    ) {
         let macro_text = std::fs::read_to_string(macros).expect("installed macros file");
-        std::fs::write(self.home.join(".rpmmacros"), format!("%_dbpath /var/lib/rpm\n%__plugindir {}\n{macro_text}", plugindir.display())).expect("write .rpmmacros");
+        std::fs::write(
+            self.home.join(".rpmmacros"),
+            format!(
+                "%_dbpath /var/lib/rpm\n%__plugindir {}\n{macro_text}",
+                plugindir.display()
+            ),
+        )
+        .expect("write .rpmmacros");
         self.plugindir = plugindir.to_path_buf();
-        self.dnf_plugin_paths = Some((dnf_plugindir.to_path_buf(), pkgroot.join("etc/dnf/plugins")));
+        self.dnf_plugin_paths =
+            Some((dnf_plugindir.to_path_buf(), pkgroot.join("etc/dnf/plugins")));
         self.extra_env.retain(|(k, _)| k != "PKGSTREAM_EMIT");
-        self.extra_env.push(("PKGSTREAM_EMIT".into(), pkgroot.join("usr/bin/pkgstream-emit").display().to_string()));
+        self.extra_env.push((
+            "PKGSTREAM_EMIT".into(),
+            pkgroot.join("usr/bin/pkgstream-emit").display().to_string(),
+        ));
     }
 
     /// `INSTALLTID` of installed package `name` in this root.
     pub fn installtid(&self, name: &str) -> i64 {
         let out = self.rpm(&["-q", "--qf", "%{INSTALLTID}", name]);
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("no INSTALLTID for {name}: {}", String::from_utf8_lossy(&out.stderr)))
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no INSTALLTID for {name}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
     }
 }
 
@@ -257,7 +341,12 @@ pub struct Seen {
 
 /// Shorthand for an expected [`Seen`].
 pub fn seen(source: &str, action: &str, nvr: &str, replaced: Option<&str>) -> Seen {
-    Seen { source: source.into(), action: action.into(), nvr: nvr.into(), replaced: replaced.map(Into::into) }
+    Seen {
+        source: source.into(),
+        action: action.into(),
+        nvr: nvr.into(),
+        replaced: replaced.map(Into::into),
+    }
 }
 
 /// A decoded change event, with what the hook tests look at.
@@ -295,9 +384,16 @@ pub fn decode_all(messages: &[crate::Consumed]) -> Vec<Event> {
         .iter()
         .map(|m| {
             let e = pkgstream_schemas::decode_change(&m.value).expect("change decodes");
-            let nvr = |p: &pkgstream_schemas::Package<'_>| format!("{}-{}-{}", p.name, p.version, p.release);
+            let nvr = |p: &pkgstream_schemas::Package<'_>| {
+                format!("{}-{}-{}", p.name, p.version, p.release)
+            };
             Event {
-                seen: Seen { source: format!("{:?}", e.source).to_uppercase(), action: format!("{:?}", e.action).to_uppercase(), nvr: nvr(&e.package), replaced: e.replaced.as_ref().map(nvr) },
+                seen: Seen {
+                    source: format!("{:?}", e.source).to_uppercase(),
+                    action: format!("{:?}", e.action).to_uppercase(),
+                    nvr: nvr(&e.package),
+                    replaced: e.replaced.as_ref().map(nvr),
+                },
                 event_id: e.event_id.0,
                 machine_id: e.host.machine_id.to_string(),
                 hostname: e.host.hostname.to_string(),
@@ -318,7 +414,13 @@ pub fn decode_all(messages: &[crate::Consumed]) -> Vec<Event> {
 /// period, and decodes them.
 pub fn read_changes(env: &EmitEnv, expected: usize) -> Vec<Event> {
     flush_until_empty(env);
-    let got = crate::consume_all(&crate::kafka_brokers(), &env.changes_topic, expected, std::time::Duration::from_secs(3), std::time::Duration::from_secs(90));
+    let got = crate::consume_all(
+        &crate::kafka_brokers(),
+        &env.changes_topic,
+        expected,
+        std::time::Duration::from_secs(3),
+        std::time::Duration::from_secs(90),
+    );
     decode_all(&got)
 }
 
@@ -333,7 +435,11 @@ pub fn flush_until_empty(env: &EmitEnv) {
         if String::from_utf8_lossy(&status.stdout).contains(": 0 bytes of change events") {
             return;
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "spool not empty after 60 s: {}", text(&status));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "spool not empty after 60 s: {}",
+            text(&status)
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
@@ -343,11 +449,29 @@ pub fn flush_until_empty(env: &EmitEnv) {
 pub fn assert_one_per_change(events: &[Event]) {
     let ids: std::collections::HashSet<[u8; 16]> = events.iter().map(|e| e.event_id).collect();
     assert_eq!(ids.len(), events.len(), "duplicate event ids: {events:#?}");
-    let keys: std::collections::HashSet<(String, String, String)> = events.iter().map(|e| (e.machine_id.clone(), e.seen.nvr.clone(), e.seen.action.clone())).collect();
-    assert_eq!(keys.len(), events.len(), "the same change reported twice: {events:#?}");
+    let keys: std::collections::HashSet<(String, String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.machine_id.clone(),
+                e.seen.nvr.clone(),
+                e.seen.action.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys.len(),
+        events.len(),
+        "the same change reported twice: {events:#?}"
+    );
 }
 
 /// Output of a command as text, for assertion messages.
 pub fn text(out: &Output) -> String {
-    format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status.code(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

@@ -26,16 +26,33 @@ pub fn kafka_brokers() -> String {
 
 /// A name no other test or run uses.
 pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
 /// Creates `topics` with 3 partitions each on `brokers`.
 pub fn create_topics(brokers: &str, topics: &[&str]) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
-    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, 3, TopicReplication::Fixed(1))).collect();
-    let results = rt.block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))).expect("create topics");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, 3, TopicReplication::Fixed(1)))
+        .collect();
+    let results = rt
+        .block_on(admin.create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .expect("create topics");
     for r in results {
         r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t} on {brokers}: {e} (is Kafka running? scripts/services.sh start)"));
     }
@@ -46,7 +63,11 @@ pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 
@@ -69,22 +90,38 @@ impl EmitEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let etc = dir.path().join("etc");
         std::fs::create_dir_all(&etc).expect("mkdir");
-        std::fs::write(etc.join("machine-id"), "0123456789abcdef0123456789abcdef\n").expect("write");
+        std::fs::write(etc.join("machine-id"), "0123456789abcdef0123456789abcdef\n")
+            .expect("write");
         std::fs::write(etc.join("hostname"), "test-host\n").expect("write");
-        std::fs::write(etc.join("os-release"), "ID=\"rocky\"\nVERSION_ID=\"9.4\"\n").expect("write");
+        std::fs::write(etc.join("os-release"), "ID=\"rocky\"\nVERSION_ID=\"9.4\"\n")
+            .expect("write");
         let changes_topic = unique(&format!("{name}-changes"));
         let inventory_topic = unique(&format!("{name}-inventory"));
         let p = |f: &str| etc.join(f).display().to_string();
         let vars = vec![
             ("PKGSTREAM__KAFKA__BROKERS".into(), brokers.to_owned()),
-            ("PKGSTREAM__SPOOL__DIR".into(), dir.path().join("spool").display().to_string()),
-            ("PKGSTREAM__TOPICS__CHANGES_RAW".into(), changes_topic.clone()),
-            ("PKGSTREAM__TOPICS__INVENTORY_RAW".into(), inventory_topic.clone()),
+            (
+                "PKGSTREAM__SPOOL__DIR".into(),
+                dir.path().join("spool").display().to_string(),
+            ),
+            (
+                "PKGSTREAM__TOPICS__CHANGES_RAW".into(),
+                changes_topic.clone(),
+            ),
+            (
+                "PKGSTREAM__TOPICS__INVENTORY_RAW".into(),
+                inventory_topic.clone(),
+            ),
             ("PKGSTREAM__HOST__MACHINE_ID_FILE".into(), p("machine-id")),
             ("PKGSTREAM__HOST__HOSTNAME_FILE".into(), p("hostname")),
             ("PKGSTREAM__HOST__OS_RELEASE_FILE".into(), p("os-release")),
         ];
-        EmitEnv { dir, vars, changes_topic, inventory_topic }
+        EmitEnv {
+            dir,
+            vars,
+            changes_topic,
+            inventory_topic,
+        }
     }
 
     /// The spool directory.
@@ -96,14 +133,22 @@ impl EmitEnv {
     /// stderr as the caller sets them).
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(binary("pkgstream-emit"));
-        cmd.args(args).env_remove("PKGSTREAM_EMIT_CONFIG").envs(self.vars.iter().map(|(k, v)| (k, v)));
+        cmd.args(args)
+            .env_remove("PKGSTREAM_EMIT_CONFIG")
+            .envs(self.vars.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
     /// Runs `pkgstream-emit record` with `lines` on stdin.
     pub fn record(&self, lines: &[String]) -> Output {
         use std::io::Write;
-        let mut child = self.command(&["record"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn record");
+        let mut child = self
+            .command(&["record"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn record");
         let mut stdin = child.stdin.take().expect("stdin");
         for line in lines {
             writeln!(stdin, "{line}").expect("write stdin");
@@ -134,7 +179,13 @@ pub struct Consumed {
 /// Reads every message of `topic` from the beginning until `expected`
 /// messages arrived and then `quiet` passes with nothing new (so extra,
 /// unexpected messages are also seen), or `limit` passes.
-pub fn consume_all(brokers: &str, topic: &str, expected: usize, quiet: Duration, limit: Duration) -> Vec<Consumed> {
+pub fn consume_all(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    quiet: Duration,
+    limit: Duration,
+) -> Vec<Consumed> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
@@ -142,11 +193,18 @@ pub fn consume_all(brokers: &str, topic: &str, expected: usize, quiet: Duration,
         .set("isolation.level", "read_committed")
         .create()
         .expect("consumer");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
     }
     consumer.assign(&tpl).expect("assign");
     let mut out = Vec::new();
@@ -155,7 +213,11 @@ pub fn consume_all(brokers: &str, topic: &str, expected: usize, quiet: Duration,
     while started.elapsed() < limit {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                out.push(Consumed { partition: m.partition(), key: m.key().unwrap_or_default().to_vec(), value: m.payload().unwrap_or_default().to_vec() });
+                out.push(Consumed {
+                    partition: m.partition(),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                });
                 last = Instant::now();
             }
             Some(Err(e)) => panic!("consume {topic}: {e}"),
@@ -170,7 +232,8 @@ pub fn consume_all(brokers: &str, topic: &str, expected: usize, quiet: Duration,
 pub fn by_event_id(messages: &[Consumed]) -> HashMap<[u8; 16], Vec<&Consumed>> {
     let mut map: HashMap<[u8; 16], Vec<&Consumed>> = HashMap::new();
     for m in messages {
-        let change = pkgstream_schemas::decode_change(&m.value).expect("a message in the changes topic does not decode");
+        let change = pkgstream_schemas::decode_change(&m.value)
+            .expect("a message in the changes topic does not decode");
         map.entry(change.event_id.0).or_default().push(m);
     }
     map

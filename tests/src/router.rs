@@ -47,20 +47,44 @@ impl RouterEnv {
             vars: Vec::new(),
             metrics_port: free_port(),
         };
-        create_topics(brokers, &[&env.changes_raw, &env.inventory_raw, &env.hosts, &env.enriched, &env.dlq]);
+        create_topics(
+            brokers,
+            &[
+                &env.changes_raw,
+                &env.inventory_raw,
+                &env.hosts,
+                &env.enriched,
+                &env.dlq,
+            ],
+        );
         let id = unique(name);
         let mut env = env;
         env.vars = vec![
             ("PKGSTREAM__KAFKA__BROKERS".into(), brokers.to_owned()),
-            ("PKGSTREAM__TOPICS__CHANGES_RAW".into(), env.changes_raw.clone()),
-            ("PKGSTREAM__TOPICS__INVENTORY_RAW".into(), env.inventory_raw.clone()),
+            (
+                "PKGSTREAM__TOPICS__CHANGES_RAW".into(),
+                env.changes_raw.clone(),
+            ),
+            (
+                "PKGSTREAM__TOPICS__INVENTORY_RAW".into(),
+                env.inventory_raw.clone(),
+            ),
             ("PKGSTREAM__TOPICS__HOSTS".into(), env.hosts.clone()),
-            ("PKGSTREAM__TOPICS__CHANGES_ENRICHED".into(), env.enriched.clone()),
+            (
+                "PKGSTREAM__TOPICS__CHANGES_ENRICHED".into(),
+                env.enriched.clone(),
+            ),
             ("PKGSTREAM__TOPICS__DLQ".into(), env.dlq.clone()),
             ("PKGSTREAM__ROUTER__GROUP_ID".into(), format!("{id}-group")),
-            ("PKGSTREAM__ROUTER__TRANSACTIONAL_ID".into(), format!("{id}-txn")),
+            (
+                "PKGSTREAM__ROUTER__TRANSACTIONAL_ID".into(),
+                format!("{id}-txn"),
+            ),
             ("PKGSTREAM__ROUTER__BATCH_MS".into(), "100".into()),
-            ("PKGSTREAM__ROUTER__METRICS_LISTEN".into(), format!("127.0.0.1:{}", env.metrics_port)),
+            (
+                "PKGSTREAM__ROUTER__METRICS_LISTEN".into(),
+                format!("127.0.0.1:{}", env.metrics_port),
+            ),
         ];
         env
     }
@@ -92,7 +116,12 @@ impl RouterEnv {
     /// Value of a metric line (exact name with labels), 0 when absent.
     pub fn metric(&self, series: &str) -> f64 {
         self.metrics()
-            .and_then(|m| m.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' ')).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()))
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .and_then(|v| v.parse().ok())
+            })
             .unwrap_or(0.0)
     }
 
@@ -109,14 +138,21 @@ impl RouterEnv {
                     return;
                 }
             }
-            assert!(started.elapsed() < limit, "router not ready within {limit:?}");
+            assert!(
+                started.elapsed() < limit,
+                "router not ready within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// A producer for raw events.
     pub fn producer(&self) -> BaseProducer {
-        ClientConfig::new().set("bootstrap.servers", &self.brokers).set("linger.ms", "5").create().expect("producer")
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer")
     }
 }
 
@@ -134,7 +170,9 @@ pub fn send(producer: &BaseProducer, topic: &str, records: &[(Vec<u8>, Vec<u8>)]
             }
         }
     }
-    producer.flush(Duration::from_secs(30)).expect("flush test producer");
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("flush test producer");
 }
 
 /// One message with its headers.
@@ -152,7 +190,13 @@ pub struct WithHeaders {
 
 /// Reads all of `topic` (read_committed) until `expected` messages arrived
 /// and then `quiet` passed without more, or `limit` passed.
-pub fn read_all(brokers: &str, topic: &str, expected: usize, quiet: Duration, limit: Duration) -> Vec<WithHeaders> {
+pub fn read_all(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    quiet: Duration,
+    limit: Duration,
+) -> Vec<WithHeaders> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
@@ -160,11 +204,14 @@ pub fn read_all(brokers: &str, topic: &str, expected: usize, quiet: Duration, li
         .set("isolation.level", "read_committed")
         .create()
         .expect("consumer");
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
     let n = md.topics().first().map_or(0, |t| t.partitions().len());
     let mut tpl = TopicPartitionList::new();
     for p in 0..n as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
     }
     consumer.assign(&tpl).expect("assign");
     let (started, mut last) = (Instant::now(), Instant::now());
@@ -174,9 +221,24 @@ pub fn read_all(brokers: &str, topic: &str, expected: usize, quiet: Duration, li
             Some(Ok(m)) => {
                 let headers = m
                     .headers()
-                    .map(|h| h.iter().map(|x| (x.key.to_owned(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())).collect())
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| {
+                                (
+                                    x.key.to_owned(),
+                                    String::from_utf8_lossy(x.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
-                out.push(WithHeaders { key: m.key().unwrap_or_default().to_vec(), value: m.payload().unwrap_or_default().to_vec(), partition: m.partition(), headers });
+                out.push(WithHeaders {
+                    key: m.key().unwrap_or_default().to_vec(),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    partition: m.partition(),
+                    headers,
+                });
                 last = Instant::now();
             }
             Some(Err(e)) => panic!("read {topic}: {e}"),
@@ -188,5 +250,8 @@ pub fn read_all(brokers: &str, topic: &str, expected: usize, quiet: Duration, li
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }

@@ -9,15 +9,31 @@ use std::process::Command;
 use pkgstream_tests::hooks::repo_root;
 
 fn unittest(dir: &str, expected: usize) {
-    let python = if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let python = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
     let out = Command::new(python)
-        .args(["-W", "error::ResourceWarning", "-m", "unittest", "discover", "-v", "-s", dir])
+        .args([
+            "-W",
+            "error::ResourceWarning",
+            "-m",
+            "unittest",
+            "discover",
+            "-v",
+            "-s",
+            dir,
+        ])
         .current_dir(repo_root())
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .expect("run python3");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "python unit tests in {dir} failed:\n{err}");
+    assert!(
+        out.status.success(),
+        "python unit tests in {dir} failed:\n{err}"
+    );
     let ran = format!("Ran {expected} tests");
     assert!(err.contains(&ran), "expected `{ran}` in:\n{err}");
 }

@@ -6,7 +6,10 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use pkgstream_schemas::{decode_enriched_change, decode_enriched_snapshot, sample, Action, Encoder, EnrichedChange, Kind, PackageChange, Registry, Source};
+use pkgstream_schemas::{
+    decode_enriched_change, decode_enriched_snapshot, sample, Action, Encoder, EnrichedChange,
+    Kind, PackageChange, Registry, Source,
+};
 use pkgstream_tests::kafka_brokers;
 use pkgstream_tests::router::{read_all, send, RouterEnv};
 
@@ -22,7 +25,16 @@ fn raw_change(enc: &mut Encoder, i: u64, hosts: u64) -> (Vec<u8>, Vec<u8>, Packa
     let mut c = sample::change(i);
     c.host = sample::host(i % hosts);
     c.package.name = Cow::Owned(format!("pkg-{i}"));
-    c.event_id = pkgstream_schemas::change_event_id(&c.host.machine_id, c.action, &c.package.name, c.package.epoch, &c.package.version, &c.package.release, &c.package.arch, c.transaction.rpm_tid);
+    c.event_id = pkgstream_schemas::change_event_id(
+        &c.host.machine_id,
+        c.action,
+        &c.package.name,
+        c.package.epoch,
+        &c.package.version,
+        &c.package.release,
+        &c.package.arch,
+        c.transaction.rpm_tid,
+    );
     let mut v = Vec::new();
     enc.encode_change(&c, &mut v).expect("encode");
     (c.host.machine_id.as_bytes().to_vec(), v, c)
@@ -30,7 +42,11 @@ fn raw_change(enc: &mut Encoder, i: u64, hosts: u64) -> (Vec<u8>, Vec<u8>, Packa
 
 fn enriched_changes(msgs: &[pkgstream_tests::router::WithHeaders]) -> Vec<EnrichedChange<'_>> {
     msgs.iter()
-        .filter(|m| Registry::get().writer_of(&m.value).is_ok_and(|(v, _)| v.kind == Kind::EnrichedChange))
+        .filter(|m| {
+            Registry::get()
+                .writer_of(&m.value)
+                .is_ok_and(|(v, _)| v.kind == Kind::EnrichedChange)
+        })
         .map(|m| decode_enriched_change(&m.value).expect("enriched change decodes"))
         .collect()
 }
@@ -40,12 +56,20 @@ fn exactly_once_through_repeated_kill_9() {
     let env = RouterEnv::new(&kafka_brokers(), "eos");
     let producer = env.producer();
     // Hosts 0..10 are known (group web-<h % 2>), 10..40 are not.
-    let metas: Vec<(Vec<u8>, Vec<u8>)> = (0..10u64).map(|h| (sample::host(h).machine_id.as_bytes().to_vec(), host_meta(&format!("web-{}", h % 2)))).collect();
+    let metas: Vec<(Vec<u8>, Vec<u8>)> = (0..10u64)
+        .map(|h| {
+            (
+                sample::host(h).machine_id.as_bytes().to_vec(),
+                host_meta(&format!("web-{}", h % 2)),
+            )
+        })
+        .collect();
     send(&producer, &env.hosts, &metas);
 
     let mut enc = Encoder::new();
     const N: u64 = 20_000;
-    let events: Vec<(Vec<u8>, Vec<u8>, PackageChange<'static>)> = (0..N).map(|i| raw_change(&mut enc, i, 40)).collect();
+    let events: Vec<(Vec<u8>, Vec<u8>, PackageChange<'static>)> =
+        (0..N).map(|i| raw_change(&mut enc, i, 40)).collect();
     // Every 10th event is reported twice (a second hook, a spool replay).
     let mut stream: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for (i, (k, v, _)) in events.iter().enumerate() {
@@ -60,7 +84,8 @@ fn exactly_once_through_repeated_kill_9() {
     // each time after it committed at least 3 batches (then mid-batch), and
     // restarted.
     let mut env = env;
-    env.vars.push(("PKGSTREAM__ROUTER__BATCH_EVENTS".into(), "300".into()));
+    env.vars
+        .push(("PKGSTREAM__ROUTER__BATCH_EVENTS".into(), "300".into()));
     let mut router = env.start();
     let mut lives = Vec::new();
     for (n, slice) in stream.chunks(stream.len() / 10 + 1).enumerate() {
@@ -68,7 +93,10 @@ fn exactly_once_through_repeated_kill_9() {
         if n % 3 == 1 {
             let started = Instant::now();
             while env.metric("pkgstream_router_events_out_total{kind=\"change\"}") < 900.0 {
-                assert!(started.elapsed() < Duration::from_secs(60), "router made no progress");
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "router made no progress"
+                );
                 std::thread::sleep(Duration::from_millis(5));
             }
             std::thread::sleep(Duration::from_millis(37 * n as u64));
@@ -83,14 +111,21 @@ fn exactly_once_through_repeated_kill_9() {
     // dedupe windows must drop them.
     send(&producer, &env.changes_raw, &stream[..1000]);
     let replayed = 1000u64;
-    let got = read_all(&env.brokers, &env.enriched, N as usize, Duration::from_secs(5), LIMIT);
+    let got = read_all(
+        &env.brokers,
+        &env.enriched,
+        N as usize,
+        Duration::from_secs(5),
+        LIMIT,
+    );
     env.wait_ready(Duration::from_secs(60));
     let deduplicated = env.metric("pkgstream_router_events_deduplicated_total");
     let last_in = env.metric("pkgstream_router_events_in_total{lane=\"changes\"}");
     router.kill().expect("stop router");
     router.wait().expect("reap");
     let mut per_partition = [0usize; 3];
-    got.iter().for_each(|m| per_partition[m.partition as usize] += 1);
+    got.iter()
+        .for_each(|m| per_partition[m.partition as usize] += 1);
     println!("enriched messages per partition: {per_partition:?}");
     let changes = enriched_changes(&got);
     let mut seen: HashMap<[u8; 16], usize> = HashMap::new();
@@ -100,22 +135,46 @@ fn exactly_once_through_repeated_kill_9() {
     let twice = seen.values().filter(|n| **n > 1).count();
     println!("router killed {} times (events produced before each kill, as last scraped: {lives:?}): {} enriched messages for {N} events ({duplicates} duplicates + {replayed} replayed fed), {twice} ids more than once; the last life read {last_in} and dropped {deduplicated} duplicates", lives.len(), got.len());
     assert_eq!(lives.len(), 3);
-    assert_eq!(twice, 0, "an event appears more than once in the enriched topic");
+    assert_eq!(
+        twice, 0,
+        "an event appears more than once in the enriched topic"
+    );
     assert_eq!(changes.len() as u64, N, "exactly the unique events");
     let expected: HashSet<[u8; 16]> = events.iter().map(|(_, _, c)| c.event_id.0).collect();
     assert_eq!(seen.keys().copied().collect::<HashSet<_>>(), expected);
     // Enriched correctly: the change as reported plus the right host data,
     // and raw partition p went to enriched partition p with the host's key.
-    let by_id: HashMap<[u8; 16], &PackageChange<'static>> = events.iter().map(|(_, _, c)| (c.event_id.0, c)).collect();
+    let by_id: HashMap<[u8; 16], &PackageChange<'static>> =
+        events.iter().map(|(_, _, c)| (c.event_id.0, c)).collect();
     for (m, e) in got.iter().zip(&changes) {
         let (c, enrichment) = e.clone().into_parts();
         assert_eq!(&c, by_id[&c.event_id.0]);
         assert_eq!(m.key, c.host.machine_id.as_bytes());
-        let h = (0..40u64).find(|h| sample::host(*h).machine_id == c.host.machine_id).expect("host");
+        let h = (0..40u64)
+            .find(|h| sample::host(*h).machine_id == c.host.machine_id)
+            .expect("host");
         if h < 10 {
-            assert_eq!((&*enrichment.hostgroup, enrichment.known_host, enrichment.owner.as_deref()), (format!("web-{}", h % 2).as_str(), true, Some(format!("team-web-{}", h % 2).as_str())));
+            assert_eq!(
+                (
+                    &*enrichment.hostgroup,
+                    enrichment.known_host,
+                    enrichment.owner.as_deref()
+                ),
+                (
+                    format!("web-{}", h % 2).as_str(),
+                    true,
+                    Some(format!("team-web-{}", h % 2).as_str())
+                )
+            );
         } else {
-            assert_eq!((&*enrichment.hostgroup, &*enrichment.environment, enrichment.known_host), ("unassigned", "unknown", false));
+            assert_eq!(
+                (
+                    &*enrichment.hostgroup,
+                    &*enrichment.environment,
+                    enrichment.known_host
+                ),
+                ("unassigned", "unknown", false)
+            );
         }
     }
 }
@@ -125,17 +184,24 @@ fn poison_goes_to_the_dlq_with_its_reason_and_the_rest_flows() {
     let env = RouterEnv::new(&kafka_brokers(), "poison");
     let producer = env.producer();
     let mut enc = Encoder::new();
-    let good: Vec<(Vec<u8>, Vec<u8>, PackageChange<'static>)> = (0..300).map(|i| raw_change(&mut enc, i, 7)).collect();
+    let good: Vec<(Vec<u8>, Vec<u8>, PackageChange<'static>)> =
+        (0..300).map(|i| raw_change(&mut enc, i, 7)).collect();
     let valid = good[0].1.clone();
     let mut unknown_fp = valid.clone();
     unknown_fp[5] ^= 0xff;
     let mut empty_name = good[1].2.clone();
     empty_name.package.name = Cow::Borrowed("");
     let mut invalid = vec![0xC3, 0x01];
-    invalid.extend_from_slice(Registry::get().current(Kind::PackageChange).schema.rabin_fingerprint());
+    invalid.extend_from_slice(
+        Registry::get()
+            .current(Kind::PackageChange)
+            .schema
+            .rabin_fingerprint(),
+    );
     invalid.extend(serde_avro_fast_datum(&empty_name));
     let mut snapshot_on_changes = Vec::new();
-    enc.encode_snapshot(&sample::snapshot(1, 2), &mut snapshot_on_changes).expect("encode");
+    enc.encode_snapshot(&sample::snapshot(1, 2), &mut snapshot_on_changes)
+        .expect("encode");
     let poison: Vec<(&str, Vec<u8>)> = vec![
         ("wrong_magic", b"{\"not\": \"avro\"}".to_vec()),
         ("truncated", valid[..valid.len() / 2].to_vec()),
@@ -160,19 +226,40 @@ fn poison_goes_to_the_dlq_with_its_reason_and_the_rest_flows() {
     router.kill().expect("stop");
     router.wait().expect("reap");
 
-    assert_eq!(enriched_changes(&enriched).len(), good.len(), "every good event arrives");
+    assert_eq!(
+        enriched_changes(&enriched).len(),
+        good.len(),
+        "every good event arrives"
+    );
     assert_eq!(dlq.len(), poison.len(), "every poison event is in the DLQ");
-    let mut codes: Vec<&str> = dlq.iter().map(|m| m.headers.get("pkgstream.error.code").map(String::as_str).unwrap_or("-")).collect();
+    let mut codes: Vec<&str> = dlq
+        .iter()
+        .map(|m| {
+            m.headers
+                .get("pkgstream.error.code")
+                .map(String::as_str)
+                .unwrap_or("-")
+        })
+        .collect();
     let mut expected: Vec<&str> = poison.iter().map(|(c, _)| *c).collect();
     codes.sort();
     expected.sort();
     assert_eq!(codes, expected);
     for m in &dlq {
-        assert_eq!(m.headers.get("pkgstream.source.topic"), Some(&env.changes_raw));
-        assert!(m.headers.get("pkgstream.source.offset").is_some_and(|o| o.parse::<i64>().is_ok()));
+        assert_eq!(
+            m.headers.get("pkgstream.source.topic"),
+            Some(&env.changes_raw)
+        );
+        assert!(m
+            .headers
+            .get("pkgstream.source.offset")
+            .is_some_and(|o| o.parse::<i64>().is_ok()));
         assert!(m.headers.get("pkgstream.source.partition").is_some());
         assert_eq!(m.key, b"poison-host");
-        assert!(poison.iter().any(|(_, p)| *p == m.value), "the DLQ keeps the original bytes");
+        assert!(
+            poison.iter().any(|(_, p)| *p == m.value),
+            "the DLQ keeps the original bytes"
+        );
         let reason = &m.headers["pkgstream.error.reason"];
         if m.headers["pkgstream.error.code"] == "invalid" {
             assert_eq!(reason, "invalid PackageChange: package.name is empty");
@@ -193,28 +280,71 @@ fn host_metadata_updates_apply_without_restart() {
     let producer = env.producer();
     let host = sample::host(77);
     let key = host.machine_id.as_bytes().to_vec();
-    send(&producer, &env.hosts, &[(key.clone(), host_meta("old-group"))]);
+    send(
+        &producer,
+        &env.hosts,
+        &[(key.clone(), host_meta("old-group"))],
+    );
     let mut router = env.start();
     env.wait_ready(Duration::from_secs(60));
     let mut enc = Encoder::new();
     let first = raw_change(&mut enc, 77, 100);
-    send(&producer, &env.changes_raw, &[(first.0.clone(), first.1.clone())]);
-    assert_eq!(read_all(&env.brokers, &env.enriched, 1, Duration::from_millis(500), LIMIT).len(), 1);
+    send(
+        &producer,
+        &env.changes_raw,
+        &[(first.0.clone(), first.1.clone())],
+    );
+    assert_eq!(
+        read_all(
+            &env.brokers,
+            &env.enriched,
+            1,
+            Duration::from_millis(500),
+            LIMIT
+        )
+        .len(),
+        1
+    );
 
     let updates_before = env.metric("pkgstream_router_host_table_updates_total");
-    send(&producer, &env.hosts, &[(key.clone(), host_meta("new-group"))]);
+    send(
+        &producer,
+        &env.hosts,
+        &[(key.clone(), host_meta("new-group"))],
+    );
     let started = Instant::now();
     while env.metric("pkgstream_router_host_table_updates_total") <= updates_before {
-        assert!(started.elapsed() < Duration::from_secs(30), "update not applied");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "update not applied"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let second = raw_change(&mut enc, 177, 100);
-    send(&producer, &env.changes_raw, &[(second.0.clone(), second.1.clone())]);
+    send(
+        &producer,
+        &env.changes_raw,
+        &[(second.0.clone(), second.1.clone())],
+    );
     let got = read_all(&env.brokers, &env.enriched, 2, QUIET, LIMIT);
     router.kill().expect("stop");
     router.wait().expect("reap");
-    let groups: Vec<(String, String)> = enriched_changes(&got).into_iter().map(|e| (e.package.name.to_string(), e.enrichment.hostgroup.to_string())).collect();
-    assert_eq!(groups, [("pkg-77".to_string(), "old-group".to_string()), ("pkg-177".to_string(), "new-group".to_string())]);
+    let groups: Vec<(String, String)> = enriched_changes(&got)
+        .into_iter()
+        .map(|e| {
+            (
+                e.package.name.to_string(),
+                e.enrichment.hostgroup.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("pkg-77".to_string(), "old-group".to_string()),
+            ("pkg-177".to_string(), "new-group".to_string())
+        ]
+    );
 }
 
 #[test]
@@ -231,8 +361,22 @@ fn a_snapshot_with_unreported_differences_yields_synthetic_events() {
     };
     let mut router = env.start();
     env.wait_ready(Duration::from_secs(60));
-    send(&producer, &env.inventory_raw, &[(key.clone(), encode(&mut enc, &snap))]);
-    assert_eq!(read_all(&env.brokers, &env.enriched, 1, Duration::from_millis(500), LIMIT).len(), 1);
+    send(
+        &producer,
+        &env.inventory_raw,
+        &[(key.clone(), encode(&mut enc, &snap))],
+    );
+    assert_eq!(
+        read_all(
+            &env.brokers,
+            &env.enriched,
+            1,
+            Duration::from_millis(500),
+            LIMIT
+        )
+        .len(),
+        1
+    );
 
     // Between the snapshots: pkg-0001 upgraded and reported; pkg-0002
     // upgraded behind the hooks' back; pkg-0003 removed unreported;
@@ -242,13 +386,37 @@ fn a_snapshot_with_unreported_differences_yields_synthetic_events() {
     reported.package = snap.packages[1].clone();
     reported.package.release = Cow::Borrowed("2.el9");
     reported.replaced = Some(snap.packages[1].clone());
-    reported.event_id = pkgstream_schemas::change_event_id(&reported.host.machine_id, Action::Upgrade, &reported.package.name, reported.package.epoch, &reported.package.version, &reported.package.release, &reported.package.arch, reported.transaction.rpm_tid);
+    reported.event_id = pkgstream_schemas::change_event_id(
+        &reported.host.machine_id,
+        Action::Upgrade,
+        &reported.package.name,
+        reported.package.epoch,
+        &reported.package.version,
+        &reported.package.release,
+        &reported.package.arch,
+        reported.transaction.rpm_tid,
+    );
     let mut reported_bytes = Vec::new();
-    enc.encode_change(&reported, &mut reported_bytes).expect("encode");
-    send(&producer, &env.changes_raw, &[(key.clone(), reported_bytes)]);
+    enc.encode_change(&reported, &mut reported_bytes)
+        .expect("encode");
+    send(
+        &producer,
+        &env.changes_raw,
+        &[(key.clone(), reported_bytes)],
+    );
     // The change and the snapshot travel on different topics: make sure the
     // change is routed before the next snapshot.
-    assert_eq!(read_all(&env.brokers, &env.enriched, 2, Duration::from_millis(500), LIMIT).len(), 2);
+    assert_eq!(
+        read_all(
+            &env.brokers,
+            &env.enriched,
+            2,
+            Duration::from_millis(500),
+            LIMIT
+        )
+        .len(),
+        2
+    );
 
     snap.taken_at += 86_400_000_000;
     snap.snapshot_id = pkgstream_schemas::snapshot_id(&snap.host.machine_id, snap.taken_at);
@@ -258,18 +426,43 @@ fn a_snapshot_with_unreported_differences_yields_synthetic_events() {
     let mut rogue = snap.packages[0].clone();
     rogue.name = Cow::Borrowed("rogue-tool");
     snap.packages.push(rogue);
-    send(&producer, &env.inventory_raw, &[(key.clone(), encode(&mut enc, &snap))]);
+    send(
+        &producer,
+        &env.inventory_raw,
+        &[(key.clone(), encode(&mut enc, &snap))],
+    );
     let got = read_all(&env.brokers, &env.enriched, 2 + 1 + 3, QUIET, LIMIT);
     router.kill().expect("stop");
     router.wait().expect("reap");
 
-    let snapshots = got.iter().filter(|m| decode_enriched_snapshot(&m.value).is_ok()).count();
+    let snapshots = got
+        .iter()
+        .filter(|m| decode_enriched_snapshot(&m.value).is_ok())
+        .count();
     assert_eq!(snapshots, 2);
     let mut synthetic: Vec<String> = enriched_changes(&got)
         .into_iter()
         .filter(|e| e.source == Source::Inventory)
-        .map(|e| format!("{:?} {}-{}{}", e.action, e.package.name, e.package.release, e.replaced.as_ref().map(|r| format!(" (was {})", r.release)).unwrap_or_default()))
+        .map(|e| {
+            format!(
+                "{:?} {}-{}{}",
+                e.action,
+                e.package.name,
+                e.package.release,
+                e.replaced
+                    .as_ref()
+                    .map(|r| format!(" (was {})", r.release))
+                    .unwrap_or_default()
+            )
+        })
         .collect();
     synthetic.sort();
-    assert_eq!(synthetic, ["Install rogue-tool-0.el9", "Remove pkg-0003-3.el9", "Upgrade pkg-0002-7.el9 (was 2.el9)"]);
+    assert_eq!(
+        synthetic,
+        [
+            "Install rogue-tool-0.el9",
+            "Remove pkg-0003-3.el9",
+            "Upgrade pkg-0002-7.el9 (was 2.el9)"
+        ]
+    );
 }

@@ -33,7 +33,14 @@ impl Nevra {
     /// `name-epoch:version-release.arch` with epoch 0 when unset: the key the
     /// dnf plugin uses for per-package context.
     pub fn key(&self) -> String {
-        format!("{}-{}:{}-{}.{}", self.name, self.epoch.unwrap_or(0), self.version, self.release, self.arch)
+        format!(
+            "{}-{}:{}-{}.{}",
+            self.name,
+            self.epoch.unwrap_or(0),
+            self.version,
+            self.release,
+            self.arch
+        )
     }
 }
 
@@ -103,7 +110,11 @@ pub struct Change {
 
 /// Compares two EVRs the way rpm does, with `vercmp` being `rpmvercmp`.
 pub fn evr_cmp(a: &Nevra, b: &Nevra, vercmp: &dyn Fn(&str, &str) -> Ordering) -> Ordering {
-    a.epoch.unwrap_or(0).cmp(&b.epoch.unwrap_or(0)).then_with(|| vercmp(&a.version, &b.version)).then_with(|| vercmp(&a.release, &b.release))
+    a.epoch
+        .unwrap_or(0)
+        .cmp(&b.epoch.unwrap_or(0))
+        .then_with(|| vercmp(&a.version, &b.version))
+        .then_with(|| vercmp(&a.release, &b.release))
 }
 
 /// The committed changes of a transaction, in element order.
@@ -113,7 +124,10 @@ pub fn classify(elements: &[Element], vercmp: &dyn Fn(&str, &str) -> Ordering) -
     let mut replaced_by: HashMap<usize, usize> = HashMap::new();
     for (i, e) in elements.iter().enumerate() {
         if let (false, Some(a)) = (e.added, e.depends_on) {
-            if elements.get(a).is_some_and(|added| added.nevra.name == e.nevra.name) {
+            if elements
+                .get(a)
+                .is_some_and(|added| added.nevra.name == e.nevra.name)
+            {
                 replaced_by.entry(a).or_insert(i);
             }
         }
@@ -124,25 +138,45 @@ pub fn classify(elements: &[Element], vercmp: &dyn Fn(&str, &str) -> Ordering) -
         }
         if e.added {
             let change = match replaced_by.get(&i) {
-                None => Change { action: Action::Install, package: i, replaced: None },
+                None => Change {
+                    action: Action::Install,
+                    package: i,
+                    replaced: None,
+                },
                 Some(&old) => {
                     let action = match evr_cmp(&e.nevra, &elements[old].nevra, vercmp) {
                         Ordering::Greater => Action::Upgrade,
                         Ordering::Less => Action::Downgrade,
                         Ordering::Equal => Action::Reinstall,
                     };
-                    Change { action, package: i, replaced: Some(old) }
+                    Change {
+                        action,
+                        package: i,
+                        replaced: Some(old),
+                    }
                 }
             };
             out.push(change);
             continue;
         }
         match e.depends_on.filter(|a| elements.get(*a).is_some()) {
-            None => out.push(Change { action: Action::Remove, package: i, replaced: None }),
+            None => out.push(Change {
+                action: Action::Remove,
+                package: i,
+                replaced: None,
+            }),
             // The old side of an upgrade/downgrade/reinstall: reported with the new side.
             Some(a) if replaced_by.get(&a) == Some(&i) => {}
-            Some(a) if elements[a].nevra.name == e.nevra.name => out.push(Change { action: Action::Remove, package: i, replaced: None }),
-            Some(a) => out.push(Change { action: Action::Obsolete, package: i, replaced: Some(a) }),
+            Some(a) if elements[a].nevra.name == e.nevra.name => out.push(Change {
+                action: Action::Remove,
+                package: i,
+                replaced: None,
+            }),
+            Some(a) => out.push(Change {
+                action: Action::Obsolete,
+                package: i,
+                replaced: Some(a),
+            }),
         }
     }
     out
@@ -175,8 +209,16 @@ pub fn apply_obsoletes(elements: &mut [Element], ctx: &Context) {
     if ctx.obsoleted.is_empty() {
         return;
     }
-    let added: HashMap<String, usize> = elements.iter().enumerate().filter(|(_, e)| e.added).map(|(i, e)| (e.nevra.key(), i)).collect();
-    for e in elements.iter_mut().filter(|e| !e.added && e.depends_on.is_none()) {
+    let added: HashMap<String, usize> = elements
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.added)
+        .map(|(i, e)| (e.nevra.key(), i))
+        .collect();
+    for e in elements
+        .iter_mut()
+        .filter(|e| !e.added && e.depends_on.is_none())
+    {
         if let Some(i) = ctx.obsoleted.get(&e.nevra.key()).and_then(|k| added.get(k)) {
             e.depends_on = Some(*i);
         }
@@ -193,7 +235,14 @@ impl Context {
         }
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         let map = |k: &str| -> HashMap<String, String> {
-            v.get(k).and_then(Value::as_object).map(|m| m.iter().filter_map(|(k, r)| Some((k.clone(), r.as_str()?.to_owned()))).collect()).unwrap_or_default()
+            v.get(k)
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, r)| Some((k.clone(), r.as_str()?.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default()
         };
         Some(Context {
             source: s("source").unwrap_or_else(|| "dnf".into()),
@@ -232,7 +281,13 @@ fn package_json(e: &Element, repo: Option<&String>) -> Value {
 }
 
 /// The NDJSON lines `pkgstream-emit record` takes for `changes`.
-pub fn ndjson(elements: &[Element], changes: &[Change], tid: i64, ctx: &Context, event_time: i64) -> String {
+pub fn ndjson(
+    elements: &[Element],
+    changes: &[Change],
+    tid: i64,
+    ctx: &Context,
+    event_time: i64,
+) -> String {
     let mut out = String::new();
     let mut txn = Map::new();
     txn.insert("rpm_tid".into(), json!(tid));
@@ -250,7 +305,11 @@ pub fn ndjson(elements: &[Element], changes: &[Change], tid: i64, ctx: &Context,
     for c in changes {
         let pkg = &elements[c.package];
         // Only packages dnf installed come from a repository.
-        let repo = if pkg.added { ctx.repos.get(&pkg.nevra.key()) } else { None };
+        let repo = if pkg.added {
+            ctx.repos.get(&pkg.nevra.key())
+        } else {
+            None
+        };
         let mut line = Map::new();
         line.insert("kind".into(), json!("change"));
         line.insert("source".into(), json!(ctx.source));
@@ -273,46 +332,107 @@ mod tests {
     use super::*;
 
     fn el(added: bool, name: &str, v: &str, depends_on: Option<usize>) -> Element {
-        Element { added, nevra: Nevra { name: name.into(), epoch: None, version: v.into(), release: "1".into(), arch: "noarch".into() }, depends_on, ..Default::default() }
+        Element {
+            added,
+            nevra: Nevra {
+                name: name.into(),
+                epoch: None,
+                version: v.into(),
+                release: "1".into(),
+                arch: "noarch".into(),
+            },
+            depends_on,
+            ..Default::default()
+        }
     }
 
     /// Numeric dotted compare, enough for the tests (librpm's rpmvercmp in production).
     fn vercmp(a: &str, b: &str) -> Ordering {
-        let p = |s: &str| s.split('.').map(|x| x.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
+        let p = |s: &str| {
+            s.split('.')
+                .map(|x| x.parse::<u64>().unwrap_or(0))
+                .collect::<Vec<_>>()
+        };
         p(a).cmp(&p(b))
     }
 
     fn actions(els: &[Element]) -> Vec<(Action, &str, Option<&str>)> {
-        classify(els, &vercmp).iter().map(|c| (c.action, els[c.package].nevra.version.as_str(), c.replaced.map(|r| els[r].nevra.version.as_str()))).collect()
+        classify(els, &vercmp)
+            .iter()
+            .map(|c| {
+                (
+                    c.action,
+                    els[c.package].nevra.version.as_str(),
+                    c.replaced.map(|r| els[r].nevra.version.as_str()),
+                )
+            })
+            .collect()
     }
 
     #[test]
     fn upgrade_downgrade_reinstall_install_remove() {
-        let els = vec![el(true, "a", "2", None), el(false, "a", "1", Some(0)), el(true, "b", "1", None), el(false, "b", "2", Some(2)), el(true, "c", "3", None), el(false, "c", "3", Some(4)), el(true, "d", "1", None), el(false, "e", "9", None)];
+        let els = vec![
+            el(true, "a", "2", None),
+            el(false, "a", "1", Some(0)),
+            el(true, "b", "1", None),
+            el(false, "b", "2", Some(2)),
+            el(true, "c", "3", None),
+            el(false, "c", "3", Some(4)),
+            el(true, "d", "1", None),
+            el(false, "e", "9", None),
+        ];
         assert_eq!(
             actions(&els),
-            vec![(Action::Upgrade, "2", Some("1")), (Action::Downgrade, "1", Some("2")), (Action::Reinstall, "3", Some("3")), (Action::Install, "1", None), (Action::Remove, "9", None)]
+            vec![
+                (Action::Upgrade, "2", Some("1")),
+                (Action::Downgrade, "1", Some("2")),
+                (Action::Reinstall, "3", Some("3")),
+                (Action::Install, "1", None),
+                (Action::Remove, "9", None)
+            ]
         );
     }
 
     #[test]
     fn obsoleted_package_points_at_its_obsoleter() {
         let els = vec![el(true, "new", "1", None), el(false, "old", "5", Some(0))];
-        assert_eq!(actions(&els), vec![(Action::Install, "1", None), (Action::Obsolete, "5", Some("1"))]);
+        assert_eq!(
+            actions(&els),
+            vec![
+                (Action::Install, "1", None),
+                (Action::Obsolete, "5", Some("1"))
+            ]
+        );
     }
 
     #[test]
     fn dnf_obsoletes_link_an_unlinked_erase() {
-        let mut els = vec![el(true, "new", "1", None), el(false, "old", "5", None), el(false, "gone", "1", None)];
+        let mut els = vec![
+            el(true, "new", "1", None),
+            el(false, "old", "5", None),
+            el(false, "gone", "1", None),
+        ];
         let mut ctx = Context::default();
-        ctx.obsoleted.insert("old-0:5-1.noarch".into(), "new-0:1-1.noarch".into());
+        ctx.obsoleted
+            .insert("old-0:5-1.noarch".into(), "new-0:1-1.noarch".into());
         apply_obsoletes(&mut els, &ctx);
-        assert_eq!(actions(&els), vec![(Action::Install, "1", None), (Action::Obsolete, "5", Some("1")), (Action::Remove, "1", None)]);
+        assert_eq!(
+            actions(&els),
+            vec![
+                (Action::Install, "1", None),
+                (Action::Obsolete, "5", Some("1")),
+                (Action::Remove, "1", None)
+            ]
+        );
     }
 
     #[test]
     fn failed_elements_are_not_reported() {
-        let mut els = vec![el(true, "a", "2", None), el(false, "a", "1", Some(0)), el(true, "x", "1", None)];
+        let mut els = vec![
+            el(true, "a", "2", None),
+            el(false, "a", "1", Some(0)),
+            el(true, "x", "1", None),
+        ];
         els[0].failed = true;
         els[1].failed = true;
         assert_eq!(actions(&els), vec![(Action::Install, "1", None)]);
@@ -331,7 +451,10 @@ mod tests {
         let text = r#"{"pid":42,"source":"dnf","history_id":7,"command_line":"dnf -y install a","login_user":"alice","repos":{"a-0:2-1.noarch":"local"}}"#;
         let ctx = Context::from_dnf_env(text, 42).unwrap();
         assert_eq!(ctx.history_id, Some(7));
-        assert_eq!(ctx.repos.get("a-0:2-1.noarch").map(String::as_str), Some("local"));
+        assert_eq!(
+            ctx.repos.get("a-0:2-1.noarch").map(String::as_str),
+            Some("local")
+        );
         assert!(Context::from_dnf_env(text, 43).is_none());
         assert!(Context::from_dnf_env("{broken", 42).is_none());
     }
@@ -339,9 +462,19 @@ mod tests {
     #[test]
     fn ndjson_lines_are_valid_hook_input() {
         let els = vec![el(true, "a", "2", None), el(false, "a", "1", Some(0))];
-        let mut ctx = Context { source: "dnf".into(), history_id: Some(3), ..Default::default() };
+        let mut ctx = Context {
+            source: "dnf".into(),
+            history_id: Some(3),
+            ..Default::default()
+        };
         ctx.repos.insert("a-0:2-1.noarch".into(), "local".into());
-        let text = ndjson(&els, &classify(&els, &vercmp), 1_700_000_000, &ctx, 1_700_000_001);
+        let text = ndjson(
+            &els,
+            &classify(&els, &vercmp),
+            1_700_000_000,
+            &ctx,
+            1_700_000_001,
+        );
         let v: Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["action"], "upgrade");
         assert_eq!(v["package"]["repo"], "local");

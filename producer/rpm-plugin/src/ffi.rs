@@ -14,7 +14,11 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use crate::PluginError;
 
 /// Sonames tried, newest first: `(librpm, librpmio)`.
-pub const SONAMES: [(&str, &str); 3] = [("librpm.so.10", "librpmio.so.10"), ("librpm.so.9", "librpmio.so.9"), ("librpm.so.8", "librpmio.so.8")];
+pub const SONAMES: [(&str, &str); 3] = [
+    ("librpm.so.10", "librpmio.so.10"),
+    ("librpm.so.9", "librpmio.so.9"),
+    ("librpm.so.8", "librpmio.so.8"),
+];
 
 /// Opaque librpm handles.
 pub type Rpmts = *mut c_void;
@@ -83,11 +87,17 @@ fn open_loaded(name: &str) -> Option<*mut c_void> {
 }
 
 fn sym(handle: *mut c_void, soname: &str, name: &'static str) -> Result<*mut c_void, PluginError> {
-    let c = CString::new(name).map_err(|_| PluginError::Symbol { soname: soname.to_owned(), symbol: name })?;
+    let c = CString::new(name).map_err(|_| PluginError::Symbol {
+        soname: soname.to_owned(),
+        symbol: name,
+    })?;
     // SAFETY: handle came from dlopen and is never closed; c is a C string.
     let p = unsafe { libc::dlsym(handle, c.as_ptr()) };
     if p.is_null() {
-        Err(PluginError::Symbol { soname: soname.to_owned(), symbol: name })
+        Err(PluginError::Symbol {
+            soname: soname.to_owned(),
+            symbol: name,
+        })
     } else {
         Ok(p)
     }
@@ -111,7 +121,10 @@ impl Rpm {
     pub fn find() -> Result<Rpm, PluginError> {
         for (rpm, rpmio) in SONAMES {
             let Some(h) = open_loaded(rpm) else { continue };
-            let io = open_loaded(rpmio).ok_or_else(|| PluginError::Symbol { soname: rpmio.to_owned(), symbol: "(library)" })?;
+            let io = open_loaded(rpmio).ok_or_else(|| PluginError::Symbol {
+                soname: rpmio.to_owned(),
+                symbol: "(library)",
+            })?;
             return Ok(Rpm {
                 soname: rpm,
                 ts_flags: load!(h, rpm, "rpmtsFlags"),
@@ -140,7 +153,8 @@ impl Rpm {
 
     /// Logs `msg` through rpm's own log (stderr of `rpm`, dnf's `dnf.rpm.log`).
     pub fn log(&self, level: c_int, msg: &str) {
-        let text = CString::new(format!("pkgstream: {}\n", msg.replace('\0', " "))).unwrap_or_default();
+        let text =
+            CString::new(format!("pkgstream: {}\n", msg.replace('\0', " "))).unwrap_or_default();
         // SAFETY: "%s" with one valid C string argument.
         unsafe { (self.log)(level, c"%s".as_ptr(), text.as_ptr()) }
     }

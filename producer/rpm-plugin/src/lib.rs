@@ -111,7 +111,14 @@ pub struct RpmPluginHooks {
 /// The hook table rpm looks up as `pkgstream_hooks`.
 #[unsafe(no_mangle)]
 #[allow(non_upper_case_globals)]
-pub static pkgstream_hooks: RpmPluginHooks = RpmPluginHooks { init: Some(init), cleanup: None, tsm_pre: Some(tsm_pre), tsm_post: Some(tsm_post), psm_pre: Some(psm_pre), unused: [0; 23] };
+pub static pkgstream_hooks: RpmPluginHooks = RpmPluginHooks {
+    init: Some(init),
+    cleanup: None,
+    tsm_pre: Some(tsm_pre),
+    tsm_post: Some(tsm_post),
+    psm_pre: Some(psm_pre),
+    unused: [0; 23],
+};
 
 static RPM: OnceLock<Result<Rpm, String>> = OnceLock::new();
 
@@ -140,7 +147,9 @@ unsafe extern "C" fn psm_pre(_plugin: *mut c_void, te: Rpmte) -> c_int {
 }
 
 fn rpm() -> Option<&'static Rpm> {
-    RPM.get_or_init(|| Rpm::find().map_err(|e| e.to_string())).as_ref().ok()
+    RPM.get_or_init(|| Rpm::find().map_err(|e| e.to_string()))
+        .as_ref()
+        .ok()
 }
 
 unsafe extern "C" fn init(_plugin: *mut c_void, _ts: Rpmts) -> c_int {
@@ -161,7 +170,10 @@ unsafe extern "C" fn tsm_post(_plugin: *mut c_void, ts: Rpmts, _res: c_int) -> c
     }));
     if outcome.is_err() {
         if let Some(rpm) = rpm() {
-            rpm.log(ffi::RPMLOG_WARNING, "internal error (panic) in the rpm plugin; transaction unaffected");
+            rpm.log(
+                ffi::RPMLOG_WARNING,
+                "internal error (panic) in the rpm plugin; transaction unaffected",
+            );
         }
     }
     RPMRC_OK
@@ -178,12 +190,17 @@ unsafe fn after_transaction(rpm: &Rpm, ts: Rpmts) {
         return;
     }
     let pid = std::process::id();
-    let ctx = std::env::var("PKGSTREAM_DNF_CONTEXT").ok().and_then(|t| Context::from_dnf_env(&t, pid)).unwrap_or_else(rpm_context);
+    let ctx = std::env::var("PKGSTREAM_DNF_CONTEXT")
+        .ok()
+        .and_then(|t| Context::from_dnf_env(&t, pid))
+        .unwrap_or_else(rpm_context);
     // SAFETY: as above.
     let mut elements = unsafe { read_elements(rpm, ts) };
     change::apply_obsoletes(&mut elements, &ctx);
     let vercmp = |a: &str, b: &str| {
-        let (Ok(a), Ok(b)) = (CString::new(a), CString::new(b)) else { return a.cmp(b) };
+        let (Ok(a), Ok(b)) = (CString::new(a), CString::new(b)) else {
+            return a.cmp(b);
+        };
         // SAFETY: two valid C strings.
         unsafe { (rpm.vercmp)(a.as_ptr(), b.as_ptr()) }.cmp(&0)
     };
@@ -192,20 +209,45 @@ unsafe fn after_transaction(rpm: &Rpm, ts: Rpmts) {
         mark_recorded(pid, tid, 0, "ok");
         return;
     }
-    let ctx = std::env::var("PKGSTREAM_DNF_CONTEXT").ok().and_then(|t| Context::from_dnf_env(&t, pid)).unwrap_or_else(rpm_context);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(tid);
+    let ctx = std::env::var("PKGSTREAM_DNF_CONTEXT")
+        .ok()
+        .and_then(|t| Context::from_dnf_env(&t, pid))
+        .unwrap_or_else(rpm_context);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(tid);
     let input = change::ndjson(&elements, &changes, tid, &ctx, now);
-    let exe = std::env::var_os("PKGSTREAM_EMIT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/pkgstream-emit"));
-    let timeout = std::env::var("PKGSTREAM_HOOK_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis).unwrap_or(Duration::from_secs(5));
+    let exe = std::env::var_os("PKGSTREAM_EMIT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/pkgstream-emit"));
+    let timeout = std::env::var("PKGSTREAM_HOOK_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(5));
     let status = match spawn::record(&exe, input.as_bytes(), timeout) {
         Ok(took) => {
-            rpm.log(ffi::RPMLOG_DEBUG, &format!("recorded {} change(s) of transaction {tid} in {} ms", changes.len(), took.as_millis()));
+            rpm.log(
+                ffi::RPMLOG_DEBUG,
+                &format!(
+                    "recorded {} change(s) of transaction {tid} in {} ms",
+                    changes.len(),
+                    took.as_millis()
+                ),
+            );
             "ok".to_owned()
         }
         Err(e) => {
             // Under dnf, rpm's log of a finished transaction is not shown:
             // the dnf plugin repeats this reason in dnf's log.
-            rpm.log(ffi::RPMLOG_WARNING, &format!("{} change(s) of transaction {tid} not recorded: {e}", changes.len()));
+            rpm.log(
+                ffi::RPMLOG_WARNING,
+                &format!(
+                    "{} change(s) of transaction {tid} not recorded: {e}",
+                    changes.len()
+                ),
+            );
             format!("failed {e}")
         }
     };
@@ -259,9 +301,18 @@ unsafe fn read_elements(rpm: &Rpm, ts: Rpmts) -> Vec<Element> {
                         release: ffi::string((rpm.te_r)(te)).unwrap_or_default(),
                         arch: ffi::string((rpm.te_a)(te)).unwrap_or_default(),
                     },
-                    depends_on: if dep.is_null() { None } else { handles.iter().position(|&h| h == dep) },
+                    depends_on: if dep.is_null() {
+                        None
+                    } else {
+                        handles.iter().position(|&h| h == dep)
+                    },
                     failed: (rpm.te_failed)(te) != 0,
-                    details: details_store().iter().rev().find(|(p, _)| *p == te as usize).map(|(_, d)| d.clone()).unwrap_or_default(),
+                    details: details_store()
+                        .iter()
+                        .rev()
+                        .find(|(p, _)| *p == te as usize)
+                        .map(|(_, d)| d.clone())
+                        .unwrap_or_default(),
                 }
             }
         })
@@ -286,7 +337,10 @@ unsafe fn details(rpm: &Rpm, te: Rpmte) -> Details {
         };
         let digest = ffi::string((rpm.header_get_string)(h, ffi::tag::SHA256HEADER))
             .map(|d| format!("sha256:{}", d.to_ascii_lowercase()))
-            .or_else(|| ffi::string((rpm.header_get_string)(h, ffi::tag::SHA1HEADER)).map(|d| format!("sha1:{}", d.to_ascii_lowercase())));
+            .or_else(|| {
+                ffi::string((rpm.header_get_string)(h, ffi::tag::SHA1HEADER))
+                    .map(|d| format!("sha1:{}", d.to_ascii_lowercase()))
+            });
         let d = Details {
             vendor: ffi::string((rpm.header_get_string)(h, ffi::tag::VENDOR)),
             buildtime: num(ffi::tag::BUILDTIME),
@@ -303,14 +357,28 @@ unsafe fn details(rpm: &Rpm, te: Rpmte) -> Details {
 fn rpm_context() -> Context {
     let command_line = std::fs::read("/proc/self/cmdline")
         .ok()
-        .map(|raw| raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect::<Vec<_>>().join(" "))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .filter(|c| !c.is_empty());
-    Context { source: "rpm".into(), command_line, login_user: login_user(), ..Default::default() }
+    Context {
+        source: "rpm".into(),
+        command_line,
+        login_user: login_user(),
+        ..Default::default()
+    }
 }
 
 /// The login uid's name; when unset (4294967295), `SUDO_USER`, else the uid's name.
 fn login_user() -> Option<String> {
-    let loginuid = std::fs::read_to_string("/proc/self/loginuid").ok().and_then(|s| s.trim().parse::<u32>().ok()).filter(|u| *u != u32::MAX);
+    let loginuid = std::fs::read_to_string("/proc/self/loginuid")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|u| *u != u32::MAX);
     if let Some(uid) = loginuid {
         return user_name(uid).or_else(|| Some(uid.to_string()));
     }

@@ -13,7 +13,11 @@ use pkgstream_producer::emitter::{flush, record};
 use pkgstream_producer::{EmitConfig, ProducerError, Spool};
 
 #[derive(Parser)]
-#[command(name = "pkgstream-emit", version, about = "Record package change events into the host spool and ship them to Kafka")]
+#[command(
+    name = "pkgstream-emit",
+    version,
+    about = "Record package change events into the host spool and ship them to Kafka"
+)]
 struct Cli {
     /// Configuration file [default: /etc/pkgstream/emit.toml if it exists].
     #[arg(long, short, env = "PKGSTREAM_EMIT_CONFIG", global = true)]
@@ -62,14 +66,20 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("pkgstream-emit: error: {e:#}");
-            ExitCode::from(e.downcast_ref::<ProducerError>().map_or(1, ProducerError::exit_code))
+            ExitCode::from(
+                e.downcast_ref::<ProducerError>()
+                    .map_or(1, ProducerError::exit_code),
+            )
         }
     }
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("PKGSTREAM_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
@@ -84,8 +94,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Record { input, spawn_flush } => {
             let report = match &input {
                 Some(path) => {
-                    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-                    record(&cfg, &spool, std::io::BufReader::new(file), &path.display().to_string())?
+                    let file = std::fs::File::open(path)
+                        .with_context(|| format!("cannot open {}", path.display()))?;
+                    record(
+                        &cfg,
+                        &spool,
+                        std::io::BufReader::new(file),
+                        &path.display().to_string(),
+                    )?
                 }
                 None => record(&cfg, &spool, std::io::stdin().lock(), "stdin")?,
             };
@@ -96,7 +112,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for e in &report.rejected {
                 eprintln!("pkgstream-emit: rejected: {e}");
             }
-            Ok(if report.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(65) })
+            Ok(if report.rejected.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(65)
+            })
         }
         Command::Flush { timeout } => {
             let timeout = Duration::from_secs(timeout.unwrap_or(cfg.flush.timeout_secs));
@@ -108,8 +128,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!(changes = report.changes, snapshots = report.snapshots, corrupt_bytes = report.corrupt_bytes, brokers = %cfg.kafka.brokers, "flushed");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inventory { root, dbpath, spawn_flush } => {
-            let line = pkgstream_producer::inventory::snapshot_line(root.as_deref(), dbpath.as_deref(), Duration::from_secs(120))?;
+        Command::Inventory {
+            root,
+            dbpath,
+            spawn_flush,
+        } => {
+            let line = pkgstream_producer::inventory::snapshot_line(
+                root.as_deref(),
+                dbpath.as_deref(),
+                Duration::from_secs(120),
+            )?;
             let report = record(&cfg, &spool, std::io::Cursor::new(line), "rpmdb")?;
             if let Some(e) = report.rejected.first() {
                 anyhow::bail!("inventory snapshot not recorded: {e}");
@@ -132,12 +160,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// the hook returns now and the package manager never waits for Kafka.
 fn spawn_background_flush(config: Option<&std::path::Path>) {
     use std::os::unix::process::CommandExt;
-    let Ok(exe) = std::env::current_exe() else { return };
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
     let mut cmd = std::process::Command::new(exe);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
-    cmd.arg("flush").stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).process_group(0);
+    cmd.arg("flush")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
     if let Err(e) = cmd.spawn() {
         tracing::warn!(error = %e, "could not start a background flush; the flush timer will ship the events");
     }

@@ -36,12 +36,15 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::event::{Action, Enrichment, EventId, Host, Package, PackageChange, Source, Transaction};
+use crate::event::{
+    Action, Enrichment, EventId, Host, Package, PackageChange, Source, Transaction,
+};
 
 /// CRC-64-AVRO fingerprint (single-object header order) of
 /// `avro/PackageChange/v1.avsc`, the schema this module writes and reads
 /// (`5488692bee11641f` in `avro/FINGERPRINTS`).
-pub(crate) const PACKAGE_CHANGE_FINGERPRINT: [u8; 8] = [0x54, 0x88, 0x69, 0x2b, 0xee, 0x11, 0x64, 0x1f];
+pub(crate) const PACKAGE_CHANGE_FINGERPRINT: [u8; 8] =
+    [0x54, 0x88, 0x69, 0x2b, 0xee, 0x11, 0x64, 0x1f];
 
 /// Version number of `PackageChange` this module implements.
 #[cfg(test)]
@@ -132,7 +135,7 @@ pub(crate) fn encode_enrichment(e: &Enrichment<'_>, out: &mut Vec<u8>) {
     if !e.tags.is_empty() {
         // One block with every entry, as serde_avro_fast writes it.
         long(w, i64::try_from(e.tags.len()).unwrap_or(i64::MAX));
-        for (k, v) in &e.tags {
+        for (k, v) in e.tags.iter() {
             string(w, k);
             string(w, v);
         }
@@ -152,7 +155,14 @@ fn max_change_len(c: &PackageChange<'_>) -> usize {
     }
     fn package(p: &Package<'_>) -> usize {
         // 11 fields: at most a branch byte and a varint each, plus text.
-        11 * (1 + VARINT) + p.name.len() + p.version.len() + p.release.len() + p.arch.len() + opt(&p.repo) + opt(&p.vendor) + opt(&p.digest)
+        11 * (1 + VARINT)
+            + p.name.len()
+            + p.version.len()
+            + p.release.len()
+            + p.arch.len()
+            + opt(&p.repo)
+            + opt(&p.vendor)
+            + opt(&p.digest)
     }
     let h = &c.host;
     let t = &c.transaction;
@@ -292,7 +302,9 @@ impl fmt::Display for Problem {
             Problem::NegativeLength(n) => write!(f, "negative string length {n}"),
             Problem::InvalidUtf8 => f.write_str("string is not valid UTF-8"),
             Problem::UnionIndex(i) => write!(f, "union branch {i}, expected 0 (null) or 1"),
-            Problem::EnumIndex { index, symbols } => write!(f, "enum index {index}, expected 0..{symbols}"),
+            Problem::EnumIndex { index, symbols } => {
+                write!(f, "enum index {index}, expected 0..{symbols}")
+            }
             Problem::IntOutOfRange(n) => write!(f, "int {n} out of the 32-bit range"),
         }
     }
@@ -431,12 +443,20 @@ impl<'b> Reader<'b> {
 
     #[inline(always)]
     fn opt_long(&mut self, field: &'static str) -> Result<Option<i64>> {
-        Ok(if self.present(field)? { Some(self.long(field)?) } else { None })
+        Ok(if self.present(field)? {
+            Some(self.long(field)?)
+        } else {
+            None
+        })
     }
 
     #[inline(always)]
     fn opt_str(&mut self, field: &'static str) -> Result<Option<Cow<'b, str>>> {
-        Ok(if self.present(field)? { Some(self.str(field)?) } else { None })
+        Ok(if self.present(field)? {
+            Some(self.str(field)?)
+        } else {
+            None
+        })
     }
 
     #[inline]
@@ -462,7 +482,11 @@ impl<'b> Reader<'b> {
     fn package(&mut self, p: &PackagePaths) -> Result<Package<'b>> {
         Ok(Package {
             name: self.str(p.name)?,
-            epoch: if self.present(p.epoch)? { Some(self.int(p.epoch)?) } else { None },
+            epoch: if self.present(p.epoch)? {
+                Some(self.int(p.epoch)?)
+            } else {
+                None
+            },
             version: self.str(p.version)?,
             release: self.str(p.release)?,
             arch: self.str(p.arch)?,
@@ -522,11 +546,22 @@ pub(crate) fn decode_change(datum: &[u8]) -> Result<PackageChange<'_>> {
         arch: r.str("host.arch")?,
     };
     const SOURCES: [Source; 4] = [Source::Dnf, Source::Yum, Source::Rpm, Source::Inventory];
-    const ACTIONS: [Action; 6] = [Action::Install, Action::Upgrade, Action::Downgrade, Action::Reinstall, Action::Remove, Action::Obsolete];
+    const ACTIONS: [Action; 6] = [
+        Action::Install,
+        Action::Upgrade,
+        Action::Downgrade,
+        Action::Reinstall,
+        Action::Remove,
+        Action::Obsolete,
+    ];
     let source = SOURCES[r.enum_index("source", SOURCES.len())?];
     let action = ACTIONS[r.enum_index("action", ACTIONS.len())?];
     let package = r.package(&PACKAGE)?;
-    let replaced = if r.present("replaced")? { Some(r.package(&REPLACED)?) } else { None };
+    let replaced = if r.present("replaced")? {
+        Some(r.package(&REPLACED)?)
+    } else {
+        None
+    };
     let transaction = Transaction {
         rpm_tid: r.long("transaction.rpm_tid")?,
         history_id: r.opt_long("transaction.history_id")?,
@@ -534,7 +569,16 @@ pub(crate) fn decode_change(datum: &[u8]) -> Result<PackageChange<'_>> {
         login_user: r.opt_str("transaction.login_user")?,
         start_time: r.opt_long("transaction.start_time")?,
     };
-    Ok(PackageChange { event_id, event_time, host, source, action, package, replaced, transaction })
+    Ok(PackageChange {
+        event_id,
+        event_time,
+        host,
+        source,
+        action,
+        package,
+        replaced,
+        transaction,
+    })
 }
 
 #[cfg(test)]
@@ -545,7 +589,9 @@ mod tests {
     use crate::sample;
 
     fn canonical(json: &str) -> String {
-        apache_avro::Schema::parse_str(json).map(|s| s.canonical_form()).unwrap_or_else(|e| format!("does not parse: {e}"))
+        apache_avro::Schema::parse_str(json)
+            .map(|s| s.canonical_form())
+            .unwrap_or_else(|e| format!("does not parse: {e}"))
     }
 
     /// The drift guard: this module writes `PackageChange` v1 field by field.
@@ -566,9 +612,23 @@ mod tests {
         let enrichment = r.enrichment_schema();
         let todo = "schemas/src/codec/fast.rs writes the Enrichment record by hand and no longer matches the current \
                     EnrichedChange .avsc. Update encode_enrichment, then ENRICHMENT_FINGERPRINT and ENRICHMENT_CANONICAL";
-        assert_eq!(canonical(&super::super::enrichment_schema_json(r.current(Kind::EnrichedChange).json)), ENRICHMENT_CANONICAL, "{todo}");
-        assert_eq!(*enrichment.rabin_fingerprint(), ENRICHMENT_FINGERPRINT, "{todo}");
-        assert_eq!(hex::encode(PACKAGE_CHANGE_FINGERPRINT), "5488692bee11641f", "the golden value in avro/FINGERPRINTS");
+        assert_eq!(
+            canonical(&super::super::enrichment_schema_json(
+                r.current(Kind::EnrichedChange).json
+            )),
+            ENRICHMENT_CANONICAL,
+            "{todo}"
+        );
+        assert_eq!(
+            *enrichment.rabin_fingerprint(),
+            ENRICHMENT_FINGERPRINT,
+            "{todo}"
+        );
+        assert_eq!(
+            hex::encode(PACKAGE_CHANGE_FINGERPRINT),
+            "5488692bee11641f",
+            "the golden value in avro/FINGERPRINTS"
+        );
     }
 
     #[test]
@@ -596,7 +656,11 @@ mod tests {
         encode_change(&sample::change(1), &mut out);
         assert_eq!(decode_change(&out), Ok(sample::change(1)));
         for n in 0..out.len() {
-            assert_eq!(decode_change(&out[..n]), Err(DecodeError::Truncated), "cut at {n}");
+            assert_eq!(
+                decode_change(&out[..n]),
+                Err(DecodeError::Truncated),
+                "cut at {n}"
+            );
         }
     }
 
@@ -611,7 +675,13 @@ mod tests {
         overflow.push(0x02);
         overflow.extend_from_slice(&good[16..]);
         let e = decode_change(&overflow).unwrap_err();
-        assert_eq!(e, DecodeError::Malformed { field: "event_time", problem: Problem::VarintOverflow });
+        assert_eq!(
+            e,
+            DecodeError::Malformed {
+                field: "event_time",
+                problem: Problem::VarintOverflow
+            }
+        );
         assert_eq!(e.to_string(), "event_time: varint longer than 64 bits");
 
         // The largest 10-byte varint is fine (i64::MIN zigzagged).
@@ -620,36 +690,58 @@ mod tests {
         assert_eq!(min.len(), 26);
         assert_eq!(Reader { rest: &min[16..] }.long("x"), Ok(i64::MIN));
 
-        let at = |needle: &[u8]| good.windows(needle.len()).position(|w| w == needle).unwrap();
+        let at = |needle: &[u8]| {
+            good.windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap()
+        };
         let id = sample::change(1).host.machine_id.into_owned();
         let m = at(id.as_bytes());
         let mut neg = good.clone();
         neg[m - 1] = 0x01;
-        assert_eq!(decode_change(&neg).unwrap_err().to_string(), "host.machine_id: negative string length -1");
+        assert_eq!(
+            decode_change(&neg).unwrap_err().to_string(),
+            "host.machine_id: negative string length -1"
+        );
         let mut utf8 = good.clone();
         utf8[m] = 0xff;
-        assert_eq!(decode_change(&utf8).unwrap_err().to_string(), "host.machine_id: string is not valid UTF-8");
+        assert_eq!(
+            decode_change(&utf8).unwrap_err().to_string(),
+            "host.machine_id: string is not valid UTF-8"
+        );
 
         // After the 5 host strings: source (DNF = 0) then action (UPGRADE = 1 → 0x02).
         let src = m + id.len() + 1 + "web-00001.dc1".len() + 1 + 4 + 1 + 3 + 1 + 6;
         assert_eq!(&good[src..src + 2], &[0x00, 0x02]);
         let mut bad_source = good.clone();
         bad_source[src] = 0x08;
-        assert_eq!(decode_change(&bad_source).unwrap_err().to_string(), "source: enum index 4, expected 0..4");
+        assert_eq!(
+            decode_change(&bad_source).unwrap_err().to_string(),
+            "source: enum index 4, expected 0..4"
+        );
         let mut bad_action = good.clone();
         bad_action[src + 1] = 0x01;
-        assert_eq!(decode_change(&bad_action).unwrap_err().to_string(), "action: enum index -1, expected 0..6");
+        assert_eq!(
+            decode_change(&bad_action).unwrap_err().to_string(),
+            "action: enum index -1, expected 0..6"
+        );
 
         // package.name, then package.epoch's branch (1 → 0x02).
         let epoch = src + 2 + 1 + sample::change(1).package.name.len();
         assert_eq!(good[epoch], 0x02);
         let mut bad_union = good.clone();
         bad_union[epoch] = 0x04;
-        assert_eq!(decode_change(&bad_union).unwrap_err().to_string(), "package.epoch: union branch 2, expected 0 (null) or 1");
+        assert_eq!(
+            decode_change(&bad_union).unwrap_err().to_string(),
+            "package.epoch: union branch 2, expected 0 (null) or 1"
+        );
         let mut big_int = good[..epoch + 1].to_vec();
         long(&mut big_int, i64::from(i32::MAX) + 1);
         big_int.extend_from_slice(&good[epoch + 2..]);
-        assert_eq!(decode_change(&big_int).unwrap_err().to_string(), "package.epoch: int 2147483648 out of the 32-bit range");
+        assert_eq!(
+            decode_change(&big_int).unwrap_err().to_string(),
+            "package.epoch: int 2147483648 out of the 32-bit range"
+        );
     }
 
     #[test]
@@ -658,12 +750,16 @@ mod tests {
         for i in 0..10 {
             let mut e = sample::enrichment(i);
             if i % 3 == 0 {
-                e.tags.clear();
+                e.tags.to_mut().clear();
                 e.owner = None;
             }
             let mut fast = Vec::new();
             encode_enrichment(&e, &mut fast);
-            let serde = serde_avro_fast::to_datum_vec(&e, &mut serde_avro_fast::ser::SerializerConfig::new(schema)).unwrap();
+            let serde = serde_avro_fast::to_datum_vec(
+                &e,
+                &mut serde_avro_fast::ser::SerializerConfig::new(schema),
+            )
+            .unwrap();
             assert_eq!(fast, serde);
         }
     }
