@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The main job on local defaults. Today (the foundation): bring up a real
-# Kafka, record the sample hook events of config/sample-events.ndjson with
-# pkgstream-emit (as a dnf/rpm hook would), ship them with `flush`, and read
-# them back from the topics, decoded. Kafka keeps running afterwards
-# (scripts/services.sh stop kafka stops it).
+# The main job on local defaults: bring up a real Kafka, record the sample
+# hook events of config/sample-events.ndjson with pkgstream-emit (as a
+# dnf/rpm hook would), ship them with `flush`, read them back decoded, then
+# run the router over them and show the enriched events. Kafka keeps running
+# afterwards (scripts/services.sh stop kafka stops it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,24 +20,30 @@ echo "demo-host.example.com" >"$home/etc/hostname"
 printf 'ID="rocky"\nVERSION_ID="9.4"\n' >"$home/etc/os-release"
 
 run_id="demo-$(date +%Y%m%d-%H%M%S)"
+# Host side and central side read the same PKGSTREAM__SECTION__KEY
+# variables but have different sections; on real machines they never share
+# an environment, here each command gets its own.
 export PKGSTREAM__KAFKA__BROKERS="${KAFKA_BROKERS:-127.0.0.1:${KAFKA_PORT:-9092}}"
-export PKGSTREAM__SPOOL__DIR="$home/spool"
 export PKGSTREAM__TOPICS__CHANGES_RAW="$run_id.changes.raw"
 export PKGSTREAM__TOPICS__INVENTORY_RAW="$run_id.inventory.raw"
-export PKGSTREAM__HOST__MACHINE_ID_FILE="$home/etc/machine-id"
-export PKGSTREAM__HOST__HOSTNAME_FILE="$home/etc/hostname"
-export PKGSTREAM__HOST__OS_RELEASE_FILE="$home/etc/os-release"
-emit=target/debug/pkgstream-emit
+spool="$home/spool"
+emit() {
+  PKGSTREAM__SPOOL__DIR="$spool" \
+  PKGSTREAM__HOST__MACHINE_ID_FILE="$home/etc/machine-id" \
+  PKGSTREAM__HOST__HOSTNAME_FILE="$home/etc/hostname" \
+  PKGSTREAM__HOST__OS_RELEASE_FILE="$home/etc/os-release" \
+    target/debug/pkgstream-emit "$@"
+}
 pkgstream=target/debug/pkgstream
 
 echo
-echo "== 1. a hook records 3 package changes and 1 inventory snapshot into the host spool ($PKGSTREAM__SPOOL__DIR)"
-"$emit" record <config/sample-events.ndjson
-"$emit" status
+echo "== 1. a hook records 3 package changes and 1 inventory snapshot into the host spool ($spool)"
+emit record <config/sample-events.ndjson
+emit status
 echo
 echo "== 2. flush ships the spool to Kafka at $PKGSTREAM__KAFKA__BROKERS and removes what Kafka acknowledged"
-"$emit" flush
-"$emit" status
+emit flush
+emit status
 echo
 echo "== 3. read back from $PKGSTREAM__TOPICS__CHANGES_RAW (Avro single-object encoded, decoded here)"
 "$pkgstream" tail --brokers "$PKGSTREAM__KAFKA__BROKERS" --topic "$PKGSTREAM__TOPICS__CHANGES_RAW" --from-beginning --max 3 --idle-secs 10
@@ -45,10 +51,33 @@ echo
 echo "== 4. read back from $PKGSTREAM__TOPICS__INVENTORY_RAW"
 "$pkgstream" tail --brokers "$PKGSTREAM__KAFKA__BROKERS" --topic "$PKGSTREAM__TOPICS__INVENTORY_RAW" --from-beginning --max 1 --idle-secs 10
 echo
+echo "== 5. the router: decode, enrich (config/sample-hosts.csv), deduplicate, produce $run_id.changes.enriched in Kafka transactions"
+export PKGSTREAM__TOPICS__CHANGES_ENRICHED="$run_id.changes.enriched"  # (emit is done: these are central-only)
+export PKGSTREAM__TOPICS__HOSTS="$run_id.hosts"
+export PKGSTREAM__TOPICS__DLQ="$run_id.dlq"
+export PKGSTREAM__ROUTER__GROUP_ID="$run_id-router"
+export PKGSTREAM__ROUTER__TRANSACTIONAL_ID="$run_id-router-0"
+export PKGSTREAM__ROUTER__HOSTS_FILE="$PWD/config/sample-hosts.csv"
+export PKGSTREAM__ROUTER__METRICS_LISTEN="127.0.0.1:${PKGSTREAM_DEMO_METRICS_PORT:-9108}"
+RUST_LOG=warn "$pkgstream" router &
+router_pid=$!
+trap 'kill -TERM $router_pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do
+  curl -sf "http://$PKGSTREAM__ROUTER__METRICS_LISTEN/readyz" >/dev/null && break
+  kill -0 "$router_pid" 2>/dev/null || { echo "[demo] the router exited; see its error above" >&2; exit 1; }
+  sleep 0.5
+done
+"$pkgstream" tail --topic "$PKGSTREAM__TOPICS__CHANGES_ENRICHED" --from-beginning --max 4 --idle-secs 30
+echo "   router metrics (http://$PKGSTREAM__ROUTER__METRICS_LISTEN/metrics):"
+curl -s "http://$PKGSTREAM__ROUTER__METRICS_LISTEN/metrics" | grep -E '^pkgstream_router_(events_(in|out)_total|dedupe_window_entries)' | sed 's/^/     /' || true
+kill -TERM "$router_pid" && wait "$router_pid" && echo "   router stopped cleanly on SIGTERM"
+trap - EXIT
+echo
 cat <<EOT
 == where to look
   Kafka:   $PKGSTREAM__KAFKA__BROKERS (log: ${PKGSTREAM_HOME:-$HOME/.cache/pkgstream}/run/kafka/kafka.log)
-  Spool:   $PKGSTREAM__SPOOL__DIR
-  Again:   $pkgstream tail --topic $PKGSTREAM__TOPICS__CHANGES_RAW --from-beginning --idle-secs 3
+  Spool:   $spool
+  Again:   $pkgstream tail --topic $PKGSTREAM__TOPICS__CHANGES_ENRICHED --from-beginning --idle-secs 3
+  Router:  $pkgstream router --config config/pkgstream.example.toml   (every setting documented there)
   Stop:    scripts/services.sh stop kafka
 EOT

@@ -231,8 +231,11 @@ impl Router {
         Ok(())
     }
 
-    /// Fails early when the enriched topic has fewer partitions than a raw
-    /// topic (partition p of raw is written to partition p of enriched).
+    /// Creates the enriched and DLQ topics when missing (with as many
+    /// partitions as the larger raw topic, the broker's default
+    /// replication), and fails early when the enriched topic has fewer
+    /// partitions than a raw topic (partition p of raw is written to
+    /// partition p of enriched).
     fn check_partitions(&self, consumer: &BaseConsumer<RebalanceLog>) -> Result<(), RouterError> {
         let count = |topic: &str| -> Result<usize, RouterError> {
             let md = consumer
@@ -244,14 +247,65 @@ impl Router {
                 .filter(|t| t.error().is_none())
                 .map_or(0, |t| t.partitions().len()))
         };
+        let raw = count(&self.topics.changes_raw)?
+            .max(count(&self.topics.inventory_raw)?)
+            .max(1);
+        let missing: Vec<&str> = [&self.topics.changes_enriched, &self.topics.dlq]
+            .into_iter()
+            .filter(|t| count(t).is_ok_and(|n| n == 0))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            self.create_topics(&missing, raw)?;
+        }
         let enriched = count(&self.topics.changes_enriched)?;
-        for raw in [&self.topics.changes_raw, &self.topics.inventory_raw] {
-            let n = count(raw)?;
+        for topic in [&self.topics.changes_raw, &self.topics.inventory_raw] {
+            let n = count(topic)?;
             if enriched < n {
                 return Err(RouterError::Topology(format!(
-                    "{} has {enriched} partitions, fewer than {raw}'s {n}: create it with at least {n} (the router writes raw partition p to enriched partition p)",
+                    "{} has {enriched} partitions, fewer than {topic}'s {n}: add partitions to it (the router writes raw partition p to enriched partition p)",
                     self.topics.changes_enriched
                 )));
+            }
+        }
+        Ok(())
+    }
+
+    fn create_topics(&self, topics: &[&str], partitions: usize) -> Result<(), RouterError> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka.brokers)
+            .create()
+            .map_err(|e| RouterError::KafkaClient(e.to_string()))?;
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, partitions as i32, TopicReplication::Fixed(-1)))
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                RouterError::Topology(format!("cannot start a runtime for topic creation: {e}"))
+            })?;
+        let results = runtime
+            .block_on(admin.create_topics(
+                &new,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            ))
+            .map_err(self.kafka_err("create topics"))?;
+        for r in results {
+            match r {
+                Ok(topic) => info!(topic, partitions, "topic created"),
+                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    debug!(topic, "topic already exists")
+                }
+                Err((topic, e)) => {
+                    return Err(RouterError::Kafka {
+                        brokers: self.kafka.brokers.clone(),
+                        what: "create topic",
+                        reason: format!("{topic}: {e}"),
+                    })
+                }
             }
         }
         Ok(())
@@ -650,9 +704,18 @@ fn start_host_sources(
                     match open_hosts_reader(&brokers, &topic) {
                         Ok(r) => reader = Some(r),
                         Err(e) => {
-                            warn!(topic = %topic, error = %e, "hosts topic not readable; retrying in 5 s (file entries still apply)");
+                            if !flag.get() {
+                                warn!(topic = %topic, error = %e, "hosts topic not readable; retrying every 30 s (file entries and defaults apply meanwhile)");
+                            } else {
+                                debug!(topic = %topic, error = %e, "hosts topic still not readable");
+                            }
                             flag.set(true);
-                            std::thread::sleep(Duration::from_secs(5));
+                            for _ in 0..150 {
+                                if shutdown.requested() {
+                                    return;
+                                }
+                                std::thread::sleep(Duration::from_millis(200));
+                            }
                             continue;
                         }
                     }
