@@ -19,6 +19,8 @@
 //! `cargo bench -p pkgstream-benches --bench hooks_overhead`; figures in
 //! BENCHMARKS.md.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -75,6 +75,7 @@ fn enrichment_json(e: &pkgstream_schemas::Enrichment<'_>) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use pkgstream_schemas::sample;
 

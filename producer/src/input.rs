@@ -27,7 +27,7 @@ use serde::Deserialize;
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum HookEvent {
     /// A package change.
-    Change(ChangeInput),
+    Change(Box<ChangeInput>),
     /// A full rpmdb snapshot.
     Inventory(InventoryInput),
 }
@@ -258,6 +258,7 @@ impl InventoryInput {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -619,6 +619,7 @@ fn sync_dir(dir: &Path) -> Result<(), ProducerError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -654,7 +655,7 @@ mod tests {
         assert_eq!(batch.records.len(), 100);
         assert!(batch.records.windows(2).all(|w| w[0].pos < w[1].pos));
         assert!(batch.records[99].value.starts_with(b"event-00099"));
-        spool.ack(&batch, &vec![true; 100]).unwrap();
+        spool.ack(&batch, &[true; 100]).unwrap();
         assert!(spool
             .read_batch(Lane::Changes, 1000, u64::MAX)
             .unwrap()

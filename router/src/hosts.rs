@@ -271,6 +271,7 @@ pub fn read_hosts_file(path: &Path) -> Result<HashMap<String, Arc<HostMeta>>, Ro
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -217,6 +217,7 @@ fn synthetic(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use pkgstream_schemas::sample;

@@ -264,6 +264,7 @@ fn richness(c: &PackageChange<'_>) -> u8 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::hosts::Window;

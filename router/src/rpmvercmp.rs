@@ -106,6 +106,7 @@ pub fn evrcmp(a: (Option<i32>, &str, &str), b: (Option<i32>, &str, &str)) -> Ord
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use Ordering::*;

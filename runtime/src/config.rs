@@ -106,6 +106,7 @@ pub fn load<T: DeserializeOwned>(path: Option<&Path>) -> Result<T, RuntimeError>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -483,6 +483,7 @@ fn encode<T: serde::Serialize>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::sample;

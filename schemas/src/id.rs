@@ -96,6 +96,7 @@ impl AsRef<[u8]> for ItoaBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -119,12 +119,16 @@ pub fn snapshot(i: u64, n: usize) -> InventorySnapshot<'static> {
 pub fn enrichment(i: u64) -> Enrichment<'static> {
     Enrichment {
         hostgroup: Cow::Owned(format!("web-{}", i % 4)),
-        environment: Cow::Borrowed(if i % 10 == 0 { "staging" } else { "prod" }),
+        environment: Cow::Borrowed(if i.is_multiple_of(10) {
+            "staging"
+        } else {
+            "prod"
+        }),
         owner: Some(Cow::Borrowed("team-web")),
         datacenter: Some(Cow::Borrowed("dc1")),
         tags: Cow::Owned([("tier".to_owned(), "frontend".to_owned())].into()),
         known_host: true,
-        outside_maintenance_window: i % 5 == 0,
+        outside_maintenance_window: i.is_multiple_of(5),
         unexplained_rpm: false,
         routed_at: 1_764_000_100_000_000 + i as i64,
     }

@@ -2,6 +2,8 @@
 //! event round-trips, and every corruption of a valid event is an error or
 //! a valid event (never a crash).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::change;

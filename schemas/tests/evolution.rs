@@ -9,6 +9,8 @@
 //!   to what apache-avro's own resolution produces, and our current data
 //!   resolves under every older reader schema.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::path::Path;
 

@@ -5,15 +5,16 @@
 //! The binaries are the ones `cargo build --workspace --bins` put next to
 //! the test executable; `scripts/test.sh` builds them first.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 
 pub mod hooks;
 pub mod router;
@@ -186,46 +187,14 @@ pub fn consume_all(
     quiet: Duration,
     limit: Duration,
 ) -> Vec<Consumed> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let partitions = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let started = Instant::now();
-    let mut last = Instant::now();
-    while started.elapsed() < limit {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                out.push(Consumed {
-                    partition: m.partition(),
-                    key: m.key().unwrap_or_default().to_vec(),
-                    value: m.payload().unwrap_or_default().to_vec(),
-                });
-                last = Instant::now();
-            }
-            Some(Err(e)) => panic!("consume {topic}: {e}"),
-            None if out.len() >= expected && last.elapsed() >= quiet => break,
-            None => {}
-        }
-    }
-    out
+    router::read_all(brokers, topic, expected, quiet, limit)
+        .into_iter()
+        .map(|m| Consumed {
+            partition: m.partition,
+            key: m.key,
+            value: m.value,
+        })
+        .collect()
 }
 
 /// Counts messages by event id: (distinct ids, messages per id).

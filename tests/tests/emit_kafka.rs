@@ -7,6 +7,8 @@
 //! `PKGSTREAM_TEST_KAFKA`); the Kafka-stopped test starts a private broker
 //! of its own on other ports with the same script.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

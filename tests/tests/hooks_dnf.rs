@@ -7,6 +7,8 @@
 //! Needs rpmbuild, createrepo_c and dnf (scripts/bootstrap.sh installs
 //! them) and the broker of `scripts/services.sh start kafka`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use pkgstream_tests::hooks::*;

@@ -5,6 +5,8 @@
 //! and `pkgstream-emit` drive a real dnf/rpm session and an inventory
 //! snapshot, read back from the real Kafka.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

@@ -4,6 +4,8 @@
 //! `cargo test --workspace` covers them. Asserts success and the exact
 //! number of tests run, so a test silently not collected fails here.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 use pkgstream_tests::hooks::repo_root;

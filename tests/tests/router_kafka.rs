@@ -2,6 +2,8 @@
 //! through repeated `kill -9`, poison to the DLQ with its reason, live host
 //! metadata updates, and lost changes inferred from snapshots.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -254,7 +256,7 @@ fn poison_goes_to_the_dlq_with_its_reason_and_the_rest_flows() {
             .headers
             .get("pkgstream.source.offset")
             .is_some_and(|o| o.parse::<i64>().is_ok()));
-        assert!(m.headers.get("pkgstream.source.partition").is_some());
+        assert!(m.headers.contains_key("pkgstream.source.partition"));
         assert_eq!(m.key, b"poison-host");
         assert!(
             poison.iter().any(|(_, p)| *p == m.value),

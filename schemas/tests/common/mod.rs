@@ -2,6 +2,7 @@
 //! (`change`), and events with every field arbitrary, valid or not
 //! (`any_change`), for comparing codecs on the full value space.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::borrow::Cow;
