@@ -194,6 +194,9 @@ impl Router {
             // Static membership: a restarted instance takes its partitions
             // back at once instead of after the session timeout.
             .set("group.instance.id", &self.config.transactional_id)
+            // A static member that stops for good (scale-down) hands its
+            // partitions over after this long.
+            .set("session.timeout.ms", "10000")
             .create_with_context(RebalanceLog::default())
             .map_err(|e| RouterError::KafkaClient(e.to_string()))?;
         self.check_partitions(&consumer)?;

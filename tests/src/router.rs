@@ -89,12 +89,19 @@ impl RouterEnv {
         env
     }
 
-    /// Starts `pkgstream router` (logs to a file under the temp dir).
+    /// Starts `pkgstream router` (logs to stderr).
     pub fn start(&self) -> Child {
+        self.start_with(&[])
+    }
+
+    /// Starts `pkgstream router` with extra environment (a second instance:
+    /// its own transactional id and metrics port).
+    pub fn start_with(&self, extra: &[(String, String)]) -> Child {
         Command::new(binary("pkgstream"))
             .arg("router")
             .env_remove("PKGSTREAM_CONFIG")
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .envs(extra.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -249,7 +256,8 @@ pub fn read_all(
     out
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -468,3 +468,91 @@ fn a_snapshot_with_unreported_differences_yields_synthetic_events() {
         ]
     );
 }
+
+#[test]
+fn rebalances_between_two_instances_and_sigterm_lose_and_duplicate_nothing() {
+    let mut env = RouterEnv::new(&kafka_brokers(), "rebalance");
+    env.vars
+        .push(("PKGSTREAM__ROUTER__BATCH_EVENTS".into(), "300".into()));
+    let producer = env.producer();
+    let mut enc = Encoder::new();
+    const N: u64 = 12_000;
+    let events: Vec<(Vec<u8>, Vec<u8>, PackageChange<'static>)> =
+        (0..N).map(|i| raw_change(&mut enc, i, 60)).collect();
+    let stream: Vec<(Vec<u8>, Vec<u8>)> = events
+        .iter()
+        .map(|(k, v, _)| (k.clone(), v.clone()))
+        .collect();
+    let third = stream.len() / 3;
+
+    // A alone; then B joins (rebalance); then A gets SIGTERM and B takes
+    // over A's partitions after the session timeout.
+    let mut a = env.start();
+    send(&producer, &env.changes_raw, &stream[..third]);
+    let started = Instant::now();
+    while env.metric("pkgstream_router_events_out_total{kind=\"change\"}") < 900.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "A made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let b_port = pkgstream_tests::router::free_port();
+    let b_vars = vec![
+        (
+            "PKGSTREAM__ROUTER__TRANSACTIONAL_ID".to_string(),
+            format!(
+                "{}-b",
+                env.vars
+                    .iter()
+                    .find(|(k, _)| k == "PKGSTREAM__ROUTER__TRANSACTIONAL_ID")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            ),
+        ),
+        (
+            "PKGSTREAM__ROUTER__METRICS_LISTEN".to_string(),
+            format!("127.0.0.1:{b_port}"),
+        ),
+    ];
+    let mut b = env.start_with(&b_vars);
+    send(&producer, &env.changes_raw, &stream[third..2 * third]);
+    std::thread::sleep(Duration::from_secs(3));
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &a.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(signalled.success());
+    let a_status = a.wait().expect("wait A");
+    assert!(
+        a_status.success(),
+        "router A must exit 0 on SIGTERM, got {a_status:?}"
+    );
+    send(&producer, &env.changes_raw, &stream[2 * third..]);
+
+    let got = read_all(
+        &env.brokers,
+        &env.enriched,
+        N as usize,
+        Duration::from_secs(5),
+        LIMIT,
+    );
+    b.kill().expect("stop B");
+    b.wait().expect("reap");
+    let changes = enriched_changes(&got);
+    let ids: HashSet<[u8; 16]> = changes.iter().map(|c| c.event_id.0).collect();
+    println!(
+        "two routers, a rebalance and a SIGTERM: {} enriched messages, {} distinct, {N} expected",
+        changes.len(),
+        ids.len()
+    );
+    assert_eq!(
+        ids,
+        events
+            .iter()
+            .map(|(_, _, c)| c.event_id.0)
+            .collect::<HashSet<_>>(),
+        "every event arrives"
+    );
+    assert_eq!(changes.len() as u64, N, "and each once");
+}
