@@ -402,18 +402,24 @@ impl Spool {
 
     /// Takes the flush lock without waiting; `None` when another flush runs.
     pub fn try_flush_lock(&self) -> Result<Option<File>, ProducerError> {
-        let path = self.dir.join("flush.lock");
+        let (path, file) = self.open_lock_file("flush.lock")?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(io_err(&path, "lock")(e)),
+        }
+    }
+
+    /// Opens (creating) a lock file of the spool directory.
+    fn open_lock_file(&self, name: &str) -> Result<(PathBuf, File), ProducerError> {
+        let path = self.dir.join(name);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .map_err(io_err(&path, "open lock"))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => Err(io_err(&path, "lock")(e)),
-        }
+        Ok((path, file))
     }
 
     fn lane_dir(&self, lane: Lane) -> PathBuf {
@@ -422,13 +428,7 @@ impl Spool {
 
     /// The spool lock, waited for up to `lock_timeout`; released on drop.
     fn lock(&self) -> Result<File, ProducerError> {
-        let path = self.dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path, "open lock"))?;
+        let (path, file) = self.open_lock_file("lock")?;
         let started = Instant::now();
         loop {
             match file.try_lock() {

@@ -85,7 +85,6 @@ impl RebalanceLog {
 /// A raw message, copied out of the consumer.
 struct Raw {
     lane: Lane,
-    topic: String,
     partition: i32,
     offset: i64,
     key: Option<Vec<u8>>,
@@ -151,6 +150,14 @@ impl Router {
         }
         info!("router stopped");
         Ok(())
+    }
+
+    /// The raw topic a lane is read from.
+    fn raw_topic(&self, lane: Lane) -> &str {
+        match lane {
+            Lane::Changes => &self.topics.changes_raw,
+            Lane::Inventory => &self.topics.inventory_raw,
+        }
     }
 
     fn kafka_err(&self, what: &'static str) -> impl Fn(KafkaError) -> RouterError + '_ {
@@ -351,7 +358,6 @@ impl Router {
                     };
                     batch.messages.push(Raw {
                         lane,
-                        topic: m.topic().to_owned(),
                         partition: m.partition(),
                         offset: m.offset(),
                         key: m.key().map(<[u8]>::to_vec),
@@ -378,14 +384,14 @@ impl Router {
         let _enter = span.enter();
         let process_started = Instant::now();
         let now = chrono::Utc::now().timestamp_micros();
-        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut offsets: BTreeMap<(Lane, i32), i64> = BTreeMap::new();
         let mut outs: Vec<Out> = Vec::with_capacity(batch.len());
         // Ids produced in this batch: position in `outs` and richness.
         let mut in_batch: HashMap<(i32, EventId), (usize, u8)> = HashMap::new();
         let mut deduplicated = 0u64;
         for raw in batch {
             let slot = offsets
-                .entry((raw.topic.clone(), raw.partition))
+                .entry((raw.lane, raw.partition))
                 .or_insert(raw.offset);
             *slot = (*slot).max(raw.offset);
             self.metrics
@@ -422,7 +428,7 @@ impl Router {
                     }
                 }
                 Err(e) => {
-                    warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, reason = %e, "poison event to the DLQ");
+                    warn!(topic = self.raw_topic(raw.lane), partition = raw.partition, offset = raw.offset, reason = %e, "poison event to the DLQ");
                     outs.push(Out::Dlq {
                         code: e.code(),
                         reason: e.to_string(),
@@ -440,9 +446,13 @@ impl Router {
         let result = self.produce_all(producer, &outs).and_then(|()| {
             let produced = started.elapsed();
             let mut tpl = TopicPartitionList::new();
-            for ((topic, partition), offset) in &offsets {
-                tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
-                    .map_err(self.kafka_err("offsets"))?;
+            for ((lane, partition), offset) in &offsets {
+                tpl.add_partition_offset(
+                    self.raw_topic(*lane),
+                    *partition,
+                    Offset::Offset(offset + 1),
+                )
+                .map_err(self.kafka_err("offsets"))?;
             }
             let group = consumer
                 .group_metadata()
@@ -542,7 +552,7 @@ impl Router {
                         })
                         .insert(Header {
                             key: "pkgstream.source.topic",
-                            value: Some(raw.topic.as_str()),
+                            value: Some(self.raw_topic(raw.lane)),
                         })
                         .insert(Header {
                             key: "pkgstream.source.partition",

@@ -14,7 +14,7 @@ use crate::hosts::{HostMeta, HostTable};
 use crate::inventory::InventoryTracker;
 
 /// Which raw topic an event came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Lane {
     /// `pkgstream.changes.raw`.
     Changes,
