@@ -17,7 +17,7 @@ stop_started() {
   for s in "${started[@]}"; do bash scripts/services.sh stop "$s" || true; done
 }
 trap stop_started EXIT
-for s in kafka; do
+for s in kafka opensearch prometheus; do
   if ! bash scripts/services.sh status "$s" 2>/dev/null; then
     bash scripts/services.sh start "$s"
     started+=("$s")

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use pkgstream_router::RouterConfig;
 use pkgstream_runtime::config::{KafkaConfig, TopicsConfig};
+use pkgstream_sinks::config::{MetricsSinkConfig, SearchSinkConfig};
 
 /// The whole central configuration.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -22,6 +23,12 @@ pub struct PipelineConfig {
     /// `[router]`.
     #[serde(default)]
     pub router: RouterConfig,
+    /// `[search_sink]`.
+    #[serde(default)]
+    pub search_sink: SearchSinkConfig,
+    /// `[metrics_sink]`.
+    #[serde(default)]
+    pub metrics_sink: MetricsSinkConfig,
 }
 
 impl PipelineConfig {
@@ -32,6 +39,8 @@ impl PipelineConfig {
         cfg.router
             .validate()
             .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        cfg.search_sink.validate()?;
+        cfg.metrics_sink.validate()?;
         Ok(cfg)
     }
 }

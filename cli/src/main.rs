@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,6 +14,8 @@ use pkgstream_router::metrics::RouterMetrics;
 use pkgstream_router::Router;
 use pkgstream_runtime::health::{self, Readiness};
 use pkgstream_runtime::shutdown::Shutdown;
+use pkgstream_sinks::metrics::{FleetMetrics, MetricsSink};
+use pkgstream_sinks::search::{SearchSink, SearchSinkMetrics};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +35,11 @@ struct Cli {
 enum Command {
     /// Consume the raw topics, enrich and deduplicate, produce the enriched topic (exactly once).
     Router,
+    /// Run a sink: read the enriched topic and write it to the search engine or to Prometheus.
+    Sink {
+        #[command(subcommand)]
+        sink: SinkCommand,
+    },
     /// Print the events of a topic as JSON lines (no consumer group, nothing committed).
     Tail {
         /// Kafka bootstrap servers [default: kafka.brokers of the config].
@@ -51,6 +58,14 @@ enum Command {
         #[arg(long)]
         idle_secs: Option<u64>,
     },
+}
+
+#[derive(Subcommand)]
+enum SinkCommand {
+    /// Bulk-index changes, package state and hosts into Elasticsearch/OpenSearch ([search_sink]).
+    Search,
+    /// Count changes and track watched package versions for Prometheus ([metrics_sink]).
+    Metrics,
 }
 
 fn main() -> ExitCode {
@@ -93,6 +108,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ready,
             };
             router.run(&shutdown)?;
+            Ok(())
+        }
+        Command::Sink {
+            sink: SinkCommand::Search,
+        } => {
+            let metrics = Arc::new(SearchSinkMetrics::new().context("metrics")?);
+            let ready = Readiness::default();
+            health::serve(
+                &cfg.search_sink.metrics_listen,
+                metrics.registry.clone(),
+                ready.clone(),
+            )?;
+            let shutdown = Shutdown::on_signals()?;
+            SearchSink {
+                kafka: cfg.kafka,
+                topics: cfg.topics,
+                config: cfg.search_sink,
+                metrics,
+                ready,
+            }
+            .run(&shutdown)?;
+            Ok(())
+        }
+        Command::Sink {
+            sink: SinkCommand::Metrics,
+        } => {
+            let fleet = FleetMetrics::new(&cfg.metrics_sink.watch_packages).context("metrics")?;
+            let registry = fleet.registry.clone();
+            let ready = Readiness::default();
+            health::serve(&cfg.metrics_sink.metrics_listen, registry, ready.clone())?;
+            let shutdown = Shutdown::on_signals()?;
+            MetricsSink {
+                kafka: cfg.kafka,
+                topics: cfg.topics,
+                config: cfg.metrics_sink,
+                metrics: Arc::new(Mutex::new(fleet)),
+                ready,
+            }
+            .run(&shutdown)?;
             Ok(())
         }
         Command::Tail {

@@ -18,6 +18,7 @@ use rdkafka::ClientConfig;
 
 pub mod hooks;
 pub mod router;
+pub mod sinks;
 
 /// Bootstrap address of the test Kafka (`PKGSTREAM_TEST_KAFKA`, default
 /// `127.0.0.1:9092`, the broker `scripts/services.sh start` runs).

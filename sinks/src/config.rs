@@ -1,0 +1,327 @@
+//! `[search_sink]` and `[metrics_sink]`: the sinks' sections of
+//! `pkgstream.toml`. Every field has a default; [`SearchSinkConfig::validate`]
+//! and [`MetricsSinkConfig::validate`] check them without I/O.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::SinkError;
+
+/// A secret that never prints (`Debug` shows `***`).
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
+}
+
+/// The search sink (`pkgstream sink search`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchSinkConfig {
+    /// Base URL of the Elasticsearch/OpenSearch cluster (HTTP REST API).
+    #[serde(default = "d_url")]
+    pub url: String,
+    /// Basic-auth user (empty: no authentication).
+    #[serde(default)]
+    pub username: String,
+    /// Basic-auth password.
+    #[serde(default)]
+    pub password: Secret,
+    /// Prefix of the index names: `<prefix>-changes-YYYY.MM`,
+    /// `<prefix>-packages`, `<prefix>-hosts`.
+    #[serde(default = "d_index_prefix")]
+    pub index_prefix: String,
+    /// Consumer group on the enriched topic.
+    #[serde(default = "d_search_group")]
+    pub group_id: String,
+    /// Parallel bulk lanes (requests in flight). Partition `p` always goes
+    /// to lane `p % lanes`, so one host's events stay in order.
+    #[serde(default = "d_lanes")]
+    pub lanes: usize,
+    /// A bulk request is sent when it holds this many events...
+    #[serde(default = "d_batch_events")]
+    pub batch_events: usize,
+    /// ... or this many bytes of NDJSON ...
+    #[serde(default = "d_batch_bytes")]
+    pub batch_bytes: usize,
+    /// ... or when its oldest event waited this long.
+    #[serde(default = "d_batch_ms")]
+    pub batch_ms: u64,
+    /// First retry delay of a failed bulk or of rejected items (429/5xx);
+    /// doubled per attempt, with jitter, up to `retry_max_ms`. The sink
+    /// retries for as long as the engine is down: nothing is dropped.
+    #[serde(default = "d_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    /// Longest retry delay.
+    #[serde(default = "d_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// HTTP timeout of one request, in seconds.
+    #[serde(default = "d_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// Days the change history is kept, where the engine has a lifecycle
+    /// manager (ILM on Elasticsearch, ISM on OpenSearch); 0 keeps forever.
+    #[serde(default = "d_retention_days")]
+    pub retention_days: u32,
+    /// Primary shards of the change indices.
+    #[serde(default = "d_shards")]
+    pub shards: u32,
+    /// Replicas of every index (0 on a one-node cluster).
+    #[serde(default)]
+    pub replicas: u32,
+    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    #[serde(default = "d_search_metrics_listen")]
+    pub metrics_listen: String,
+}
+
+/// The metrics sink (`pkgstream sink metrics`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSinkConfig {
+    /// Prometheus remote-write endpoint; empty disables pushing (then
+    /// Prometheus scrapes `/metrics`).
+    #[serde(default = "d_remote_write_url")]
+    pub remote_write_url: String,
+    /// Seconds between two pushes.
+    #[serde(default = "d_push_interval_secs")]
+    pub push_interval_secs: u64,
+    /// Packages whose versions are tracked per host group (the drift
+    /// signal); every other package only counts in the change counters.
+    #[serde(default = "d_watch")]
+    pub watch_packages: Vec<String>,
+    /// Consumer group under which the sink records how far it counted.
+    #[serde(default = "d_metrics_group")]
+    pub group_id: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    #[serde(default = "d_metrics_metrics_listen")]
+    pub metrics_listen: String,
+}
+
+fn d_url() -> String {
+    "http://127.0.0.1:9200".into()
+}
+fn d_index_prefix() -> String {
+    "pkgstream".into()
+}
+fn d_search_group() -> String {
+    "pkgstream-sink-search".into()
+}
+fn d_lanes() -> usize {
+    4
+}
+fn d_batch_events() -> usize {
+    5_000
+}
+fn d_batch_bytes() -> usize {
+    8 << 20
+}
+fn d_batch_ms() -> u64 {
+    500
+}
+fn d_retry_initial_ms() -> u64 {
+    100
+}
+fn d_retry_max_ms() -> u64 {
+    30_000
+}
+fn d_request_timeout_secs() -> u64 {
+    60
+}
+fn d_retention_days() -> u32 {
+    400
+}
+fn d_shards() -> u32 {
+    1
+}
+fn d_search_metrics_listen() -> String {
+    "127.0.0.1:9110".into()
+}
+fn d_remote_write_url() -> String {
+    "http://127.0.0.1:9090/api/v1/write".into()
+}
+fn d_push_interval_secs() -> u64 {
+    15
+}
+fn d_watch() -> Vec<String> {
+    ["kernel", "kernel-core", "openssl", "openssl-libs", "glibc"]
+        .map(String::from)
+        .to_vec()
+}
+fn d_metrics_group() -> String {
+    "pkgstream-sink-metrics".into()
+}
+fn d_metrics_metrics_listen() -> String {
+    "127.0.0.1:9111".into()
+}
+
+impl Default for SearchSinkConfig {
+    fn default() -> Self {
+        SearchSinkConfig {
+            url: d_url(),
+            username: String::new(),
+            password: Secret::default(),
+            index_prefix: d_index_prefix(),
+            group_id: d_search_group(),
+            lanes: d_lanes(),
+            batch_events: d_batch_events(),
+            batch_bytes: d_batch_bytes(),
+            batch_ms: d_batch_ms(),
+            retry_initial_ms: d_retry_initial_ms(),
+            retry_max_ms: d_retry_max_ms(),
+            request_timeout_secs: d_request_timeout_secs(),
+            retention_days: d_retention_days(),
+            shards: d_shards(),
+            replicas: 0,
+            metrics_listen: d_search_metrics_listen(),
+        }
+    }
+}
+
+impl Default for MetricsSinkConfig {
+    fn default() -> Self {
+        MetricsSinkConfig {
+            remote_write_url: d_remote_write_url(),
+            push_interval_secs: d_push_interval_secs(),
+            watch_packages: d_watch(),
+            group_id: d_metrics_group(),
+            metrics_listen: d_metrics_metrics_listen(),
+        }
+    }
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> SinkError {
+    SinkError::Config {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), SinkError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(invalid(
+            key,
+            format!("'{url}' is not an http:// or https:// URL"),
+        ));
+    }
+    Ok(())
+}
+
+impl SearchSinkConfig {
+    /// Checks every value without I/O.
+    pub fn validate(&self) -> Result<(), SinkError> {
+        check_url("search_sink.url", &self.url)?;
+        let p = &self.index_prefix;
+        if p.is_empty()
+            || p.starts_with(['-', '_', '+'])
+            || p.chars()
+                .any(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c)))
+        {
+            return Err(invalid(
+                "search_sink.index_prefix",
+                format!("'{p}' is not a valid index name prefix (lowercase letters, digits, '-', '_', '.')"),
+            ));
+        }
+        for (key, v) in [
+            ("search_sink.lanes", self.lanes),
+            ("search_sink.batch_events", self.batch_events),
+            ("search_sink.batch_bytes", self.batch_bytes),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.lanes > 256 {
+            return Err(invalid("search_sink.lanes", "at most 256"));
+        }
+        if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
+            return Err(invalid(
+                "search_sink.retry_max_ms",
+                "need 0 < retry_initial_ms <= retry_max_ms",
+            ));
+        }
+        if self.request_timeout_secs == 0 {
+            return Err(invalid(
+                "search_sink.request_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.shards == 0 {
+            return Err(invalid("search_sink.shards", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl MetricsSinkConfig {
+    /// Checks every value without I/O.
+    pub fn validate(&self) -> Result<(), SinkError> {
+        if !self.remote_write_url.is_empty() {
+            check_url("metrics_sink.remote_write_url", &self.remote_write_url)?;
+        }
+        if self.push_interval_secs == 0 {
+            return Err(invalid(
+                "metrics_sink.push_interval_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.watch_packages.len() > 100 {
+            return Err(invalid(
+                "metrics_sink.watch_packages",
+                "at most 100 packages: each adds series per version and host group",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_secrets_do_not_print() {
+        SearchSinkConfig::default().validate().unwrap();
+        MetricsSinkConfig::default().validate().unwrap();
+        let c = SearchSinkConfig {
+            password: Secret("hunter2".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let c = SearchSinkConfig {
+            url: "localhost:9200".into(),
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("search_sink.url") && e.contains("localhost:9200"),
+            "{e}"
+        );
+        let c = SearchSinkConfig {
+            index_prefix: "PkgStream".into(),
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("index_prefix"));
+        let c = MetricsSinkConfig {
+            push_interval_secs: 0,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("push_interval_secs"));
+    }
+}

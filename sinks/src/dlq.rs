@@ -1,0 +1,118 @@
+//! The dead-letter producer both sinks share: the original bytes, with the
+//! reason and the source position in headers (the same header names the
+//! router uses).
+
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
+
+use crate::SinkError;
+
+/// One event for the DLQ.
+pub struct DeadLetter<'a> {
+    /// Topic it was read from.
+    pub topic: &'a str,
+    /// Partition it was read from.
+    pub partition: i32,
+    /// Offset it was read at.
+    pub offset: i64,
+    /// Its key.
+    pub key: Option<&'a [u8]>,
+    /// Its bytes, unchanged.
+    pub payload: &'a [u8],
+    /// Machine-readable code (`index_rejected`, `undecodable`).
+    pub code: &'a str,
+    /// What the engine or the decoder said.
+    pub reason: &'a str,
+}
+
+/// An idempotent producer to the DLQ topic.
+pub struct Dlq {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topic: String,
+    brokers: String,
+}
+
+impl Dlq {
+    /// A producer for `topic` on `brokers`.
+    pub fn new(brokers: &str, topic: &str) -> Result<Dlq, SinkError> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .map_err(|e| SinkError::Kafka {
+                brokers: brokers.to_owned(),
+                what: "creating the DLQ producer".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Dlq {
+            producer,
+            topic: topic.to_owned(),
+            brokers: brokers.to_owned(),
+        })
+    }
+
+    /// Queues one dead letter (waits while the local queue is full).
+    pub fn send(&self, d: &DeadLetter<'_>) -> Result<(), SinkError> {
+        let partition = d.partition.to_string();
+        let offset = d.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "pkgstream.error.code",
+                value: Some(d.code),
+            })
+            .insert(Header {
+                key: "pkgstream.error.reason",
+                value: Some(d.reason),
+            })
+            .insert(Header {
+                key: "pkgstream.source.topic",
+                value: Some(d.topic),
+            })
+            .insert(Header {
+                key: "pkgstream.source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "pkgstream.source.offset",
+                value: Some(offset.as_str()),
+            });
+        let mut record = BaseRecord::to(&self.topic)
+            .payload(d.payload)
+            .headers(headers);
+        if let Some(k) = d.key {
+            record = record.key(k);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err((e, _)) => {
+                    return Err(SinkError::Kafka {
+                        brokers: self.brokers.clone(),
+                        what: format!("producing to the DLQ topic {}", self.topic),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Waits until every queued dead letter is acknowledged by Kafka.
+    pub fn flush(&self) -> Result<(), SinkError> {
+        self.producer
+            .flush(Duration::from_secs(60))
+            .map_err(|e| SinkError::Kafka {
+                brokers: self.brokers.clone(),
+                what: format!("delivering to the DLQ topic {}", self.topic),
+                reason: e.to_string(),
+            })
+    }
+}

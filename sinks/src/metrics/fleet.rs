@@ -1,0 +1,337 @@
+//! The fleet metrics (`pkgstream_fleet_*`) and the state behind the drift
+//! gauges: for each host, its host group and the versions of the watched
+//! packages it has.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use pkgstream_schemas::{Action, EnrichedChange, EnrichedSnapshot, Package};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::search::documents::{action_name, removes, source_label};
+
+/// The series the metrics sink exposes.
+pub struct FleetMetrics {
+    /// Registry served on `/metrics` and pushed by remote write.
+    pub registry: Registry,
+    /// `pkgstream_fleet_package_changes_total{action,source,hostgroup,environment}`.
+    pub changes: IntCounterVec,
+    /// `pkgstream_fleet_changes_outside_window_total{hostgroup,environment}`.
+    pub outside_window: IntCounterVec,
+    /// `pkgstream_fleet_unexplained_rpm_changes_total{hostgroup,environment}`.
+    pub unexplained_rpm: IntCounterVec,
+    /// `pkgstream_fleet_watched_package_hosts{package,version,hostgroup}`.
+    pub watched: IntGaugeVec,
+    /// `pkgstream_fleet_hosts{hostgroup}`: hosts seen.
+    pub hosts: IntGaugeVec,
+    /// `pkgstream_metrics_sink_events_total{outcome}`.
+    pub events: IntCounterVec,
+    /// `pkgstream_metrics_sink_remote_write_requests_total{outcome}`.
+    pub pushes: IntCounterVec,
+    watch: BTreeSet<String>,
+    state: HashMap<String, HostState>,
+}
+
+#[derive(Default)]
+struct HostState {
+    hostgroup: String,
+    /// Watched package name → versions installed.
+    packages: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The version label: `V-R`, with `E:` in front when the epoch is not 0.
+pub fn version_label(p: &Package<'_>) -> String {
+    match p.epoch {
+        Some(e) if e != 0 => format!("{e}:{}-{}", p.version, p.release),
+        _ => format!("{}-{}", p.version, p.release),
+    }
+}
+
+impl FleetMetrics {
+    /// Fresh metrics watching `watch` (package names).
+    pub fn new(watch: &[String]) -> Result<FleetMetrics, prometheus::Error> {
+        let registry = Registry::new();
+        let changes = IntCounterVec::new(
+            Opts::new(
+                "pkgstream_fleet_package_changes_total",
+                "Package changes, by action, source, host group and environment",
+            ),
+            &["action", "source", "hostgroup", "environment"],
+        )?;
+        let outside_window = IntCounterVec::new(
+            Opts::new(
+                "pkgstream_fleet_changes_outside_window_total",
+                "Package changes made outside the host's maintenance windows",
+            ),
+            &["hostgroup", "environment"],
+        )?;
+        let unexplained_rpm = IntCounterVec::new(
+            Opts::new(
+                "pkgstream_fleet_unexplained_rpm_changes_total",
+                "Changes made by plain rpm that no dnf/yum transaction explains",
+            ),
+            &["hostgroup", "environment"],
+        )?;
+        let watched = IntGaugeVec::new(
+            Opts::new(
+                "pkgstream_fleet_watched_package_hosts",
+                "Hosts that have a watched package at a version, per host group (the drift signal)",
+            ),
+            &["package", "version", "hostgroup"],
+        )?;
+        let hosts = IntGaugeVec::new(
+            Opts::new(
+                "pkgstream_fleet_hosts",
+                "Hosts the metrics sink has seen, per host group",
+            ),
+            &["hostgroup"],
+        )?;
+        let events = IntCounterVec::new(
+            Opts::new(
+                "pkgstream_metrics_sink_events_total",
+                "Enriched events read, by outcome (counted, state_only, undecodable)",
+            ),
+            &["outcome"],
+        )?;
+        let pushes = IntCounterVec::new(
+            Opts::new(
+                "pkgstream_metrics_sink_remote_write_requests_total",
+                "Remote-write pushes, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        for c in [
+            &changes,
+            &outside_window,
+            &unexplained_rpm,
+            &events,
+            &pushes,
+        ] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(watched.clone()))?;
+        registry.register(Box::new(hosts.clone()))?;
+        Ok(FleetMetrics {
+            registry,
+            changes,
+            outside_window,
+            unexplained_rpm,
+            watched,
+            hosts,
+            events,
+            pushes,
+            watch: watch.iter().cloned().collect(),
+            state: HashMap::new(),
+        })
+    }
+
+    fn host(&mut self, machine_id: &str, hostgroup: &str) -> &mut HostState {
+        let h = self.state.entry(machine_id.to_owned()).or_default();
+        if h.hostgroup != hostgroup {
+            h.hostgroup = hostgroup.to_owned();
+        }
+        h
+    }
+
+    /// Applies one change: counters when `count` (events the sink had not
+    /// counted before), the watch-list state always.
+    pub fn change(&mut self, c: &EnrichedChange<'_>, count: bool) {
+        let e = &c.enrichment;
+        if count {
+            let group = [e.hostgroup.as_ref(), e.environment.as_ref()];
+            self.changes
+                .with_label_values(&[
+                    action_name(c.action),
+                    source_label(c.source),
+                    group[0],
+                    group[1],
+                ])
+                .inc();
+            if e.outside_maintenance_window {
+                self.outside_window.with_label_values(&group).inc();
+            }
+            if e.unexplained_rpm {
+                self.unexplained_rpm.with_label_values(&group).inc();
+            }
+        }
+        let watched = self.watch.contains(c.package.name.as_ref());
+        let h = self.host(&c.host.machine_id, &e.hostgroup);
+        if !watched {
+            return;
+        }
+        let versions = h.packages.entry(c.package.name.to_string()).or_default();
+        let v = version_label(&c.package);
+        if removes(c.action) {
+            versions.remove(&v);
+        } else {
+            if matches!(c.action, Action::Upgrade | Action::Downgrade) {
+                if let Some(r) = &c.replaced {
+                    versions.remove(&version_label(r));
+                }
+            }
+            versions.insert(v);
+        }
+        if versions.is_empty() {
+            h.packages.remove(c.package.name.as_ref());
+        }
+    }
+
+    /// Applies a snapshot: the host's watched packages become the snapshot's.
+    pub fn snapshot(&mut self, s: &EnrichedSnapshot<'_>) {
+        let mut packages: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for p in s
+            .packages
+            .iter()
+            .filter(|p| self.watch.contains(p.name.as_ref()))
+        {
+            packages
+                .entry(p.name.to_string())
+                .or_default()
+                .insert(version_label(p));
+        }
+        self.host(&s.host.machine_id, &s.enrichment.hostgroup)
+            .packages = packages;
+    }
+
+    /// Recomputes the gauges from the state (series that fell to 0 vanish).
+    pub fn refresh_gauges(&self) {
+        let mut counts: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+        let mut hosts: BTreeMap<&str, i64> = BTreeMap::new();
+        for h in self.state.values() {
+            *hosts.entry(&h.hostgroup).or_default() += 1;
+            for (name, versions) in &h.packages {
+                for v in versions {
+                    *counts.entry((name, v, &h.hostgroup)).or_default() += 1;
+                }
+            }
+        }
+        self.watched.reset();
+        for ((p, v, g), n) in counts {
+            self.watched.with_label_values(&[p, v, g]).set(n);
+        }
+        self.hosts.reset();
+        for (g, n) in hosts {
+            self.hosts.with_label_values(&[g]).set(n);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use pkgstream_schemas::{sample, Source};
+    use prometheus::core::Collector;
+
+    fn change(
+        host: u64,
+        name: &str,
+        vr: (&str, &str),
+        action: Action,
+        replaced: Option<(&str, &str)>,
+        group: &str,
+    ) -> EnrichedChange<'static> {
+        let mut c = EnrichedChange::new(sample::change(host), sample::enrichment(host));
+        c.host = sample::host(host);
+        c.package.name = name.to_owned().into();
+        c.package.epoch = Some(0);
+        c.package.version = vr.0.to_owned().into();
+        c.package.release = vr.1.to_owned().into();
+        c.action = action;
+        c.source = Source::Dnf;
+        c.replaced = replaced.map(|(v, r)| {
+            let mut p = c.package.clone();
+            p.version = v.to_owned().into();
+            p.release = r.to_owned().into();
+            p
+        });
+        c.enrichment.hostgroup = group.to_owned().into();
+        c.enrichment.environment = "prod".into();
+        c.enrichment.outside_maintenance_window = false;
+        c
+    }
+
+    fn gauge(m: &FleetMetrics, p: &str, v: &str, g: &str) -> i64 {
+        m.watched
+            .get_metric_with_label_values(&[p, v, g])
+            .map(|g| g.get())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn drift_gauges_follow_installs_upgrades_and_removals() {
+        let mut m = FleetMetrics::new(&["openssl".to_owned()]).unwrap();
+        for h in 0..3 {
+            m.change(
+                &change(h, "openssl", ("3.0.7", "1"), Action::Install, None, "web"),
+                true,
+            );
+        }
+        m.change(
+            &change(
+                0,
+                "openssl",
+                ("3.0.7", "2"),
+                Action::Upgrade,
+                Some(("3.0.7", "1")),
+                "web",
+            ),
+            true,
+        );
+        m.change(
+            &change(1, "openssl", ("3.0.7", "1"), Action::Remove, None, "web"),
+            true,
+        );
+        m.change(
+            &change(1, "bash", ("5", "1"), Action::Install, None, "web"),
+            false,
+        );
+        m.refresh_gauges();
+        assert_eq!(gauge(&m, "openssl", "3.0.7-1", "web"), 1);
+        assert_eq!(gauge(&m, "openssl", "3.0.7-2", "web"), 1);
+        assert_eq!(
+            m.watched.collect()[0].get_metric().len(),
+            2,
+            "no series for removed versions or unwatched packages"
+        );
+        assert_eq!(
+            m.changes
+                .with_label_values(&["install", "dnf", "web", "prod"])
+                .get(),
+            3
+        );
+        assert_eq!(
+            m.changes
+                .with_label_values(&["upgrade", "dnf", "web", "prod"])
+                .get(),
+            1
+        );
+        assert_eq!(
+            m.changes
+                .with_label_values(&["remove", "dnf", "web", "prod"])
+                .get(),
+            1
+        );
+        // `count = false` touched no counter.
+        assert_eq!(
+            m.changes
+                .get_metric_with_label_values(&["install", "dnf", "web", "prod"])
+                .unwrap()
+                .get(),
+            3
+        );
+        assert_eq!(m.hosts.with_label_values(&["web"]).get(), 3);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_hosts_watched_state() {
+        let mut m = FleetMetrics::new(&["openssl-libs".to_owned()]).unwrap();
+        let mut s = EnrichedSnapshot::new(sample::snapshot(1, 3), sample::enrichment(1));
+        s.packages[0].name = "openssl-libs".into();
+        s.packages[0].epoch = Some(1);
+        m.snapshot(&s);
+        m.refresh_gauges();
+        let v = version_label(&s.packages[0]);
+        assert!(v.starts_with("1:"));
+        assert_eq!(gauge(&m, "openssl-libs", &v, &s.enrichment.hostgroup), 1);
+    }
+}

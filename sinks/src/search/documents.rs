@@ -1,0 +1,864 @@
+//! Per-event functions: an enriched change or snapshot → bulk items (action
+//! line + body line, NDJSON). Pure, no I/O; unit-tested below and benched
+//! in `benches/benches/sink.rs`.
+//!
+//! Three indices (names under `index_prefix`, default `pkgstream`):
+//! - `<p>-changes-YYYY.MM` (month of the event time): the history, one
+//!   document per change, `_id` = event id, op `create` so a duplicate is a
+//!   harmless 409. Monthly indices chosen by the *event* time (not a data
+//!   stream's rollover) keep a duplicate in the index of its original, so it
+//!   stays a 409 even months later in a replay.
+//! - `<p>-packages`: current state, `_id` = `<machine_id>/<name>.<arch>`,
+//!   written by stored scripts that compare event times, so a late or
+//!   replayed event never overwrites newer state.
+//! - `<p>-hosts`: one document per host, `_id` = machine id.
+//!
+//! Field names follow ECS where ECS has one (`host.name`, `package.name`,
+//! `package.architecture`, `user.name`, `process.command_line`, `labels`);
+//! our extensions (`package.epoch`, `package.release`, `package.repo`,
+//! `package.vendor`, `package.evr`, `package.evr_sort`) and the enrichment
+//! (`pkgstream.*`) sit beside them.
+
+use std::collections::BTreeMap;
+
+use pkgstream_schemas::{
+    Action, EnrichedChange, EnrichedSnapshot, Enrichment, Host, Package, Source,
+};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+/// Stored script: upsert a package document unless it holds a newer event.
+pub const SCRIPT_PACKAGE_UPSERT: &str = "pkgstream-package-upsert";
+/// Stored script: delete a package document if it holds the removed
+/// version and no newer event.
+pub const SCRIPT_PACKAGE_REMOVE: &str = "pkgstream-package-remove";
+/// Stored script: update a host document (last seen; snapshot facts).
+pub const SCRIPT_HOST: &str = "pkgstream-host";
+
+/// The stored scripts (id, painless source), installed at start-up.
+pub const SCRIPTS: [(&str, &str); 3] = [
+    (
+        SCRIPT_PACKAGE_UPSERT,
+        "if (ctx._source.event_time_us != null && ctx._source.event_time_us > params.d.event_time_us) { ctx.op = 'none' } \
+         else { ctx._source.clear(); ctx._source.putAll(params.d) }",
+    ),
+    (
+        SCRIPT_PACKAGE_REMOVE,
+        "if (ctx._source.event_time_us == null || ctx._source.event_time_us > params.t || ctx._source.package.evr != params.evr) { ctx.op = 'none' } \
+         else { ctx.op = 'delete' }",
+    ),
+    (
+        SCRIPT_HOST,
+        "def s = ctx._source; boolean changed = false; \
+         if (s.last_seen_us == null || params.t >= s.last_seen_us) { s.last_seen_us = params.t; s.last_seen = params.ts; s.host = params.host; s.pkgstream = params.p; changed = true } \
+         if (params.snap != null && (s.last_snapshot_us == null || params.t > s.last_snapshot_us)) { s.last_snapshot_us = params.t; s.last_snapshot = params.ts; s.package_count = params.snap.count; s.drift_count = params.snap.drift; changed = true } \
+         if (!changed) { ctx.op = 'none' }",
+    ),
+];
+
+/// The kind of a bulk item, which decides how its status is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemKind {
+    /// `create` of a change document (409 = already there).
+    Change,
+    /// Scripted update of a package document.
+    Package,
+    /// Scripted update of a host document.
+    Host,
+}
+
+/// Index names under one prefix.
+#[derive(Clone, Debug)]
+pub struct Indices {
+    prefix: String,
+    packages: String,
+    hosts: String,
+}
+
+impl Indices {
+    /// Names under `prefix`.
+    pub fn new(prefix: &str) -> Indices {
+        Indices {
+            prefix: prefix.to_owned(),
+            packages: format!("{prefix}-packages"),
+            hosts: format!("{prefix}-hosts"),
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Pattern of the change indices (`<p>-changes-*`).
+    pub fn changes_pattern(&self) -> String {
+        format!("{}-changes-*", self.prefix)
+    }
+
+    /// The change index of an event time (µs): `<p>-changes-YYYY.MM`.
+    pub fn changes(&self, event_time_us: i64) -> String {
+        let (y, m) = year_month(event_time_us);
+        format!("{}-changes-{y:04}.{m:02}", self.prefix)
+    }
+
+    /// The current-state index.
+    pub fn packages(&self) -> &str {
+        &self.packages
+    }
+
+    /// The host index.
+    pub fn hosts(&self) -> &str {
+        &self.hosts
+    }
+}
+
+fn year_month(us: i64) -> (i32, u32) {
+    use chrono::Datelike;
+    let t = chrono::DateTime::from_timestamp_micros(us).unwrap_or_default();
+    (t.year(), t.month())
+}
+
+/// A timestamp in µs, serialized as RFC 3339 with microseconds.
+#[derive(Clone, Copy)]
+struct Ts(i64);
+
+impl Serialize for Ts {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = chrono::DateTime::from_timestamp_micros(self.0).unwrap_or_default();
+        s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+    }
+}
+
+/// `E:V-R` (epoch 0 when absent), the version identity of a package.
+pub fn evr(p: &Package<'_>) -> String {
+    format!("{}:{}-{}", p.epoch.unwrap_or(0), p.version, p.release)
+}
+
+/// A key that sorts like rpm versions in most real cases: the epoch and
+/// every run of digits zero-padded to 10 places (`1:5.14.0-427.el9` →
+/// `0000000001:0000000005.0000000014...`).
+pub fn evr_sort(p: &Package<'_>) -> String {
+    let mut out = String::with_capacity(64);
+    pad_digits(&mut out, &p.epoch.unwrap_or(0).to_string());
+    out.push(':');
+    pad_digits(&mut out, &p.version);
+    out.push('-');
+    pad_digits(&mut out, &p.release);
+    out
+}
+
+fn pad_digits(out: &mut String, s: &str) {
+    let mut digits = String::new();
+    let flush = |out: &mut String, digits: &mut String| {
+        if !digits.is_empty() {
+            let trimmed = digits.trim_start_matches('0');
+            for _ in trimmed.len()..10 {
+                out.push('0');
+            }
+            out.push_str(trimmed);
+            digits.clear();
+        }
+    };
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else {
+            flush(out, &mut digits);
+            out.push(c);
+        }
+    }
+    flush(out, &mut digits);
+}
+
+/// The `_id` of a package document: `<machine_id>/<name>.<arch>`.
+pub fn package_key(machine_id: &str, p: &Package<'_>) -> String {
+    format!("{machine_id}/{}.{}", p.name, p.arch)
+}
+
+fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::Dnf => "dnf",
+        Source::Yum => "yum",
+        Source::Rpm => "rpm",
+        Source::Inventory => "inventory",
+    }
+}
+
+/// Lower-case action name (`upgrade`).
+pub fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Install => "install",
+        Action::Upgrade => "upgrade",
+        Action::Downgrade => "downgrade",
+        Action::Reinstall => "reinstall",
+        Action::Remove => "remove",
+        Action::Obsolete => "obsolete",
+    }
+}
+
+/// Lower-case source name (`dnf`).
+pub fn source_label(s: Source) -> &'static str {
+    source_name(s)
+}
+
+/// Whether the action takes the package off the host.
+pub fn removes(a: Action) -> bool {
+    matches!(a, Action::Remove | Action::Obsolete)
+}
+
+struct HostDoc<'a>(&'a Host<'a>);
+
+impl Serialize for HostDoc<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let h = self.0;
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry("id", &h.machine_id)?;
+        m.serialize_entry("name", &h.hostname)?;
+        m.serialize_entry("architecture", &h.arch)?;
+        m.serialize_entry(
+            "os",
+            &OsDoc {
+                platform: &h.os_id,
+                version: &h.os_version,
+            },
+        )?;
+        m.end()
+    }
+}
+
+#[derive(serde::Serialize)]
+struct OsDoc<'a> {
+    platform: &'a str,
+    version: &'a str,
+}
+
+struct PackageDoc<'a>(&'a Package<'a>);
+
+impl Serialize for PackageDoc<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let p = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("name", &p.name)?;
+        if let Some(e) = p.epoch {
+            m.serialize_entry("epoch", &e)?;
+        }
+        m.serialize_entry("version", &p.version)?;
+        m.serialize_entry("release", &p.release)?;
+        m.serialize_entry("architecture", &p.arch)?;
+        m.serialize_entry("evr", &evr(p))?;
+        m.serialize_entry("evr_sort", &evr_sort(p))?;
+        if let Some(r) = &p.repo {
+            m.serialize_entry("repo", r)?;
+        }
+        if let Some(v) = &p.vendor {
+            m.serialize_entry("vendor", v)?;
+        }
+        if let Some(t) = p.buildtime {
+            m.serialize_entry("buildtime", &Ts(t))?;
+        }
+        if let Some(t) = p.install_time {
+            m.serialize_entry("installed", &Ts(t))?;
+        }
+        if let Some(sz) = p.size {
+            m.serialize_entry("size", &sz)?;
+        }
+        if let Some(d) = &p.digest {
+            m.serialize_entry("checksum", d)?;
+        }
+        m.end()
+    }
+}
+
+/// The enrichment as `pkgstream.*` fields (plus `source`/`action` when given).
+struct EnrichmentDoc<'a> {
+    e: &'a Enrichment<'a>,
+    source: Option<&'static str>,
+    action: Option<&'static str>,
+    event_id: Option<&'a str>,
+}
+
+impl Serialize for EnrichmentDoc<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = self.e;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("hostgroup", &e.hostgroup)?;
+        m.serialize_entry("environment", &e.environment)?;
+        if let Some(o) = &e.owner {
+            m.serialize_entry("owner", o)?;
+        }
+        if let Some(d) = &e.datacenter {
+            m.serialize_entry("datacenter", d)?;
+        }
+        m.serialize_entry("known_host", &e.known_host)?;
+        if let Some(src) = self.source {
+            m.serialize_entry("source", src)?;
+        }
+        if let Some(a) = self.action {
+            m.serialize_entry("action", a)?;
+        }
+        if let Some(id) = self.event_id {
+            m.serialize_entry("event_id", id)?;
+        }
+        m.end()
+    }
+}
+
+/// Writes one action line (`{"op":{"_index":..,"_id":..}}`) and a newline.
+fn action_line(out: &mut Vec<u8>, op: &str, index: &str, id: &str, retry: bool) {
+    #[derive(serde::Serialize)]
+    struct Meta<'a> {
+        _index: &'a str,
+        _id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_on_conflict: Option<u32>,
+    }
+    let mut m = BTreeMap::new();
+    m.insert(
+        op,
+        Meta {
+            _index: index,
+            _id: id,
+            retry_on_conflict: retry.then_some(5),
+        },
+    );
+    // Serializing plain strings and integers into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &m);
+    out.push(b'\n');
+}
+
+fn body_line(out: &mut Vec<u8>, body: &impl Serialize) {
+    let _ = serde_json::to_writer(&mut *out, body);
+    out.push(b'\n');
+}
+
+/// `{"scripted_upsert":true,"upsert":{},"script":{"id":ID,"params":PARAMS}}`
+struct ScriptedUpsert<'a, P> {
+    id: &'a str,
+    params: P,
+}
+
+impl<P: Serialize> Serialize for ScriptedUpsert<'_, P> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Script<'a, P> {
+            id: &'a str,
+            params: &'a P,
+        }
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("scripted_upsert", &true)?;
+        m.serialize_entry("upsert", &serde_json::Map::new())?;
+        m.serialize_entry(
+            "script",
+            &Script {
+                id: self.id,
+                params: &self.params,
+            },
+        )?;
+        m.end()
+    }
+}
+
+/// The change document (`<p>-changes-*`).
+struct ChangeDoc<'a> {
+    c: &'a EnrichedChange<'a>,
+    id: &'a str,
+}
+
+impl Serialize for ChangeDoc<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Event<'a> {
+            id: &'a str,
+            action: &'a str,
+            kind: &'a str,
+            category: [&'a str; 1],
+            #[serde(rename = "type")]
+            ty: [&'a str; 1],
+            created: Ts,
+            dataset: &'a str,
+        }
+        let c = self.c;
+        let e = &c.enrichment;
+        let action = action_name(c.action);
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("@timestamp", &Ts(c.event_time))?;
+        m.serialize_entry(
+            "event",
+            &Event {
+                id: self.id,
+                action,
+                kind: "event",
+                category: ["package"],
+                ty: [match c.action {
+                    Action::Install => "installation",
+                    Action::Remove | Action::Obsolete => "deletion",
+                    _ => "change",
+                }],
+                created: Ts(e.routed_at),
+                dataset: "pkgstream.changes",
+            },
+        )?;
+        m.serialize_entry("host", &HostDoc(&c.host))?;
+        m.serialize_entry("package", &PackageDoc(&c.package))?;
+        if let Some(u) = &c.transaction.login_user {
+            m.serialize_entry(
+                "user",
+                &[("name", u)].into_iter().collect::<BTreeMap<_, _>>(),
+            )?;
+        }
+        if let Some(cl) = &c.transaction.command_line {
+            m.serialize_entry(
+                "process",
+                &[("command_line", cl)]
+                    .into_iter()
+                    .collect::<BTreeMap<_, _>>(),
+            )?;
+        }
+        if !e.tags.is_empty() {
+            m.serialize_entry("labels", &*e.tags)?;
+        }
+        m.serialize_entry("event_time_us", &c.event_time)?;
+        m.serialize_entry("pkgstream", &ChangeExt { c })?;
+        m.end()
+    }
+}
+
+struct ChangeExt<'a> {
+    c: &'a EnrichedChange<'a>,
+}
+
+impl Serialize for ChangeExt<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let c = self.c;
+        let e = &c.enrichment;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("source", source_name(c.source))?;
+        m.serialize_entry("hostgroup", &e.hostgroup)?;
+        m.serialize_entry("environment", &e.environment)?;
+        if let Some(o) = &e.owner {
+            m.serialize_entry("owner", o)?;
+        }
+        if let Some(d) = &e.datacenter {
+            m.serialize_entry("datacenter", d)?;
+        }
+        m.serialize_entry("known_host", &e.known_host)?;
+        m.serialize_entry("outside_maintenance_window", &e.outside_maintenance_window)?;
+        m.serialize_entry("unexplained_rpm", &e.unexplained_rpm)?;
+        if let Some(r) = &c.replaced {
+            m.serialize_entry("replaced", &PackageDoc(r))?;
+        }
+        let t = &c.transaction;
+        let mut tx = serde_json::Map::new();
+        tx.insert("rpm_tid".into(), t.rpm_tid.into());
+        if let Some(h) = t.history_id {
+            tx.insert("history_id".into(), h.into());
+        }
+        if let Some(st) = t.start_time {
+            tx.insert(
+                "start".into(),
+                serde_json::to_value(Ts(st)).unwrap_or_default(),
+            );
+        }
+        m.serialize_entry("transaction", &tx)?;
+        m.end()
+    }
+}
+
+/// The package-state document (`<p>-packages`).
+struct PackageStateDoc<'a> {
+    host: &'a Host<'a>,
+    package: &'a Package<'a>,
+    e: &'a Enrichment<'a>,
+    event_time: i64,
+    source: &'static str,
+    action: &'static str,
+    event_id: &'a str,
+}
+
+impl Serialize for PackageStateDoc<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(5))?;
+        m.serialize_entry("@timestamp", &Ts(self.event_time))?;
+        m.serialize_entry("event_time_us", &self.event_time)?;
+        m.serialize_entry("host", &HostDoc(self.host))?;
+        m.serialize_entry("package", &PackageDoc(self.package))?;
+        m.serialize_entry(
+            "pkgstream",
+            &EnrichmentDoc {
+                e: self.e,
+                source: Some(self.source),
+                action: Some(self.action),
+                event_id: Some(self.event_id),
+            },
+        )?;
+        m.end()
+    }
+}
+
+/// Appends the upsert of one package-state document.
+#[allow(clippy::too_many_arguments)]
+fn package_upsert(
+    out: &mut Vec<u8>,
+    idx: &Indices,
+    host: &Host<'_>,
+    package: &Package<'_>,
+    e: &Enrichment<'_>,
+    event_time: i64,
+    source: &'static str,
+    action: &'static str,
+    event_id: &str,
+) {
+    action_line(
+        out,
+        "update",
+        idx.packages(),
+        &package_key(&host.machine_id, package),
+        true,
+    );
+    #[derive(serde::Serialize)]
+    struct P<'a> {
+        d: PackageStateDoc<'a>,
+    }
+    body_line(
+        out,
+        &ScriptedUpsert {
+            id: SCRIPT_PACKAGE_UPSERT,
+            params: P {
+                d: PackageStateDoc {
+                    host,
+                    package,
+                    e,
+                    event_time,
+                    source,
+                    action,
+                    event_id,
+                },
+            },
+        },
+    );
+}
+
+/// Appends the guarded delete of a package-state document: it goes only if
+/// it still holds `evr` and no event newer than `t`.
+pub fn package_remove(out: &mut Vec<u8>, idx: &Indices, key: &str, evr: &str, t: i64) {
+    action_line(out, "update", idx.packages(), key, true);
+    #[derive(serde::Serialize)]
+    struct P<'a> {
+        evr: &'a str,
+        t: i64,
+    }
+    body_line(
+        out,
+        &ScriptedUpsert {
+            id: SCRIPT_PACKAGE_REMOVE,
+            params: P { evr, t },
+        },
+    );
+}
+
+/// Facts a snapshot sets on its host document.
+#[derive(serde::Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotFacts {
+    /// Packages in the snapshot.
+    pub count: usize,
+    /// Packages whose indexed state the snapshot contradicted.
+    pub drift: usize,
+}
+
+/// Appends the host-document update for an event at `t` (µs).
+pub fn host_update(
+    out: &mut Vec<u8>,
+    idx: &Indices,
+    host: &Host<'_>,
+    e: &Enrichment<'_>,
+    t: i64,
+    snap: Option<SnapshotFacts>,
+) {
+    action_line(out, "update", idx.hosts(), &host.machine_id, true);
+    #[derive(serde::Serialize)]
+    struct P<'a> {
+        t: i64,
+        ts: Ts,
+        host: HostDoc<'a>,
+        p: EnrichmentDoc<'a>,
+        snap: Option<SnapshotFacts>,
+    }
+    body_line(
+        out,
+        &ScriptedUpsert {
+            id: SCRIPT_HOST,
+            params: P {
+                t,
+                ts: Ts(t),
+                host: HostDoc(host),
+                p: EnrichmentDoc {
+                    e,
+                    source: None,
+                    action: None,
+                    event_id: None,
+                },
+                snap,
+            },
+        },
+    );
+}
+
+/// Appends the items of one change: the history document (`create`) and
+/// the package-state update (upsert, or guarded delete for a removal). The
+/// host document is written once per batch by the caller
+/// ([`host_update`]). Returns the kinds of the items appended, in order.
+pub fn change_items(out: &mut Vec<u8>, idx: &Indices, c: &EnrichedChange<'_>) -> [ItemKind; 2] {
+    let id = c.event_id.to_hex();
+    action_line(out, "create", &idx.changes(c.event_time), &id, false);
+    body_line(out, &ChangeDoc { c, id: &id });
+    if removes(c.action) {
+        package_remove(
+            out,
+            idx,
+            &package_key(&c.host.machine_id, &c.package),
+            &evr(&c.package),
+            c.event_time,
+        );
+    } else {
+        package_upsert(
+            out,
+            idx,
+            &c.host,
+            &c.package,
+            &c.enrichment,
+            c.event_time,
+            source_name(c.source),
+            action_name(c.action),
+            &id,
+        );
+    }
+    [ItemKind::Change, ItemKind::Package]
+}
+
+/// The package state a snapshot says a host has: one package per
+/// `name.arch` (for install-only packages such as the kernel, the one
+/// installed last), keyed by the package document id.
+pub fn snapshot_state<'a>(s: &'a EnrichedSnapshot<'a>) -> BTreeMap<String, &'a Package<'a>> {
+    let mut state: BTreeMap<String, &Package<'_>> = BTreeMap::new();
+    for p in &s.packages {
+        let key = package_key(&s.host.machine_id, p);
+        match state.get(&key) {
+            Some(prev) if prev.install_time.unwrap_or(0) > p.install_time.unwrap_or(0) => {}
+            _ => {
+                state.insert(key, p);
+            }
+        }
+    }
+    state
+}
+
+/// What the index holds for one package document of a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexedPackage {
+    /// `E:V-R`.
+    pub evr: String,
+    /// Event time (µs) of the event that wrote it.
+    pub event_time_us: i64,
+}
+
+/// Reconciles a host's indexed packages with its snapshot: appends upserts
+/// for packages that are missing or at another version, and guarded
+/// deletes for documents the snapshot does not contain (in both cases only
+/// where the index holds nothing newer than the snapshot), then the host
+/// document update. Returns the number of package items appended and the
+/// facts written to the host document (drift = items appended, 0 for the
+/// first snapshot of a host nothing was known about).
+pub fn snapshot_items(
+    out: &mut Vec<u8>,
+    idx: &Indices,
+    s: &EnrichedSnapshot<'_>,
+    indexed: &BTreeMap<String, IndexedPackage>,
+) -> (usize, SnapshotFacts) {
+    let state = snapshot_state(s);
+    let id = s.snapshot_id.to_hex();
+    let mut items = 0;
+    for (key, p) in &state {
+        let stale = match indexed.get(key) {
+            None => true,
+            Some(ix) => ix.event_time_us <= s.taken_at && ix.evr != evr(p),
+        };
+        if stale {
+            package_upsert(
+                out,
+                idx,
+                &s.host,
+                p,
+                &s.enrichment,
+                s.taken_at,
+                "inventory",
+                "snapshot",
+                &id,
+            );
+            items += 1;
+        }
+    }
+    for (key, ix) in indexed {
+        if !state.contains_key(key) && ix.event_time_us <= s.taken_at {
+            package_remove(out, idx, key, &ix.evr, s.taken_at);
+            items += 1;
+        }
+    }
+    let facts = SnapshotFacts {
+        count: state.len(),
+        drift: if indexed.is_empty() { 0 } else { items },
+    };
+    host_update(out, idx, &s.host, &s.enrichment, s.taken_at, Some(facts));
+    (items, facts)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use pkgstream_schemas::sample;
+    use serde_json::Value;
+
+    fn lines(body: &[u8]) -> Vec<Value> {
+        body.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn change_becomes_create_and_package_upsert() {
+        let c = EnrichedChange::new(sample::change(7), sample::enrichment(7));
+        let idx = Indices::new("pkgstream");
+        let mut out = Vec::new();
+        let kinds = change_items(&mut out, &idx, &c);
+        assert_eq!(kinds, [ItemKind::Change, ItemKind::Package]);
+        let l = lines(&out);
+        assert_eq!(l.len(), 4);
+        let id = c.event_id.to_hex();
+        assert_eq!(l[0]["create"]["_id"], id.as_str());
+        let month = chrono::DateTime::from_timestamp_micros(c.event_time)
+            .unwrap()
+            .format("%Y.%m");
+        assert_eq!(
+            l[0]["create"]["_index"],
+            format!("pkgstream-changes-{month}")
+        );
+        assert_eq!(l[1]["event"]["id"], id.as_str());
+        assert_eq!(l[1]["event"]["action"], "upgrade");
+        assert_eq!(l[1]["host"]["name"], c.host.hostname.as_ref());
+        assert_eq!(l[1]["package"]["name"], c.package.name.as_ref());
+        assert_eq!(l[1]["package"]["evr"], evr(&c.package).as_str());
+        assert_eq!(l[1]["pkgstream"]["hostgroup"], "web-3");
+        assert_eq!(
+            l[1]["pkgstream"]["replaced"]["name"],
+            c.package.name.as_ref()
+        );
+        assert_eq!(l[1]["labels"]["tier"], "frontend");
+        assert_eq!(l[1]["event_time_us"], c.event_time);
+        assert_eq!(l[2]["update"]["_index"], "pkgstream-packages");
+        assert_eq!(
+            l[2]["update"]["_id"],
+            format!("{}/{}.x86_64", c.host.machine_id, c.package.name)
+        );
+        assert_eq!(l[3]["script"]["id"], SCRIPT_PACKAGE_UPSERT);
+        assert_eq!(l[3]["scripted_upsert"], true);
+        assert_eq!(
+            l[3]["script"]["params"]["d"]["package"]["version"],
+            c.package.version.as_ref()
+        );
+        // Timestamps carry microseconds.
+        let ts = l[1]["@timestamp"].as_str().unwrap();
+        assert!(ts.ends_with('Z') && ts.len() == 27, "{ts}");
+    }
+
+    #[test]
+    fn removal_is_a_guarded_delete() {
+        let mut c = EnrichedChange::new(sample::change(3), sample::enrichment(3));
+        c.action = Action::Remove;
+        let mut out = Vec::new();
+        change_items(&mut out, &Indices::new("x"), &c);
+        let l = lines(&out);
+        assert_eq!(l[3]["script"]["id"], SCRIPT_PACKAGE_REMOVE);
+        assert_eq!(l[3]["script"]["params"]["evr"], evr(&c.package).as_str());
+        assert_eq!(l[3]["script"]["params"]["t"], c.event_time);
+    }
+
+    #[test]
+    fn evr_sort_orders_numerically() {
+        let p = |v: &str, r: &str| Package {
+            version: v.to_owned().into(),
+            release: r.to_owned().into(),
+            ..sample::change(0).package
+        };
+        assert!(evr_sort(&p("5.14.0", "9.el9")) < evr_sort(&p("5.14.0", "10.el9")));
+        assert!(evr_sort(&p("1.10", "1")) > evr_sort(&p("1.9", "1")));
+    }
+
+    #[test]
+    fn snapshot_reconciles_against_indexed_state() {
+        let mut s = EnrichedSnapshot::new(sample::snapshot(1, 3), sample::enrichment(1));
+        let t = s.taken_at;
+        let state: Vec<(String, String)> = snapshot_state(&s)
+            .iter()
+            .map(|(k, p)| (k.clone(), evr(p)))
+            .collect();
+        assert_eq!(state.len(), 3);
+        let mut indexed = BTreeMap::new();
+        // Same version: nothing to do.
+        indexed.insert(
+            state[0].0.clone(),
+            IndexedPackage {
+                evr: state[0].1.clone(),
+                event_time_us: t - 1,
+            },
+        );
+        // Other version, older: upsert.
+        indexed.insert(
+            state[1].0.clone(),
+            IndexedPackage {
+                evr: "0:9-9".into(),
+                event_time_us: t - 1,
+            },
+        );
+        // Missing: state[2] is upserted.
+        // Not in the snapshot, older: removed; newer: kept.
+        indexed.insert(
+            "h/gone.x86_64".into(),
+            IndexedPackage {
+                evr: "0:1-1".into(),
+                event_time_us: t - 1,
+            },
+        );
+        indexed.insert(
+            "h/new.x86_64".into(),
+            IndexedPackage {
+                evr: "0:1-1".into(),
+                event_time_us: t + 1,
+            },
+        );
+        let mut out = Vec::new();
+        let (items, facts) = snapshot_items(&mut out, &Indices::new("p"), &s, &indexed);
+        assert_eq!(items, 3);
+        assert_eq!(facts, SnapshotFacts { count: 3, drift: 3 });
+        let l = lines(&out);
+        let ids: Vec<&str> = l
+            .iter()
+            .step_by(2)
+            .map(|a| a["update"]["_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                state[1].0.as_str(),
+                state[2].0.as_str(),
+                "h/gone.x86_64",
+                s.host.machine_id.as_ref()
+            ]
+        );
+        assert_eq!(l[7]["script"]["params"]["snap"]["count"], 3);
+        // A first snapshot is not drift.
+        s.packages.truncate(2);
+        let (items, facts) =
+            snapshot_items(&mut Vec::new(), &Indices::new("p"), &s, &BTreeMap::new());
+        assert_eq!((items, facts.drift, facts.count), (2, 0, 2));
+    }
+}

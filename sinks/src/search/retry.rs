@@ -1,0 +1,206 @@
+//! The one place that decides what a bulk status means: done, retry later,
+//! or reject to the DLQ. Tested on canned response bodies below.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::documents::ItemKind;
+
+/// What to do with one bulk item after the engine answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemVerdict {
+    /// Applied (or, for a `create`, already there: 409 means a duplicate).
+    Done,
+    /// Rejected for now (429, 5xx, a version conflict): send again.
+    Retry,
+    /// Rejected for good (mapping or parsing error): the event goes to the DLQ.
+    Reject,
+}
+
+/// Reads one item's HTTP status.
+pub fn item_verdict(kind: ItemKind, status: u16) -> ItemVerdict {
+    match status {
+        200..=299 => ItemVerdict::Done,
+        409 if kind == ItemKind::Change => ItemVerdict::Done,
+        409 | 429 | 500..=599 => ItemVerdict::Retry,
+        _ => ItemVerdict::Reject,
+    }
+}
+
+/// What a whole request's HTTP status means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestVerdict {
+    /// The engine answered; read the items.
+    Items,
+    /// Overloaded, restarting or unreachable: send the whole request again.
+    Retry,
+    /// Our request or credentials are wrong: retrying cannot help.
+    Fatal,
+}
+
+/// Reads a whole request's HTTP status.
+pub fn request_verdict(status: u16) -> RequestVerdict {
+    match status {
+        200..=299 => RequestVerdict::Items,
+        408 | 429 | 500..=599 => RequestVerdict::Retry,
+        _ => RequestVerdict::Fatal,
+    }
+}
+
+/// A bulk response, reduced by `filter_path` to what the sink reads.
+#[derive(Debug, Deserialize)]
+pub struct BulkResponse {
+    /// Whether any item failed.
+    #[serde(default)]
+    pub errors: bool,
+    /// One entry per item, in request order (absent when `filter_path`
+    /// dropped everything).
+    #[serde(default)]
+    pub items: Vec<BulkItem>,
+}
+
+/// One item's result, under its operation name.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum BulkItem {
+    Index(ItemStatus),
+    Create(ItemStatus),
+    Update(ItemStatus),
+    Delete(ItemStatus),
+}
+
+impl BulkItem {
+    /// The status and error, whatever the operation.
+    pub fn status(&self) -> &ItemStatus {
+        match self {
+            BulkItem::Index(s)
+            | BulkItem::Create(s)
+            | BulkItem::Update(s)
+            | BulkItem::Delete(s) => s,
+        }
+    }
+}
+
+/// An item's HTTP status and the engine's error, if any.
+#[derive(Debug, Deserialize)]
+pub struct ItemStatus {
+    /// HTTP status of the item.
+    pub status: u16,
+    /// The engine's error object.
+    #[serde(default)]
+    pub error: Option<serde_json::Value>,
+}
+
+impl ItemStatus {
+    /// `type: reason (caused by: type: reason)`, as the engine said it.
+    pub fn reason(&self) -> String {
+        let Some(e) = &self.error else {
+            return format!("HTTP {}", self.status);
+        };
+        let one = |e: &serde_json::Value| {
+            format!(
+                "{}: {}",
+                e["type"].as_str().unwrap_or("error"),
+                e["reason"].as_str().unwrap_or("")
+            )
+        };
+        match e.get("caused_by") {
+            Some(c) if c.is_object() => format!("{} (caused by {})", one(e), one(c)),
+            _ => one(e),
+        }
+    }
+}
+
+/// Delay before retry number `attempt` (0-based): `initial · 2^attempt`,
+/// capped at `max`, with full jitter in [d/2, d] so that lanes and
+/// instances do not retry in lockstep.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let base = initial.saturating_mul(1u32 << attempt.min(20)).min(max);
+    let half = base / 2;
+    half + half.mul_f64(jitter())
+}
+
+/// A number in [0, 1) from the clock's nanoseconds (xorshift-mixed); good
+/// enough to spread retries, not for anything else.
+fn jitter() -> f64 {
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64 ^ d.as_secs())
+        .unwrap_or(1)
+        | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    (x % 1_000_000) as f64 / 1_000_000.0
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_on_a_canned_mixed_response() {
+        // As OpenSearch 2.19 answers with filter_path=errors,items.*.status,items.*.error
+        let body = r#"{"errors":true,"items":[
+            {"create":{"status":201}},
+            {"create":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"[ab]: version conflict, document already exists"}}},
+            {"update":{"status":429,"error":{"type":"es_rejected_execution_exception","reason":"rejected execution"}}},
+            {"create":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [labels.rack] of type [keyword]","caused_by":{"type":"illegal_state_exception","reason":"Can't get text on a START_OBJECT"}}}},
+            {"update":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"conflict"}}},
+            {"update":{"status":503,"error":{"type":"unavailable_shards_exception","reason":"primary shard is not active"}}},
+            {"delete":{"status":200}}
+        ]}"#;
+        let r: BulkResponse = serde_json::from_str(body).unwrap();
+        assert!(r.errors);
+        let kinds = [
+            ItemKind::Change,
+            ItemKind::Change,
+            ItemKind::Package,
+            ItemKind::Change,
+            ItemKind::Host,
+            ItemKind::Package,
+            ItemKind::Package,
+        ];
+        let v: Vec<ItemVerdict> = r
+            .items
+            .iter()
+            .zip(kinds)
+            .map(|(i, k)| item_verdict(k, i.status().status))
+            .collect();
+        use ItemVerdict::*;
+        assert_eq!(v, [Done, Done, Retry, Reject, Retry, Retry, Done]);
+        assert_eq!(
+            r.items[3].status().reason(),
+            "mapper_parsing_exception: failed to parse field [labels.rack] of type [keyword] (caused by illegal_state_exception: Can't get text on a START_OBJECT)"
+        );
+    }
+
+    #[test]
+    fn an_all_good_response_without_items() {
+        let r: BulkResponse = serde_json::from_str(r#"{"errors":false}"#).unwrap();
+        assert!(!r.errors && r.items.is_empty());
+    }
+
+    #[test]
+    fn request_statuses() {
+        assert_eq!(request_verdict(200), RequestVerdict::Items);
+        assert_eq!(request_verdict(429), RequestVerdict::Retry);
+        assert_eq!(request_verdict(503), RequestVerdict::Retry);
+        assert_eq!(request_verdict(401), RequestVerdict::Fatal);
+        assert_eq!(request_verdict(413), RequestVerdict::Fatal);
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let i = Duration::from_millis(100);
+        let m = Duration::from_secs(30);
+        for a in 0..30 {
+            let d = backoff(a, i, m);
+            let full = i.saturating_mul(1 << a.min(20)).min(m);
+            assert!(d >= full / 2 && d <= full, "attempt {a}: {d:?} vs {full:?}");
+        }
+    }
+}

@@ -1,0 +1,775 @@
+//! The search sink's loop. One thread polls the enriched topic and hands
+//! each message to lane `partition % lanes` over a bounded channel; when a
+//! lane's channel is full the consumer pauses its partitions (it keeps
+//! polling, so it stays in the group) until there is room again. Each lane
+//! batches by count, bytes and time, posts one bulk at a time, retries only
+//! the items the engine rejected for now (429/5xx) with jittered backoff,
+//! sends events it rejected for good to the DLQ, and only then stores the
+//! offsets of the batch. Offsets are auto-committed from that store, so a
+//! crash re-reads at most the batches not yet acknowledged, and the
+//! idempotent ids make that harmless. One partition is in one lane, so one
+//! host's events are applied in order.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pkgstream_runtime::config::{KafkaConfig, TopicsConfig};
+use pkgstream_runtime::health::Readiness;
+use pkgstream_runtime::shutdown::Shutdown;
+use pkgstream_schemas::{
+    decode_enriched_change, decode_enriched_snapshot, EnrichedSnapshot, Kind, Registry,
+};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry as PromRegistry,
+};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use serde_json::json;
+use tracing::{debug, info, info_span, warn};
+
+use super::client::{CallError, EngineClient};
+use super::documents::{
+    change_items, host_update, snapshot_items, IndexedPackage, Indices, ItemKind,
+};
+use super::retry::{backoff, item_verdict, ItemVerdict};
+use super::setup::setup;
+use crate::config::SearchSinkConfig;
+use crate::dlq::{DeadLetter, Dlq};
+use crate::SinkError;
+
+/// The search sink's metrics (`pkgstream_search_sink_*`).
+pub struct SearchSinkMetrics {
+    /// The registry `/metrics` serves.
+    pub registry: PromRegistry,
+    /// Events handled, by outcome (`indexed`, `dlq`).
+    pub events: IntCounterVec,
+    /// Bulk requests, by outcome (`ok`, `partial`, `failed`).
+    pub bulk_requests: IntCounterVec,
+    /// Items sent again: rejected for now (429/5xx/conflict), or behind
+    /// such an item on the same document.
+    pub items_retried: IntCounter,
+    /// Bulk round trip time.
+    pub bulk_seconds: Histogram,
+    /// Inventory snapshots reconciled.
+    pub snapshots: IntCounter,
+    /// 1 while the last request reached the engine.
+    pub engine_up: IntGauge,
+}
+
+impl SearchSinkMetrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Result<SearchSinkMetrics, prometheus::Error> {
+        let registry = PromRegistry::new();
+        let events = IntCounterVec::new(
+            Opts::new(
+                "pkgstream_search_sink_events_total",
+                "Enriched events handled, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let bulk_requests = IntCounterVec::new(
+            Opts::new(
+                "pkgstream_search_sink_bulk_requests_total",
+                "Bulk requests, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let items_retried = IntCounter::new(
+            "pkgstream_search_sink_items_retried_total",
+            "Bulk items sent again after 429, 5xx or a version conflict",
+        )?;
+        let bulk_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "pkgstream_search_sink_bulk_seconds",
+                "Bulk request round trip",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+        )?;
+        let snapshots = IntCounter::new(
+            "pkgstream_search_sink_snapshots_total",
+            "Inventory snapshots reconciled into the package state",
+        )?;
+        let engine_up = IntGauge::new(
+            "pkgstream_search_sink_engine_up",
+            "1 while the search engine answers, 0 while it does not",
+        )?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(bulk_requests.clone()))?;
+        registry.register(Box::new(items_retried.clone()))?;
+        registry.register(Box::new(bulk_seconds.clone()))?;
+        registry.register(Box::new(snapshots.clone()))?;
+        registry.register(Box::new(engine_up.clone()))?;
+        Ok(SearchSinkMetrics {
+            registry,
+            events,
+            bulk_requests,
+            items_retried,
+            bulk_seconds,
+            snapshots,
+            engine_up,
+        })
+    }
+}
+
+/// Everything the search sink needs.
+pub struct SearchSink {
+    /// `[kafka]`.
+    pub kafka: KafkaConfig,
+    /// `[topics]`: reads `changes_enriched`, writes `dlq`.
+    pub topics: TopicsConfig,
+    /// `[search_sink]`.
+    pub config: SearchSinkConfig,
+    /// Metrics to update.
+    pub metrics: Arc<SearchSinkMetrics>,
+    /// Set once the engine is set up and the consumer subscribed.
+    pub ready: Readiness,
+}
+
+/// Logs rebalances.
+struct Ctx;
+impl ClientContext for Ctx {}
+impl ConsumerContext for Ctx {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        match r {
+            Rebalance::Assign(tpl) => info!(partitions = tpl.count(), "partitions assigned"),
+            Rebalance::Revoke(tpl) => info!(partitions = tpl.count(), "partitions revoked"),
+            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+type SinkConsumer = BaseConsumer<Ctx>;
+
+/// A message copied out of the consumer.
+struct Msg {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+}
+
+/// What stopped a lane.
+enum LaneStop {
+    /// Shutdown while the engine was unreachable: the batch was not
+    /// acknowledged, its offsets not stored (it is read again next time).
+    Interrupted,
+    /// An error retrying cannot fix.
+    Fatal(SinkError),
+}
+
+impl From<SinkError> for LaneStop {
+    fn from(e: SinkError) -> Self {
+        LaneStop::Fatal(e)
+    }
+}
+
+impl SearchSink {
+    /// Sets the engine up (waiting while it is unreachable), then runs the
+    /// loop until `shutdown`; on return every acknowledged batch's offsets
+    /// are committed.
+    pub fn run(&self, shutdown: &Shutdown) -> Result<(), SinkError> {
+        let cfg = &self.config;
+        let client = EngineClient::new(cfg)?;
+        let idx = Indices::new(&cfg.index_prefix);
+        let mut attempt = 0;
+        let lifecycle = loop {
+            match setup(&client, &idx, cfg) {
+                Ok(l) => break l,
+                Err(CallError::Fatal(e)) => return Err(e),
+                Err(CallError::Retry(why)) => {
+                    self.metrics.engine_up.set(0);
+                    warn!(error = %why, attempt, "search engine not ready, waiting");
+                    if !sleep_unless(
+                        shutdown,
+                        backoff(attempt, ms(cfg.retry_initial_ms), ms(cfg.retry_max_ms)),
+                    ) {
+                        return Ok(());
+                    }
+                    attempt += 1;
+                }
+            }
+        };
+        self.metrics.engine_up.set(1);
+        info!(?lifecycle, prefix = cfg.index_prefix, "indices ready");
+
+        let brokers = &self.kafka.brokers;
+        let consumer: Arc<SinkConsumer> = Arc::new(
+            ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("group.id", &cfg.group_id)
+                .set("enable.auto.commit", "true")
+                .set("auto.commit.interval.ms", "1000")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("isolation.level", "read_committed")
+                .set("queued.max.messages.kbytes", "32768")
+                .set("session.timeout.ms", "30000")
+                .create_with_context(Ctx)
+                .map_err(|e| kafka_err(brokers, "creating the consumer", e))?,
+        );
+        let topic = self.topics.changes_enriched.clone();
+        consumer
+            .subscribe(&[&topic])
+            .map_err(|e| kafka_err(brokers, "subscribing", e))?;
+        let dlq = Arc::new(Dlq::new(brokers, &self.topics.dlq)?);
+        let failure: Arc<Mutex<Option<SinkError>>> = Arc::default();
+        let lane_shutdown = shutdown.clone();
+
+        let mut senders: Vec<SyncSender<Msg>> = Vec::new();
+        let mut handles = Vec::new();
+        for id in 0..cfg.lanes {
+            let (tx, rx) = sync_channel(cfg.batch_events.min(10_000));
+            senders.push(tx);
+            let mut lane = Lane {
+                id,
+                client: client.clone(),
+                idx: idx.clone(),
+                cfg: cfg.clone(),
+                consumer: consumer.clone(),
+                topic: topic.clone(),
+                dlq: dlq.clone(),
+                metrics: self.metrics.clone(),
+                shutdown: lane_shutdown.clone(),
+                batch: Batch::default(),
+            };
+            let failure = failure.clone();
+            let sd = lane_shutdown.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("search-lane-{id}"))
+                    .spawn(move || {
+                        let _span = info_span!("lane", lane = id).entered();
+                        match lane.run(rx) {
+                            Ok(()) | Err(LaneStop::Interrupted) => {}
+                            Err(LaneStop::Fatal(e)) => {
+                                *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                                sd.request();
+                            }
+                        }
+                    })
+                    .map_err(|e| SinkError::Io(format!("spawning a lane thread: {e}")))?,
+            );
+        }
+        self.ready.set(true);
+        info!(
+            topic,
+            group = cfg.group_id,
+            lanes = cfg.lanes,
+            "search sink running"
+        );
+
+        let mut held: VecDeque<Msg> = VecDeque::new();
+        let mut paused = false;
+        while !shutdown.requested() {
+            while let Some(m) = held.pop_front() {
+                let lane = m.partition.rem_euclid(senders.len() as i32) as usize;
+                match senders[lane].try_send(m) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(m)) => {
+                        held.push_front(m);
+                        break;
+                    }
+                    Err(TrySendError::Disconnected(_)) => break,
+                }
+            }
+            if !held.is_empty() && !paused {
+                set_paused(&consumer, true);
+                paused = true;
+                debug!(held = held.len(), "lanes full: partitions paused");
+            } else if held.is_empty() && paused {
+                set_paused(&consumer, false);
+                paused = false;
+            }
+            match consumer.poll(Duration::from_millis(if held.is_empty() {
+                200
+            } else {
+                20
+            })) {
+                Some(Ok(m)) => held.push_back(Msg {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                }),
+                Some(Err(e)) => warn!(error = %e, "consumer error"),
+                None => {}
+            }
+        }
+        info!("shutting down: finishing the batches in hand");
+        self.ready.set(false);
+        drop(senders);
+        for h in handles {
+            let _ = h.join();
+        }
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            debug!(error = %e, "final commit (nothing stored since the last one?)");
+        }
+        let failed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn set_paused(consumer: &SinkConsumer, pause: bool) {
+    let Ok(tpl) = consumer.assignment() else {
+        return;
+    };
+    let r = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(e) = r {
+        warn!(error = %e, pause, "cannot pause/resume partitions");
+    }
+}
+
+fn kafka_err(brokers: &str, what: &str, e: impl std::fmt::Display) -> SinkError {
+    SinkError::Kafka {
+        brokers: brokers.to_owned(),
+        what: what.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// Sleeps `d` in small steps; false if shutdown was requested meanwhile.
+fn sleep_unless(shutdown: &Shutdown, d: Duration) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if shutdown.requested() {
+            return false;
+        }
+        std::thread::sleep((end - Instant::now()).min(ms(100)));
+    }
+    !shutdown.requested()
+}
+
+/// One bulk item: its bytes in the body, its kind, its message, and a
+/// hash of its action line (same index and `_id` → same target).
+struct Item {
+    start: usize,
+    end: usize,
+    kind: ItemKind,
+    msg: usize,
+    target: u64,
+}
+
+/// The batch a lane is building.
+#[derive(Default)]
+struct Batch {
+    body: Vec<u8>,
+    items: Vec<Item>,
+    msgs: Vec<Msg>,
+    /// Per message: why it goes to the DLQ (code, reason).
+    rejected: Vec<Option<(&'static str, String)>>,
+    /// Per host: the message with its latest event (one host update per batch).
+    hosts: HashMap<String, (i64, usize)>,
+    started: Option<Instant>,
+}
+
+impl Batch {
+    fn push_msg(&mut self, m: Msg) -> usize {
+        self.started.get_or_insert_with(Instant::now);
+        self.msgs.push(m);
+        self.rejected.push(None);
+        self.msgs.len() - 1
+    }
+
+    /// Records the items written to `body` since `start` (two lines each).
+    fn note_items(&mut self, start: usize, kinds: &[ItemKind], msg: usize) {
+        let mut pos = start;
+        for &kind in kinds {
+            let mut newlines = self.body[pos..]
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(i, _)| pos + i + 1);
+            let action_end = newlines.next().unwrap_or(self.body.len());
+            let end = newlines.next().unwrap_or(self.body.len());
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&self.body[pos..action_end], &mut h);
+            let target = std::hash::Hasher::finish(&h);
+            self.items.push(Item {
+                start: pos,
+                end,
+                kind,
+                msg,
+                target,
+            });
+            pos = end;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.body.clear();
+        self.items.clear();
+        self.msgs.clear();
+        self.rejected.clear();
+        self.hosts.clear();
+        self.started = None;
+    }
+}
+
+struct Lane {
+    id: usize,
+    client: EngineClient,
+    idx: Indices,
+    cfg: SearchSinkConfig,
+    consumer: Arc<SinkConsumer>,
+    topic: String,
+    dlq: Arc<Dlq>,
+    metrics: Arc<SearchSinkMetrics>,
+    shutdown: Shutdown,
+    batch: Batch,
+}
+
+impl Lane {
+    fn run(&mut self, rx: Receiver<Msg>) -> Result<(), LaneStop> {
+        let linger = ms(self.cfg.batch_ms);
+        loop {
+            let wait = match self.batch.started {
+                Some(t) => linger.saturating_sub(t.elapsed()),
+                None => ms(500),
+            };
+            match rx.recv_timeout(wait) {
+                Ok(m) => {
+                    self.add(m)?;
+                    if self.batch.msgs.len() >= self.cfg.batch_events
+                        || self.batch.body.len() >= self.cfg.batch_bytes
+                    {
+                        self.flush()?;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.batch.started.is_some_and(|t| t.elapsed() >= linger) {
+                        self.flush()?;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush()?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Adds one message to the batch (a snapshot is reconciled at once,
+    /// after flushing what came before it).
+    fn add(&mut self, m: Msg) -> Result<(), LaneStop> {
+        let kind = Registry::get().writer_of(&m.payload).map(|(v, _)| v.kind);
+        if let Ok(Kind::EnrichedSnapshot) = kind {
+            self.flush()?;
+            return self.reconcile(m);
+        }
+        let b = &mut self.batch;
+        let i = b.push_msg(m);
+        let payload = &b.msgs[i].payload;
+        match decode_enriched_change(payload) {
+            Ok(c) => {
+                let start = b.body.len();
+                let kinds = change_items(&mut b.body, &self.idx, &c);
+                let host = b
+                    .hosts
+                    .entry(c.host.machine_id.to_string())
+                    .or_insert((c.event_time, i));
+                if c.event_time >= host.0 {
+                    *host = (c.event_time, i);
+                }
+                b.note_items(start, &kinds, i);
+            }
+            Err(e) => {
+                let reason = match kind {
+                    Ok(k) => format!("{} is not an enriched change or snapshot: {e}", k.name()),
+                    Err(_) => e.to_string(),
+                };
+                b.rejected[i] = Some(("undecodable", reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the host's package state with its snapshot's.
+    fn reconcile(&mut self, m: Msg) -> Result<(), LaneStop> {
+        let i = self.batch.push_msg(m);
+        let payload = std::mem::take(&mut self.batch.msgs[i].payload);
+        let result = match decode_enriched_snapshot(&payload) {
+            Ok(s) => {
+                let indexed = self.with_retry(|lane| lane.indexed_packages(&s))?;
+                let start = self.batch.body.len();
+                let (n, facts) = snapshot_items(&mut self.batch.body, &self.idx, &s, &indexed);
+                let mut kinds = vec![ItemKind::Package; n];
+                kinds.push(ItemKind::Host);
+                self.batch.note_items(start, &kinds, i);
+                info!(host = %s.host.hostname, packages = facts.count, drift = facts.drift, "snapshot reconciled");
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        self.batch.msgs[i].payload = payload;
+        if let Err(reason) = result {
+            self.batch.rejected[i] = Some(("undecodable", reason));
+        } else {
+            self.metrics.snapshots.inc();
+        }
+        self.flush()
+    }
+
+    /// The host's package documents as indexed now (after a refresh).
+    fn indexed_packages(
+        &self,
+        s: &EnrichedSnapshot<'_>,
+    ) -> Result<BTreeMap<String, IndexedPackage>, CallError> {
+        let packages = self.idx.packages();
+        self.client
+            .json("POST", &format!("/{packages}/_refresh"), None)?;
+        let mut out = BTreeMap::new();
+        let mut after: Option<serde_json::Value> = None;
+        loop {
+            let mut q = json!({
+                "size": 5000,
+                "query": {"term": {"host.id": s.host.machine_id}},
+                "_source": ["package.evr", "event_time_us"],
+                "sort": [{"package.name": "asc"}, {"package.architecture": "asc"}]
+            });
+            if let Some(a) = &after {
+                q["search_after"] = a.clone();
+            }
+            let r = self.client.json(
+                "POST",
+                &format!("/{packages}/_search?filter_path=hits.hits._id,hits.hits._source,hits.hits.sort"),
+                Some(&q),
+            )?;
+            let hits = r["hits"]["hits"].as_array().cloned().unwrap_or_default();
+            for h in &hits {
+                if let (Some(id), Some(evr), Some(t)) = (
+                    h["_id"].as_str(),
+                    h["_source"]["package"]["evr"].as_str(),
+                    h["_source"]["event_time_us"].as_i64(),
+                ) {
+                    out.insert(
+                        id.to_owned(),
+                        IndexedPackage {
+                            evr: evr.to_owned(),
+                            event_time_us: t,
+                        },
+                    );
+                }
+            }
+            if hits.len() < 5000 {
+                return Ok(out);
+            }
+            after = hits.last().map(|h| h["sort"].clone());
+        }
+    }
+
+    /// Runs `f` until it succeeds, waiting out an unreachable engine.
+    fn with_retry<T>(
+        &self,
+        mut f: impl FnMut(&Self) -> Result<T, CallError>,
+    ) -> Result<T, LaneStop> {
+        let mut attempt = 0;
+        loop {
+            match f(self) {
+                Ok(v) => {
+                    self.metrics.engine_up.set(1);
+                    return Ok(v);
+                }
+                Err(CallError::Fatal(e)) => return Err(LaneStop::Fatal(e)),
+                Err(CallError::Retry(why)) => {
+                    self.metrics.engine_up.set(0);
+                    warn!(lane = self.id, attempt, error = %why, "search engine unavailable, retrying");
+                }
+            }
+            if !sleep_unless(&self.shutdown, self.backoff(attempt)) {
+                return Err(LaneStop::Interrupted);
+            }
+            attempt += 1;
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        backoff(
+            attempt,
+            ms(self.cfg.retry_initial_ms),
+            ms(self.cfg.retry_max_ms),
+        )
+    }
+
+    /// Sends the batch until every item is applied or rejected for good,
+    /// sends rejected events to the DLQ, then stores the batch's offsets.
+    fn flush(&mut self) -> Result<(), LaneStop> {
+        if self.batch.msgs.is_empty() {
+            return Ok(());
+        }
+        // One host-document update per host: its latest event in the batch.
+        let hosts: Vec<(i64, usize)> = self.batch.hosts.values().copied().collect();
+        for (_, i) in hosts {
+            let start = self.batch.body.len();
+            if let Ok(c) = decode_enriched_change(&self.batch.msgs[i].payload) {
+                host_update(
+                    &mut self.batch.body,
+                    &self.idx,
+                    &c.host,
+                    &c.enrichment,
+                    c.event_time,
+                    None,
+                );
+                self.batch.note_items(start, &[ItemKind::Host], i);
+            }
+        }
+        let total = self.batch.items.len();
+        let mut pending: Vec<usize> = (0..total).collect();
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            let body: Cow<'_, [u8]> = if pending.len() == total {
+                Cow::Borrowed(&self.batch.body)
+            } else {
+                let mut b = Vec::new();
+                for &i in &pending {
+                    let it = &self.batch.items[i];
+                    b.extend_from_slice(&self.batch.body[it.start..it.end]);
+                }
+                Cow::Owned(b)
+            };
+            let t0 = Instant::now();
+            match self.client.bulk(&body) {
+                Ok(resp) => {
+                    self.metrics
+                        .bulk_seconds
+                        .observe(t0.elapsed().as_secs_f64());
+                    self.metrics.engine_up.set(1);
+                    if !resp.errors {
+                        self.metrics.bulk_requests.with_label_values(&["ok"]).inc();
+                        pending.clear();
+                        break;
+                    }
+                    self.metrics
+                        .bulk_requests
+                        .with_label_values(&["partial"])
+                        .inc();
+                    if resp.items.len() != pending.len() {
+                        warn!(
+                            lane = self.id,
+                            sent = pending.len(),
+                            answered = resp.items.len(),
+                            "bulk answer does not match the request, sending it again"
+                        );
+                    } else {
+                        // An item sent again goes with every later item on the
+                        // same document, in order: the state scripts then see
+                        // the events in the order they happened.
+                        let mut next = Vec::new();
+                        let mut held: HashSet<u64> = HashSet::new();
+                        for (&i, item) in pending.iter().zip(&resp.items) {
+                            let it = &self.batch.items[i];
+                            if held.contains(&it.target) {
+                                next.push(i);
+                                continue;
+                            }
+                            let st = item.status();
+                            match item_verdict(it.kind, st.status) {
+                                ItemVerdict::Done => {}
+                                ItemVerdict::Retry => {
+                                    held.insert(it.target);
+                                    next.push(i);
+                                }
+                                ItemVerdict::Reject => {
+                                    let slot = &mut self.batch.rejected[it.msg];
+                                    if slot.is_none() {
+                                        *slot = Some(("index_rejected", st.reason()));
+                                    }
+                                }
+                            }
+                        }
+                        self.metrics.items_retried.inc_by(next.len() as u64);
+                        if !next.is_empty() {
+                            debug!(
+                                lane = self.id,
+                                retry = next.len(),
+                                attempt,
+                                "items rejected for now, retrying them"
+                            );
+                        }
+                        pending = next;
+                        if pending.is_empty() {
+                            break;
+                        }
+                    }
+                }
+                Err(CallError::Retry(why)) => {
+                    self.metrics
+                        .bulk_requests
+                        .with_label_values(&["failed"])
+                        .inc();
+                    self.metrics.engine_up.set(0);
+                    warn!(lane = self.id, attempt, items = pending.len(), error = %why, "bulk failed, retrying");
+                }
+                Err(CallError::Fatal(e)) => return Err(LaneStop::Fatal(e)),
+            }
+            if !sleep_unless(&self.shutdown, self.backoff(attempt)) {
+                return Err(LaneStop::Interrupted);
+            }
+            attempt += 1;
+        }
+        self.finish()
+    }
+
+    /// DLQ for rejected events, then the offsets; clears the batch.
+    fn finish(&mut self) -> Result<(), LaneStop> {
+        let b = &self.batch;
+        let mut dlq = 0;
+        for (m, r) in b.msgs.iter().zip(&b.rejected) {
+            if let Some((code, reason)) = r {
+                warn!(
+                    partition = m.partition,
+                    offset = m.offset,
+                    code,
+                    reason,
+                    "event to the DLQ"
+                );
+                self.dlq.send(&DeadLetter {
+                    topic: &self.topic,
+                    partition: m.partition,
+                    offset: m.offset,
+                    key: m.key.as_deref(),
+                    payload: &m.payload,
+                    code,
+                    reason,
+                })?;
+                dlq += 1;
+            }
+        }
+        if dlq > 0 {
+            self.dlq.flush()?;
+        }
+        self.metrics.events.with_label_values(&["dlq"]).inc_by(dlq);
+        self.metrics
+            .events
+            .with_label_values(&["indexed"])
+            .inc_by(b.msgs.len() as u64 - dlq);
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for m in &b.msgs {
+            let e = next.entry(m.partition).or_insert(0);
+            *e = (*e).max(m.offset + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in next {
+            let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(o));
+        }
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            // Revoked meanwhile: the new owner re-reads; ids make it harmless.
+            debug!(lane = self.id, error = %e, "offsets not stored");
+        }
+        self.batch.clear();
+        Ok(())
+    }
+}

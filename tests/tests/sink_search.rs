@@ -1,0 +1,234 @@
+//! The search sink against real Kafka and OpenSearch: exact history, the
+//! package state equal to the one computed from the events, host documents,
+//! a `kill -9` mid-stream,
+//! a replay from the start that changes nothing, items rejected with 429
+//! retried to exactly once, and a mapping conflict in the DLQ.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pkgstream_tests::kafka_brokers;
+use pkgstream_tests::router::read_all;
+use pkgstream_tests::sinks::*;
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+#[test]
+fn exact_history_state_hosts_and_replay() {
+    let env = SinkEnv::new(&kafka_brokers(), "sink-exact");
+    let sc = scenario(&env.prefix, 200, 60, 40, 20);
+    let records = sc.records();
+    let distinct = sc.changes.len() as u64;
+    env.produce(&records);
+
+    // kill -9 after the first acknowledged batches: the restarted sink
+    // reads again what was not committed (at-least-once delivery), and the
+    // ids make that exactly once in the index.
+    let mut sink = env.start(
+        "search",
+        &[("PKGSTREAM__SEARCH_SINK__BATCH_EVENTS", "500".into())],
+    );
+    wait_for("the first batches", LIMIT, || count(&env.changes()) >= 2000);
+    sink.child.kill().unwrap();
+    sink.child.wait().unwrap();
+    let sink = env.start("search", &[]);
+    wait_count(&env.changes(), distinct, LIMIT);
+    let expected = sc.expected_state();
+    wait_state(&env.packages(), &expected, LIMIT);
+    // Both months the scenario spans have their index.
+    let indices = engine(
+        "GET",
+        &format!("/_cat/indices/{}?format=json", env.changes()),
+        None,
+    );
+    let names: BTreeSet<String> = indices
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["index"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            format!("{}-changes-2026.10", env.prefix),
+            format!("{}-changes-2026.11", env.prefix)
+        ]
+        .into()
+    );
+
+    // One document per change, exactly as reported.
+    let c = &sc.changes[17];
+    let doc = engine(
+        "GET",
+        &format!(
+            "/{}-changes-2026.10/_doc/{}",
+            env.prefix,
+            c.event_id.to_hex()
+        ),
+        None,
+    );
+    let src = &doc["_source"];
+    assert_eq!(src["host"]["id"], c.host.machine_id.as_ref());
+    assert_eq!(src["package"]["name"], c.package.name.as_ref());
+    assert_eq!(
+        src["package"]["evr"],
+        format!("0:{}-{}", c.package.version, c.package.release)
+    );
+    assert_eq!(src["event"]["action"], c.action.symbol().to_lowercase());
+    assert_eq!(src["user"]["name"], "alice");
+    assert_eq!(
+        src["process"]["command_line"],
+        c.transaction.command_line.as_deref().unwrap()
+    );
+    assert_eq!(
+        src["pkgstream"]["hostgroup"],
+        c.enrichment.hostgroup.as_ref()
+    );
+    assert_eq!(src["event_time_us"], c.event_time);
+
+    // One document per host: last seen, group; snapshot facts where one came.
+    let hosts = all_docs(&env.hosts());
+    assert_eq!(hosts.len(), 200);
+    for s in &sc.snapshots {
+        let h = &hosts[s.host.machine_id.as_ref()];
+        assert_eq!(h["drift_count"], 3, "{h}");
+        assert_eq!(h["package_count"], s.packages.len());
+        assert_eq!(h["last_snapshot_us"], s.taken_at);
+        assert_eq!(h["last_seen_us"], s.taken_at);
+    }
+    let last = sc
+        .changes
+        .iter()
+        .filter(|c| c.host.machine_id == sc.changes[0].host.machine_id)
+        .map(|c| c.event_time)
+        .max()
+        .unwrap();
+    let h0 = &hosts[sc.changes[0].host.machine_id.as_ref()];
+    assert_eq!(h0["pkgstream"]["hostgroup"], format!("{}-g0", env.prefix));
+    if sc
+        .snapshots
+        .iter()
+        .all(|s| s.host.machine_id != sc.changes[0].host.machine_id)
+    {
+        assert_eq!(h0["last_seen_us"], last);
+    }
+    let total = records.len() as f64;
+    assert!(sink.stop().success(), "SIGTERM: exit 0");
+
+    // Replay: a new consumer group reads the topic from the start again.
+    let replay = env.start(
+        "search",
+        &[(
+            "PKGSTREAM__SEARCH_SINK__GROUP_ID",
+            format!("{}-replay", env.prefix),
+        )],
+    );
+    wait_for("the replay acknowledged", LIMIT, || {
+        replay.metric("pkgstream_search_sink_events_total{outcome=\"indexed\"}") == total
+    });
+    assert_eq!(
+        count(&env.changes()),
+        distinct,
+        "replay added history documents"
+    );
+    assert_eq!(
+        indexed_state(&env.packages()),
+        expected,
+        "replay changed the package state"
+    );
+    assert_eq!(count(&env.hosts()), 200);
+    assert!(replay.stop().success());
+    assert!(
+        read_all(
+            &env.brokers,
+            &env.dlq,
+            0,
+            Duration::from_secs(1),
+            Duration::from_secs(5)
+        )
+        .is_empty(),
+        "nothing in the DLQ"
+    );
+    println!("sink exact: {} records ({distinct} changes, {} snapshots, sink killed once) -> {distinct} history docs, {} state docs", records.len(), sc.snapshots.len(), expected.len());
+}
+
+#[test]
+fn items_rejected_with_429_are_retried_to_exactly_once() {
+    let env = SinkEnv::new(&kafka_brokers(), "sink-429");
+    let proxy = RejectingProxy::start(&engine_url(), 3);
+    let sc = scenario(&env.prefix, 50, 40, 20, 5);
+    env.produce(&sc.records());
+    let sink = env.start(
+        "search",
+        &[
+            ("PKGSTREAM__SEARCH_SINK__URL", proxy.url.clone()),
+            ("PKGSTREAM__SEARCH_SINK__RETRY_INITIAL_MS", "20".into()),
+        ],
+    );
+    wait_count(&env.changes(), sc.changes.len() as u64, LIMIT);
+    let expected = sc.expected_state();
+    wait_state(&env.packages(), &expected, LIMIT);
+    let rejected = proxy.rejected.load(Ordering::Relaxed);
+    assert!(rejected > 0 && proxy.bulks.load(Ordering::Relaxed) > 1);
+    let retried = sink.metric("pkgstream_search_sink_items_retried_total");
+    // Every item answered 429 was sent again (and, behind it, the later
+    // items on the same document, so the state sees events in order).
+    assert!(
+        retried as u64 >= rejected,
+        "retried {retried} < rejected {rejected}"
+    );
+    assert!(sink.stop().success());
+    println!(
+        "sink 429: {} changes, {rejected} items answered 429, {retried} items sent again, {} bulks",
+        sc.changes.len(),
+        proxy.bulks.load(Ordering::Relaxed)
+    );
+}
+
+#[test]
+fn a_mapping_conflict_goes_to_the_dlq_and_the_rest_flows() {
+    let env = SinkEnv::new(&kafka_brokers(), "sink-dlq");
+    let mut sc = scenario(&env.prefix, 20, 10, 10, 0);
+    for c in &mut sc.changes {
+        c.enrichment.tags = std::borrow::Cow::Owned([("rack".to_owned(), "r12".to_owned())].into());
+    }
+    let records = sc.records();
+    let (first, rest) = records.split_at(100);
+    env.produce(first);
+    let sink = env.start("search", &[]);
+    wait_count(&env.changes(), 100, LIMIT);
+    // `labels.rack` is a keyword now; a tag `rack.unit` needs it to be an object.
+    let mut bad = sc.changes[150].clone();
+    bad.enrichment.tags =
+        std::borrow::Cow::Owned([("rack.unit".to_owned(), "7".to_owned())].into());
+    bad.event_id = pkgstream_schemas::EventId([0xbb; 16]);
+    let mut bytes = Vec::new();
+    pkgstream_schemas::Encoder::new()
+        .encode_enriched_change(&bad, &mut bytes)
+        .unwrap();
+    let mut second = vec![(bad.host.machine_id.as_bytes().to_vec(), bytes.clone())];
+    second.extend_from_slice(rest);
+    env.produce(&second);
+    wait_count(&env.changes(), 200, LIMIT);
+    let dlq = read_all(&env.brokers, &env.dlq, 1, Duration::from_secs(3), LIMIT);
+    assert_eq!(dlq.len(), 1, "exactly the conflicting event");
+    assert_eq!(dlq[0].value, bytes, "the original bytes");
+    assert_eq!(dlq[0].headers["pkgstream.error.code"], "index_rejected");
+    let reason = &dlq[0].headers["pkgstream.error.reason"];
+    assert!(
+        reason.contains("rack")
+            && (reason.contains("mapper_parsing_exception")
+                || reason.contains("illegal_argument_exception")),
+        "{reason}"
+    );
+    assert_eq!(dlq[0].headers["pkgstream.source.topic"], env.enriched);
+    assert_eq!(
+        sink.metric("pkgstream_search_sink_events_total{outcome=\"dlq\"}"),
+        1.0
+    );
+    assert!(sink.stop().success());
+    println!("sink dlq: reason = {reason}");
+}
