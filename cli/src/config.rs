@@ -35,7 +35,8 @@ impl PipelineConfig {
     /// Loads defaults, the file (if any) and `PKGSTREAM__*` overrides, and
     /// validates without I/O.
     pub fn load(path: Option<&Path>) -> anyhow::Result<PipelineConfig> {
-        let cfg: PipelineConfig = pkgstream_runtime::config::load(path)?;
+        let cfg: PipelineConfig =
+            pkgstream_runtime::config::load_with_lists(path, &["metrics_sink.watch_packages"])?;
         cfg.router
             .validate()
             .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
@@ -60,5 +61,14 @@ mod tests {
             format!("{defaults:?}"),
             "config/pkgstream.example.toml drifted from the defaults"
         );
+        // In the same test: environment variables are process-wide.
+        std::env::set_var("PKGSTREAM__METRICS_SINK__WATCH_PACKAGES", "kernel,glibc");
+        std::env::set_var("PKGSTREAM__KAFKA__BROKERS", "k1:9092,k2:9092");
+        let cfg = PipelineConfig::load(None);
+        std::env::remove_var("PKGSTREAM__METRICS_SINK__WATCH_PACKAGES");
+        std::env::remove_var("PKGSTREAM__KAFKA__BROKERS");
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.metrics_sink.watch_packages, ["kernel", "glibc"]);
+        assert_eq!(cfg.kafka.brokers, "k1:9092,k2:9092");
     }
 }

@@ -80,6 +80,15 @@ impl Default for TopicsConfig {
 /// `PKGSTREAM__SECTION__KEY` environment variables, into `T`. Unknown keys
 /// are errors that name the key.
 pub fn load<T: DeserializeOwned>(path: Option<&Path>) -> Result<T, RuntimeError> {
+    load_with_lists(path, &[])
+}
+
+/// [`load`], where the environment values of `list_keys` (e.g.
+/// `metrics_sink.watch_packages`) are comma-separated lists.
+pub fn load_with_lists<T: DeserializeOwned>(
+    path: Option<&Path>,
+    list_keys: &[&str],
+) -> Result<T, RuntimeError> {
     let mut builder = config::Config::builder();
     if let Some(p) = path {
         builder = builder.add_source(
@@ -88,12 +97,17 @@ pub fn load<T: DeserializeOwned>(path: Option<&Path>) -> Result<T, RuntimeError>
                 .required(true),
         );
     }
+    let mut env = config::Environment::with_prefix("PKGSTREAM")
+        .separator("__")
+        .try_parsing(true);
+    if !list_keys.is_empty() {
+        env = env.list_separator(",");
+        for k in list_keys {
+            env = env.with_list_parse_key(k);
+        }
+    }
     builder
-        .add_source(
-            config::Environment::with_prefix("PKGSTREAM")
-                .separator("__")
-                .try_parsing(true),
-        )
+        .add_source(env)
         .build()
         .and_then(|c| c.try_deserialize())
         .map_err(|e| {

@@ -718,7 +718,11 @@ fn proxy_bulk(
     }
     let reject: Vec<bool> = items
         .iter()
-        .map(|_| counter.fetch_add(1, Ordering::Relaxed).is_multiple_of(every))
+        .map(|_| {
+            counter
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(every)
+        })
         .collect();
     let forwarded: Vec<u8> = items
         .iter()

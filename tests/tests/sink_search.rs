@@ -141,6 +141,7 @@ fn exact_history_state_hosts_and_replay() {
     );
     assert_eq!(count(&env.hosts()), 200);
     assert!(replay.stop().success());
+    kibana_saved_searches_answer(&env, &sc);
     assert!(
         read_all(
             &env.brokers,
@@ -231,4 +232,96 @@ fn a_mapping_conflict_goes_to_the_dlq_and_the_rest_flows() {
     );
     assert!(sink.stop().success());
     println!("sink dlq: reason = {reason}");
+}
+
+/// Every saved search in `sinks/kibana/pkgstream.ndjson`, run against the
+/// live engine on this test's indices, counts exactly what the scenario has.
+fn kibana_saved_searches_answer(env: &SinkEnv, sc: &Scenario) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../sinks/kibana/pkgstream.ndjson"
+    );
+    let objects: Vec<serde_json::Value> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let patterns: std::collections::HashMap<&str, &str> = objects
+        .iter()
+        .filter(|o| o["type"] == "index-pattern")
+        .map(|o| {
+            (
+                o["id"].as_str().unwrap(),
+                o["attributes"]["title"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let watched = ["kernel", "kernel-core", "openssl", "openssl-libs", "glibc"];
+    let expected: std::collections::HashMap<&str, usize> = [
+        (
+            "pkgstream-unmanaged",
+            sc.changes
+                .iter()
+                .filter(|c| c.enrichment.unexplained_rpm)
+                .count(),
+        ),
+        (
+            "pkgstream-outside-window",
+            sc.changes
+                .iter()
+                .filter(|c| c.enrichment.outside_maintenance_window)
+                .count(),
+        ),
+        (
+            "pkgstream-removals",
+            sc.changes
+                .iter()
+                .filter(|c| {
+                    matches!(
+                        c.action,
+                        pkgstream_schemas::Action::Remove | pkgstream_schemas::Action::Obsolete
+                    )
+                })
+                .count(),
+        ),
+        ("pkgstream-drifted-hosts", sc.snapshots.len()),
+        (
+            "pkgstream-watched-state",
+            sc.expected_state()
+                .keys()
+                .filter(|k| watched.iter().any(|w| k.ends_with(&format!("/{w}.x86_64"))))
+                .count(),
+        ),
+    ]
+    .into();
+    let mut checked = 0;
+    for o in objects.iter().filter(|o| o["type"] == "search") {
+        let id = o["id"].as_str().unwrap();
+        let source: serde_json::Value = serde_json::from_str(
+            o["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let query = source["query"]["query"].as_str().unwrap();
+        let pattern = patterns[o["references"][0]["id"].as_str().unwrap()];
+        let index = pattern.replacen("pkgstream", &env.prefix, 1);
+        let r = engine(
+            "POST",
+            &format!("/{index}/_count"),
+            Some(serde_json::json!({"query": {"query_string": {"query": query}}})),
+        );
+        let n = r["count"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("saved search {id} ({query}) failed: {r}"));
+        assert!(n > 0, "saved search {id} finds nothing");
+        assert_eq!(n as usize, expected[id], "saved search {id}: {query}");
+        checked += 1;
+    }
+    assert_eq!(
+        checked,
+        expected.len(),
+        "every saved search has an expected count"
+    );
+    println!("kibana: {checked} saved searches answered with the expected counts");
 }
