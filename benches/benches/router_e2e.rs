@@ -18,42 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pkgstream_schemas::{sample, Encoder};
+use pkgstream_benches::{proc_cpu_secs, proc_peak_rss_mib};
 use pkgstream_tests::router::{send, RouterEnv};
-
-fn proc_cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn proc_peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmHWM:").map(|v| {
-                v.trim()
-                    .trim_end_matches(" kB")
-                    .parse::<f64>()
-                    .unwrap_or(0.0)
-                    / 1024.0
-            })
-        })
-        .unwrap_or(0.0)
-}
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");

@@ -123,9 +123,32 @@ struct Ts(i64);
 
 impl Serialize for Ts {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let t = chrono::DateTime::from_timestamp_micros(self.0).unwrap_or_default();
-        s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+        let buf = rfc3339_micros(self.0);
+        // The buffer holds ASCII digits and separators only.
+        s.serialize_str(std::str::from_utf8(&buf).unwrap_or("1970-01-01T00:00:00.000000Z"))
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` without a format-string interpreter (the
+/// hot path writes several per event).
+fn rfc3339_micros(us: i64) -> [u8; 27] {
+    use chrono::{Datelike, Timelike};
+    let t = chrono::DateTime::from_timestamp_micros(us).unwrap_or_default();
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut v: u32| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, t.year().clamp(0, 9999) as u32);
+    put(5, 2, t.month());
+    put(8, 2, t.day());
+    put(11, 2, t.hour());
+    put(14, 2, t.minute());
+    put(17, 2, t.second());
+    put(20, 6, us.rem_euclid(1_000_000) as u32);
+    b
 }
 
 /// `E:V-R` (epoch 0 when absent), the version identity of a package.
@@ -780,6 +803,14 @@ mod tests {
         assert_eq!(l[3]["script"]["id"], SCRIPT_PACKAGE_REMOVE);
         assert_eq!(l[3]["script"]["params"]["evr"], evr(&c.package).as_str());
         assert_eq!(l[3]["script"]["params"]["t"], c.event_time);
+    }
+
+    #[test]
+    fn timestamps_match_chrono() {
+        for us in [0, 1, 1_793_484_000_123_456, 1_700_000_000_999_999, 253_402_300_799_000_000] {
+            let want = chrono::DateTime::from_timestamp_micros(us).unwrap().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+            assert_eq!(std::str::from_utf8(&rfc3339_micros(us)).unwrap(), want);
+        }
     }
 
     #[test]
