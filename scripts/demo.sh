@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh
 echo "[demo] building pkgstream-emit and pkgstream" >&2
 cargo build --workspace --bins --locked
-bash scripts/services.sh start kafka
+bash scripts/services.sh start kafka opensearch prometheus
 
 home="${PKGSTREAM_HOME:-$HOME/.cache/pkgstream}/demo"
 mkdir -p "$home/etc"
@@ -73,11 +73,60 @@ curl -s "http://$PKGSTREAM__ROUTER__METRICS_LISTEN/metrics" | grep -E '^pkgstrea
 kill -TERM "$router_pid" && wait "$router_pid" && echo "   router stopped cleanly on SIGTERM"
 trap - EXIT
 echo
+echo "== 6. the sinks: $run_id.changes.enriched -> OpenSearch (history, package state, hosts) and -> Prometheus (remote write)"
+engine="${OPENSEARCH_URL:-http://127.0.0.1:${OPENSEARCH_PORT:-9200}}"
+prom="${PROMETHEUS_URL:-http://127.0.0.1:${PROMETHEUS_PORT:-9090}}"
+export PKGSTREAM__SEARCH_SINK__URL="$engine"
+export PKGSTREAM__SEARCH_SINK__INDEX_PREFIX="$run_id"
+export PKGSTREAM__SEARCH_SINK__GROUP_ID="$run_id-sink-search"
+export PKGSTREAM__SEARCH_SINK__METRICS_LISTEN="127.0.0.1:${PKGSTREAM_DEMO_SEARCH_PORT:-9110}"
+export PKGSTREAM__METRICS_SINK__REMOTE_WRITE_URL="$prom/api/v1/write"
+export PKGSTREAM__METRICS_SINK__GROUP_ID="$run_id-sink-metrics"
+export PKGSTREAM__METRICS_SINK__PUSH_INTERVAL_SECS=2
+export PKGSTREAM__METRICS_SINK__METRICS_LISTEN="127.0.0.1:${PKGSTREAM_DEMO_FLEET_PORT:-9111}"
+RUST_LOG=warn "$pkgstream" sink search &
+search_pid=$!
+RUST_LOG=warn "$pkgstream" sink metrics &
+metrics_pid=$!
+trap 'kill -TERM $search_pid $metrics_pid 2>/dev/null || true' EXIT
+changes=0
+for _ in $(seq 1 120); do
+  changes=$(curl -s "$engine/$run_id-changes-*/_count" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("count", 0))' 2>/dev/null || echo 0)
+  [[ "$changes" -ge 3 ]] && break
+  kill -0 "$search_pid" 2>/dev/null || { echo "[demo] the search sink exited; see its error above" >&2; exit 1; }
+  sleep 0.5
+done
+curl -s -XPOST "$engine/$run_id-*/_refresh" >/dev/null
+echo "   $engine: $changes change documents in $run_id-changes-*; package state ($run_id-packages):"
+curl -s "$engine/$run_id-packages/_search?size=5&sort=package.name:asc" | python3 -c '
+import json, sys
+for h in json.load(sys.stdin)["hits"]["hits"]:
+    s = h["_source"]
+    print("     %-28s %-12s %-24s %s via %s" % (s["host"]["name"], s["package"]["name"], s["package"]["evr"], s["pkgstream"]["action"], s["pkgstream"]["source"]))'
+echo "   host documents ($run_id-hosts):"
+curl -s "$engine/$run_id-hosts/_search" | python3 -c '
+import json, sys
+for h in json.load(sys.stdin)["hits"]["hits"]:
+    s = h["_source"]
+    print("     %s group=%s last_seen=%s packages=%s drift=%s" % (s["host"]["name"], s["pkgstream"]["hostgroup"], s["last_seen"], s.get("package_count", "-"), s.get("drift_count", "-")))'
+sleep 5
+echo "   Prometheus ($prom): sum by (action, hostgroup) (pkgstream_fleet_package_changes_total)"
+curl -s "$prom/api/v1/query" --data-urlencode 'query=sum by (action, hostgroup) (pkgstream_fleet_package_changes_total)' | python3 -c '
+import json, sys
+for r in json.load(sys.stdin)["data"]["result"]:
+    print("     %-10s %-12s %s" % (r["metric"].get("action"), r["metric"].get("hostgroup"), r["value"][1]))'
+kill -TERM "$search_pid" "$metrics_pid" && wait "$search_pid" "$metrics_pid" && echo "   sinks stopped cleanly on SIGTERM"
+trap - EXIT
+echo
 cat <<EOT
 == where to look
-  Kafka:   $PKGSTREAM__KAFKA__BROKERS (log: ${PKGSTREAM_HOME:-$HOME/.cache/pkgstream}/run/kafka/kafka.log)
-  Spool:   $spool
-  Again:   $pkgstream tail --topic $PKGSTREAM__TOPICS__CHANGES_ENRICHED --from-beginning --idle-secs 3
-  Router:  $pkgstream router --config config/pkgstream.example.toml   (every setting documented there)
-  Stop:    scripts/services.sh stop kafka
+  Kafka:      $PKGSTREAM__KAFKA__BROKERS (log: ${PKGSTREAM_HOME:-$HOME/.cache/pkgstream}/run/kafka/kafka.log)
+  Spool:      $spool
+  Again:      $pkgstream tail --topic $PKGSTREAM__TOPICS__CHANGES_ENRICHED --from-beginning --idle-secs 3
+  Search:     $engine/$run_id-changes-*/_search?q=package.name:openssl-libs
+  Prometheus: $prom/graph?g0.expr=pkgstream_fleet_package_changes_total
+  Dashboards: sinks/grafana/pkgstream.json (Grafana), sinks/kibana/pkgstream.ndjson (Kibana / OpenSearch Dashboards saved objects)
+  Alerts:     sinks/prometheus/alerts.yml (promtool test rules sinks/prometheus/alerts.test.yml)
+  Run:        $pkgstream {router|sink search|sink metrics} --config config/pkgstream.example.toml   (every setting documented there)
+  Stop:       scripts/services.sh stop
 EOT
