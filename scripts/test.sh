@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs pkgstream's whole test suite on this machine: installs what it needs,
 # builds everything once, starts the real services (scripts/services.sh),
-# runs every test of the workspace, and stops the services it started.
+# runs every test of the workspace (the search sink's again against
+# Elasticsearch 7.10), and stops the services it started.
 # This is exactly what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,12 +18,22 @@ stop_started() {
   for s in "${started[@]}"; do bash scripts/services.sh stop "$s" || true; done
 }
 trap stop_started EXIT
-for s in kafka opensearch prometheus; do
-  if ! bash scripts/services.sh status "$s" 2>/dev/null; then
-    bash scripts/services.sh start "$s"
-    started+=("$s")
+ensure_running() {
+  if ! bash scripts/services.sh status "$1" 2>/dev/null; then
+    bash scripts/services.sh start "$1"
+    started+=("$1")
   fi
-done
+}
+for s in kafka opensearch prometheus; do ensure_running "$s"; done
 
 echo "[test] running the suite" >&2
-cargo test --workspace --locked --no-fail-fast
+rc=0
+cargo test --workspace --locked --no-fail-fast || rc=$?
+
+# The search sink suite again, against Elasticsearch 7.10 OSS (the second
+# engine the sink supports), started here for it alone.
+echo "[test] the search sink suite against Elasticsearch 7.10" >&2
+ensure_running elasticsearch
+PKGSTREAM_TEST_OPENSEARCH="http://127.0.0.1:${ELASTICSEARCH_PORT:-9201}" \
+  cargo test --locked -p pkgstream-tests --test sink_search || rc=$?
+exit "$rc"

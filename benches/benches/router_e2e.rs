@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pkgstream_schemas::{sample, Encoder};
 use pkgstream_benches::{proc_cpu_secs, proc_peak_rss_mib};
+use pkgstream_schemas::{sample, Encoder};
 use pkgstream_tests::router::{send, RouterEnv};
 
 fn main() {

@@ -8,13 +8,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use pkgstream_schemas::{decode_enriched_change, sample, EnrichedChange, Encoder};
+use pkgstream_schemas::{decode_enriched_change, sample, Encoder, EnrichedChange};
 use pkgstream_sinks::search::documents::{change_items, host_update, Indices};
 
 const BATCH: u64 = 1000;
 
 fn events() -> Vec<EnrichedChange<'static>> {
-    (0..BATCH).map(|i| EnrichedChange::new(sample::change(i), sample::enrichment(i))).collect()
+    (0..BATCH)
+        .map(|i| EnrichedChange::new(sample::change(i), sample::enrichment(i)))
+        .collect()
 }
 
 fn bench(c: &mut Criterion) {
@@ -31,7 +33,11 @@ fn bench(c: &mut Criterion) {
         .collect();
     let mut body = Vec::with_capacity(4 << 20);
     change_items(&mut body, &idx, &evs[0]);
-    println!("sink bench: {} bytes of NDJSON per event (2 items), {} bytes of Avro in", body.len(), payloads[0].len());
+    println!(
+        "sink bench: {} bytes of NDJSON per event (2 items), {} bytes of Avro in",
+        body.len(),
+        payloads[0].len()
+    );
 
     let mut g = c.benchmark_group("search_sink");
     g.throughput(Throughput::Elements(BATCH));

@@ -36,9 +36,18 @@ const LANES: usize = 4;
 const BATCH: usize = 5000;
 
 fn engine_pid() -> Option<u32> {
-    let home = std::env::var("PKGSTREAM_HOME").unwrap_or_else(|_| format!("{}/.cache/pkgstream", std::env::var("HOME").unwrap_or_default()));
+    let home = std::env::var("PKGSTREAM_HOME").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/pkgstream",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
     let run = std::env::var("PKGSTREAM_RUN_DIR").unwrap_or_else(|_| format!("{home}/run"));
-    std::fs::read_to_string(format!("{run}/opensearch/opensearch.pid")).ok()?.trim().parse().ok()
+    std::fs::read_to_string(format!("{run}/opensearch/opensearch.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 struct Run {
@@ -52,7 +61,10 @@ struct Run {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let n: usize = std::env::var("PKGSTREAM_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(if full { 200_000 } else { 2_000 });
+    let n: usize = std::env::var("PKGSTREAM_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 200_000 } else { 2_000 });
     let brokers = pkgstream_tests::kafka_brokers();
     if std::net::TcpStream::connect(&brokers).is_err() || ureq::get(&engine_url()).call().is_err() {
         println!("sink_e2e: skipped, Kafka at {brokers} or the engine at {} unreachable (scripts/services.sh start kafka opensearch)", engine_url());
@@ -60,7 +72,10 @@ fn main() {
     }
     let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/pkgstream");
     if !bin.exists() {
-        println!("sink_e2e: skipped, {} missing (cargo build --release -p pkgstream)", bin.display());
+        println!(
+            "sink_e2e: skipped, {} missing (cargo build --release -p pkgstream)",
+            bin.display()
+        );
         return;
     }
     let env = SinkEnv::new(&brokers, "bench-sink");
@@ -70,12 +85,21 @@ fn main() {
     let bytes: usize = records.iter().map(|(_, v)| v.len()).sum();
     let t = Instant::now();
     env.produce(&records);
-    println!("sink_e2e: {n} enriched changes ({:.0} bytes avg, {} hosts) produced in {:.1} s", bytes as f64 / n as f64, n / 100, t.elapsed().as_secs_f64());
+    println!(
+        "sink_e2e: {n} enriched changes ({:.0} bytes avg, {} hosts) produced in {:.1} s",
+        bytes as f64 / n as f64,
+        n / 100,
+        t.elapsed().as_secs_f64()
+    );
     let epid = engine_pid().unwrap_or(0);
     let mut runs = Vec::new();
 
     // 1. The engine's ceiling for the same bulk bodies.
-    let cfg = SearchSinkConfig { url: engine_url(), index_prefix: format!("{}-ceiling", env.prefix), ..Default::default() };
+    let cfg = SearchSinkConfig {
+        url: engine_url(),
+        index_prefix: format!("{}-ceiling", env.prefix),
+        ..Default::default()
+    };
     let client = EngineClient::new(&cfg).unwrap();
     let idx = Indices::new(&cfg.index_prefix);
     setup(&client, &idx, &cfg).map_err(|_| "setup").unwrap();
@@ -100,7 +124,9 @@ fn main() {
         .map(|_| {
             let (q, c) = (queue.clone(), client.clone());
             std::thread::spawn(move || loop {
-                let Some(body) = q.lock().unwrap().pop() else { return };
+                let Some(body) = q.lock().unwrap().pop() else {
+                    return;
+                };
                 let r = c.bulk(&body).map_err(|_| "bulk failed").unwrap();
                 assert!(!r.errors, "ceiling bulk had item errors");
             })
@@ -124,10 +150,16 @@ fn main() {
     let mut child = Command::new(&bin)
         .args(["sink", "search"])
         .envs(env.vars.iter().map(|(k, v)| (k, v)))
-        .env("PKGSTREAM__SEARCH_SINK__INDEX_PREFIX", format!("{}-sink", env.prefix))
+        .env(
+            "PKGSTREAM__SEARCH_SINK__INDEX_PREFIX",
+            format!("{}-sink", env.prefix),
+        )
         .env("PKGSTREAM__SEARCH_SINK__BATCH_MS", "500")
         .env("PKGSTREAM__SEARCH_SINK__METRICS_LISTEN", "127.0.0.1:19110")
-        .env("RUST_LOG", std::env::var("PKGSTREAM_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("PKGSTREAM_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -138,7 +170,12 @@ fn main() {
             .call()
             .ok()
             .and_then(|r| r.into_string().ok())
-            .and_then(|b| b.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()))
+            .and_then(|b| {
+                b.lines()
+                    .find(|l| l.starts_with(series))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .and_then(|v| v.parse().ok())
+            })
             .unwrap_or(0.0)
     };
     let ready = Instant::now();
@@ -160,7 +197,10 @@ fn main() {
         cpu_s_per_m: Some(cpu / n as f64 * 1e6),
         engine_cpu_s_per_m: (proc_cpu_secs(epid) - engine_cpu0) / n as f64 * 1e6,
         rss_mib: Some(proc_peak_rss_mib(pid)),
-        note: format!("{LANES} lanes; history + state + hosts ({:.0}% of one core)", cpu / secs * 100.0),
+        note: format!(
+            "{LANES} lanes; history + state + hosts ({:.0}% of one core)",
+            cpu / secs * 100.0
+        ),
     });
     child.kill().ok();
     child.wait().ok();
@@ -174,14 +214,33 @@ fn main() {
         let engine_cpu0 = proc_cpu_secs(epid);
         let out = Command::new(&python)
             .arg(&script)
-            .args(["--brokers", &brokers, "--topic", &env.enriched, "--url", &engine_url()])
-            .args(["--index-prefix", &format!("{}-python", env.prefix), "--count", &n.to_string()])
-            .args(["--group", &format!("{}-python", env.prefix), "--threads", "2"])
+            .args([
+                "--brokers",
+                &brokers,
+                "--topic",
+                &env.enriched,
+                "--url",
+                &engine_url(),
+            ])
+            .args([
+                "--index-prefix",
+                &format!("{}-python", env.prefix),
+                "--count",
+                &n.to_string(),
+            ])
+            .args([
+                "--group",
+                &format!("{}-python", env.prefix),
+                "--threads",
+                "2",
+            ])
             .stderr(Stdio::inherit())
             .output()
             .expect("run the Python baseline");
         let engine_cpu = proc_cpu_secs(epid) - engine_cpu0;
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("baseline output: {}", String::from_utf8_lossy(&out.stdout)));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!("baseline output: {}", String::from_utf8_lossy(&out.stdout))
+        });
         runs.push(Run {
             name: "Python opensearch-py parallel_bulk",
             events_per_s: r["events_per_s"].as_f64().unwrap_or(0.0),
@@ -191,7 +250,10 @@ fn main() {
             note: "2 threads; history index only".into(),
         });
     } else {
-        println!("sink_e2e: Python baseline skipped ({} missing: see benches/python/README.md)", python.display());
+        println!(
+            "sink_e2e: Python baseline skipped ({} missing: see benches/python/README.md)",
+            python.display()
+        );
     }
 
     println!("sink_e2e: {n} events, side by side:");

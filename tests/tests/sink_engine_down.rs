@@ -15,7 +15,11 @@ const LIMIT: Duration = Duration::from_secs(600);
 
 fn services(action: &str) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services.sh");
-    let ok = Command::new("bash").args([script, action, "opensearch"]).status().expect("services.sh").success();
+    let ok = Command::new("bash")
+        .args([script, action, "opensearch"])
+        .status()
+        .expect("services.sh")
+        .success();
     assert!(ok, "services.sh {action} opensearch failed");
 }
 
@@ -35,13 +39,17 @@ fn engine_down_for_a_while_nothing_lost_memory_bounded() {
     let (first, rest) = records.split_at(20_000);
     env.produce(first);
     let sink = env.start("search", &[]);
-    wait_for("the first events indexed", LIMIT, || count(&env.changes()) >= 5_000);
+    wait_for("the first events indexed", LIMIT, || {
+        count(&env.changes()) >= 5_000
+    });
 
     let restart = Restart;
     services("stop");
     env.produce(rest);
     let backlog_mib = rest.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() >> 20;
-    wait_for("the sink to notice", LIMIT, || sink.metric("pkgstream_search_sink_engine_up") == 0.0);
+    wait_for("the sink to notice", LIMIT, || {
+        sink.metric("pkgstream_search_sink_engine_up") == 0.0
+    });
     std::thread::sleep(Duration::from_secs(20));
     assert!(sink.metric("pkgstream_search_sink_bulk_requests_total{outcome=\"failed\"}") >= 1.0);
     let rss_down = sink.peak_rss_kib();

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use pkgstream_schemas::{Action, EnrichedChange, EnrichedSnapshot, Package};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use crate::search::documents::{action_name, removes, source_label};
+use crate::search::documents::{action_name, removes, source_name};
 
 /// The series the metrics sink exposes.
 pub struct FleetMetrics {
@@ -141,7 +141,7 @@ impl FleetMetrics {
             self.changes
                 .with_label_values(&[
                     action_name(c.action),
-                    source_label(c.source),
+                    source_name(c.source),
                     group[0],
                     group[1],
                 ])

@@ -197,7 +197,8 @@ pub fn package_key(machine_id: &str, p: &Package<'_>) -> String {
     format!("{machine_id}/{}.{}", p.name, p.arch)
 }
 
-fn source_name(s: Source) -> &'static str {
+/// Lower-case source name (`dnf`).
+pub fn source_name(s: Source) -> &'static str {
     match s {
         Source::Dnf => "dnf",
         Source::Yum => "yum",
@@ -216,11 +217,6 @@ pub fn action_name(a: Action) -> &'static str {
         Action::Remove => "remove",
         Action::Obsolete => "obsolete",
     }
-}
-
-/// Lower-case source name (`dnf`).
-pub fn source_label(s: Source) -> &'static str {
-    source_name(s)
 }
 
 /// Whether the action takes the package off the host.
@@ -807,8 +803,17 @@ mod tests {
 
     #[test]
     fn timestamps_match_chrono() {
-        for us in [0, 1, 1_793_484_000_123_456, 1_700_000_000_999_999, 253_402_300_799_000_000] {
-            let want = chrono::DateTime::from_timestamp_micros(us).unwrap().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        for us in [
+            0,
+            1,
+            1_793_484_000_123_456,
+            1_700_000_000_999_999,
+            253_402_300_799_000_000,
+        ] {
+            let want = chrono::DateTime::from_timestamp_micros(us)
+                .unwrap()
+                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string();
             assert_eq!(std::str::from_utf8(&rfc3339_micros(us)).unwrap(), want);
         }
     }
