@@ -7,6 +7,7 @@
 //! 2. the release `pkgstream sink search` consuming the topic;
 //! 3. the Python baseline (`benches/python/baseline_sink.py`, opensearch-py
 //!    `parallel_bulk`), which writes the history index only.
+//!
 //! Prints events/s, CPU seconds per million events of the sink process and
 //! of the engine, and peak RSS.
 //!

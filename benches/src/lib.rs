@@ -126,26 +126,6 @@ pub fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let l = Latencies::new((1..=1000).rev().map(Duration::from_micros).collect());
-        assert_eq!(l.percentile(50.0), Duration::from_micros(500));
-        assert_eq!(l.percentile(99.0), Duration::from_micros(990));
-        assert_eq!(l.percentile(99.9), Duration::from_micros(999));
-        assert_eq!(l.percentile(100.0), l.max());
-        assert_eq!(l.total(), Duration::from_micros(500_500));
-        assert_eq!(
-            Latencies::new(vec![Duration::from_secs(1)]).percentile(0.1),
-            Duration::from_secs(1)
-        );
-    }
-}
-
 /// User + system CPU seconds of process `pid` so far (from /proc).
 pub fn proc_cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -181,4 +161,24 @@ pub fn proc_peak_rss_mib(pid: u32) -> f64 {
             })
         })
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let l = Latencies::new((1..=1000).rev().map(Duration::from_micros).collect());
+        assert_eq!(l.percentile(50.0), Duration::from_micros(500));
+        assert_eq!(l.percentile(99.0), Duration::from_micros(990));
+        assert_eq!(l.percentile(99.9), Duration::from_micros(999));
+        assert_eq!(l.percentile(100.0), l.max());
+        assert_eq!(l.total(), Duration::from_micros(500_500));
+        assert_eq!(
+            Latencies::new(vec![Duration::from_secs(1)]).percentile(0.1),
+            Duration::from_secs(1)
+        );
+    }
 }
