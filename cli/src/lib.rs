@@ -1,11 +1,13 @@
 //! The `pkgstream` command's logic; `main.rs` only parses arguments and
 //! wires. It holds the pipeline [`config`] file and [`tail`]: read a
 //! pkgstream topic and print each event as one JSON line, decoded with
-//! every shipped schema version. `pkgstream router` runs `pkgstream-router`.
+//! every shipped schema version; [`query`]: `history` and `changes` from
+//! the search engine. `pkgstream router` runs `pkgstream-router`.
 //! The router, the sinks, replay and the queries become subcommands here as
 //! their crates land; this crate stays thin glue over them.
 
 pub mod config;
+pub mod query;
 pub mod render;
 pub mod tail;
 
@@ -20,6 +22,17 @@ pub enum CliError {
         /// What went wrong.
         reason: String,
     },
+    /// The search engine could not be reached or refused the query.
+    #[error("search engine at {url}: {reason}")]
+    Engine {
+        /// Cluster URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An argument is wrong (unknown host, time in the future, ...).
+    #[error("{0}")]
+    BadInput(String),
     /// The topic does not exist.
     #[error("topic {topic} does not exist on {brokers}")]
     NoSuchTopic {

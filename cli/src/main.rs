@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pkgstream::config::PipelineConfig;
+use pkgstream::query::{parse_time, print, ChangeFilter, Queries};
 use pkgstream::tail::{tail, TailOptions};
 use pkgstream_router::metrics::RouterMetrics;
 use pkgstream_router::Router;
@@ -40,6 +41,39 @@ enum Command {
         #[command(subcommand)]
         sink: SinkCommand,
     },
+    /// What changed on one host, oldest first: who, how (dnf command line or plain rpm), from which repo.
+    History {
+        /// Host name or machine id.
+        host: String,
+        #[command(flatten)]
+        range: Range,
+        /// Print JSON lines (the indexed documents) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Changes across the fleet, oldest first, filtered.
+    Changes {
+        #[command(flatten)]
+        range: Range,
+        /// Only this action (install, upgrade, downgrade, reinstall, remove, obsolete).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only this source (dnf, yum, rpm, inventory).
+        #[arg(long)]
+        source: Option<String>,
+        /// Only this package name.
+        #[arg(long)]
+        package: Option<String>,
+        /// Only this host group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Only changes outside the host's maintenance window.
+        #[arg(long)]
+        outside_window: bool,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the events of a topic as JSON lines (no consumer group, nothing committed).
     Tail {
         /// Kafka bootstrap servers [default: kafka.brokers of the config].
@@ -58,6 +92,38 @@ enum Command {
         #[arg(long)]
         idle_secs: Option<u64>,
     },
+}
+
+/// A time range and a row limit.
+#[derive(clap::Args)]
+struct Range {
+    /// From: a duration ago (90m, 24h, 7d) or an RFC 3339 time [changes: 24h; history: the beginning].
+    #[arg(long)]
+    since: Option<String>,
+    /// Until (exclusive), same forms [default: now].
+    #[arg(long)]
+    until: Option<String>,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+}
+
+impl Range {
+    fn filter(&self, default_since: Option<&str>) -> anyhow::Result<ChangeFilter> {
+        let now = chrono::Utc::now();
+        let t = |s: &Option<String>, d: Option<&str>| -> anyhow::Result<Option<i64>> {
+            Ok(match s.as_deref().or(d) {
+                Some(v) => Some(parse_time(v, now)?),
+                None => None,
+            })
+        };
+        Ok(ChangeFilter {
+            since: t(&self.since, default_since)?,
+            until: t(&self.until, None)?,
+            limit: self.limit,
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -147,6 +213,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ready,
             }
             .run(&shutdown)?;
+            Ok(())
+        }
+        Command::History { host, range, json } => {
+            let mut filter = range.filter(None)?;
+            filter.validate()?;
+            let q = Queries::new(&cfg.search_sink)?;
+            filter.host_id = Some(q.resolve_host(&host)?);
+            let docs = q.changes(&filter)?;
+            print(&docs, json, &mut std::io::stdout().lock())?;
+            eprintln!("pkgstream history: {} change(s) on {host}", docs.len());
+            Ok(())
+        }
+        Command::Changes {
+            range,
+            action,
+            source,
+            package,
+            group,
+            outside_window,
+            json,
+        } => {
+            let filter = ChangeFilter {
+                action,
+                source,
+                package,
+                group,
+                outside_window,
+                ..range.filter(Some("24h"))?
+            };
+            let docs = Queries::new(&cfg.search_sink)?.changes(&filter)?;
+            print(&docs, json, &mut std::io::stdout().lock())?;
+            eprintln!("pkgstream changes: {} change(s)", docs.len());
             Ok(())
         }
         Command::Tail {

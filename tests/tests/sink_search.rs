@@ -142,6 +142,7 @@ fn exact_history_state_hosts_and_replay() {
     assert_eq!(count(&env.hosts()), 200);
     assert!(replay.stop().success());
     kibana_saved_searches_answer(&env, &sc);
+    history_and_changes_answer(&env, &sc);
     assert!(
         read_all(
             &env.brokers,
@@ -324,4 +325,135 @@ fn kibana_saved_searches_answer(env: &SinkEnv, sc: &Scenario) {
         "every saved search has an expected count"
     );
     println!("kibana: {checked} saved searches answered with the expected counts");
+}
+
+/// `pkgstream history` and `pkgstream changes` on this test's indices:
+/// exact rows, time order, and clear errors for bad input.
+fn history_and_changes_answer(env: &SinkEnv, sc: &Scenario) {
+    let run = |args: &[&str], url: &str| {
+        let out = std::process::Command::new(pkgstream_tests::binary("pkgstream"))
+            .args(args)
+            .env_remove("PKGSTREAM_CONFIG")
+            .env("PKGSTREAM__SEARCH_SINK__URL", url)
+            .env("PKGSTREAM__SEARCH_SINK__INDEX_PREFIX", &env.prefix)
+            .output()
+            .unwrap();
+        let docs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (
+            out.status.success(),
+            docs,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let url = engine_url();
+    let since = "2026-10-01T00:00:00Z";
+    // History of host 3, oldest first, exactly its changes.
+    let host = &sc
+        .changes
+        .iter()
+        .find(|c| c.host.hostname.ends_with("00003.dc1"))
+        .unwrap()
+        .host;
+    let want: Vec<String> = sc
+        .changes
+        .iter()
+        .filter(|c| c.host.machine_id == host.machine_id)
+        .map(|c| c.event_id.to_hex())
+        .collect();
+    let (ok, docs, err) = run(
+        &["history", &host.hostname, "--since", since, "--json"],
+        &url,
+    );
+    assert!(ok, "{err}");
+    let got: Vec<&str> = docs
+        .iter()
+        .map(|d| d["event"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, want, "history of {}", host.hostname);
+    // The same by machine id, as a table: a header and one row per change.
+    let out = std::process::Command::new(pkgstream_tests::binary("pkgstream"))
+        .args(["history", &host.machine_id, "--since", since])
+        .env("PKGSTREAM__SEARCH_SINK__URL", &url)
+        .env("PKGSTREAM__SEARCH_SINK__INDEX_PREFIX", &env.prefix)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.lines().count(), want.len() + 1, "{table}");
+    assert!(table.lines().nth(1).unwrap().contains("alice"), "{table}");
+    // Fleet-wide filters.
+    let (ok, docs, err) = run(
+        &[
+            "changes", "--since", since, "--source", "rpm", "--limit", "100000", "--json",
+        ],
+        &url,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        docs.len(),
+        sc.changes
+            .iter()
+            .filter(|c| c.source == pkgstream_schemas::Source::Rpm)
+            .count()
+    );
+    assert!(docs.iter().all(|d| d["process"]["command_line"]
+        .as_str()
+        .unwrap()
+        .starts_with("rpm -U")));
+    assert!(
+        docs.windows(2)
+            .all(|w| w[0]["event_time_us"].as_i64() <= w[1]["event_time_us"].as_i64()),
+        "time order"
+    );
+    let (ok, docs, _) = run(
+        &[
+            "changes",
+            "--since",
+            since,
+            "--action",
+            "remove",
+            "--outside-window",
+            "--limit",
+            "100000",
+            "--json",
+        ],
+        &url,
+    );
+    assert!(ok);
+    assert_eq!(
+        docs.len(),
+        sc.changes
+            .iter()
+            .filter(|c| c.action == pkgstream_schemas::Action::Remove
+                && c.enrichment.outside_maintenance_window)
+            .count()
+    );
+    // Bad input: a clear line and a non-zero exit, not an empty table.
+    let (ok, docs, err) = run(&["history", "no-such-host"], &url);
+    assert!(!ok && docs.is_empty());
+    assert!(
+        err.contains("unknown host 'no-such-host'") && err.contains("200 hosts known"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["changes", "--since", "2099-01-01T00:00:00Z"], &url);
+    assert!(!ok && err.contains("is in the future"), "{err}");
+    let (ok, _, err) = run(&["changes", "--since", "1d", "--until", "2d"], &url);
+    assert!(
+        !ok && err.contains("--since must be before --until"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["changes", "--action", "erase"], &url);
+    assert!(!ok && err.contains("--action 'erase'"), "{err}");
+    let (ok, _, err) = run(&["changes"], "http://127.0.0.1:1");
+    assert!(
+        !ok && err.trim().lines().count() == 1 && err.contains("http://127.0.0.1:1"),
+        "{err}"
+    );
+    println!(
+        "queries: history of {} ({} changes), rpm and removal filters, 5 kinds of bad input",
+        host.hostname,
+        want.len()
+    );
 }

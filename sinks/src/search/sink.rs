@@ -275,11 +275,15 @@ impl SearchSink {
                     Err(TrySendError::Disconnected(_)) => break,
                 }
             }
-            if !held.is_empty() && !paused {
+            if !held.is_empty() {
+                // Again on every round: partitions assigned meanwhile start
+                // unpaused, and `held` must not grow with their messages.
                 set_paused(&consumer, true);
+                if !paused {
+                    debug!(held = held.len(), "lanes full: partitions paused");
+                }
                 paused = true;
-                debug!(held = held.len(), "lanes full: partitions paused");
-            } else if held.is_empty() && paused {
+            } else if paused {
                 set_paused(&consumer, false);
                 paused = false;
             }
