@@ -2,11 +2,12 @@
 //! wires. It holds the pipeline [`config`] file and [`tail`]: read a
 //! pkgstream topic and print each event as one JSON line, decoded with
 //! every shipped schema version; [`query`]: `history` and `changes` from
-//! the search engine. `pkgstream router` runs `pkgstream-router`.
+//! the search engine; [`drift`]: the drift report. `pkgstream router` runs `pkgstream-router`.
 //! The router, the sinks, replay and the queries become subcommands here as
 //! their crates land; this crate stays thin glue over them.
 
 pub mod config;
+pub mod drift;
 pub mod query;
 pub mod render;
 pub mod tail;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pkgstream::config::PipelineConfig;
+use pkgstream::drift::{render_prometheus, render_table, DriftOptions};
 use pkgstream::query::{parse_time, print, ChangeFilter, Queries};
 use pkgstream::tail::{tail, TailOptions};
 use pkgstream_router::metrics::RouterMetrics;
@@ -73,6 +74,27 @@ enum Command {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Drift per host group and package: versions and host counts, outlier hosts, stale and contradicted snapshots.
+    Drift {
+        /// Only this host group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Only this package (repeatable).
+        #[arg(long = "package")]
+        packages: Vec<String>,
+        /// The version a package should be at, PACKAGE=VERSION (E:V-R or V-R; repeatable) [default: the majority in each group].
+        #[arg(long)]
+        expect: Vec<String>,
+        /// A snapshot older than this is stale (90m, 24h, 7d, or an RFC 3339 time).
+        #[arg(long, default_value = "2d")]
+        stale: String,
+        /// Outlier hosts listed per group and package, at most.
+        #[arg(long, default_value_t = 20)]
+        max_outliers: usize,
+        /// Output: table, json, or prometheus (for a textfile collector).
+        #[arg(long, default_value = "table")]
+        format: String,
     },
     /// Print the events of a topic as JSON lines (no consumer group, nothing committed).
     Tail {
@@ -245,6 +267,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let docs = Queries::new(&cfg.search_sink)?.changes(&filter)?;
             print(&docs, json, &mut std::io::stdout().lock())?;
             eprintln!("pkgstream changes: {} change(s)", docs.len());
+            Ok(())
+        }
+        Command::Drift {
+            group,
+            packages,
+            expect,
+            stale,
+            max_outliers,
+            format,
+        } => {
+            let mut expected = std::collections::BTreeMap::new();
+            for e in &expect {
+                let (p, v) = e
+                    .split_once('=')
+                    .filter(|(p, v)| !p.is_empty() && !v.is_empty())
+                    .ok_or_else(|| anyhow::anyhow!("--expect '{e}': expected PACKAGE=VERSION, e.g. openssl-libs=1:3.0.7-27.el9"))?;
+                expected.insert(p.to_owned(), v.to_owned());
+            }
+            if !["table", "json", "prometheus"].contains(&format.as_str()) {
+                anyhow::bail!("--format '{format}': one of table, json, prometheus");
+            }
+            let opts = DriftOptions {
+                group,
+                packages,
+                expect: expected,
+                stale_before: parse_time(&stale, chrono::Utc::now())?,
+                max_outliers,
+            };
+            let report = Queries::new(&cfg.search_sink)?.drift(&opts)?;
+            match format.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&report)?),
+                "prometheus" => print!("{}", render_prometheus(&report)),
+                _ => print!("{}", render_table(&report)),
+            }
             Ok(())
         }
         Command::Tail {

@@ -160,13 +160,30 @@ impl Queries {
     }
 
     fn search(&self, index: &str, body: &Value) -> Result<Value, CliError> {
+        self.search_filtered(index, "", body)
+    }
+
+    /// A search whose answer is cut to `filter_path` (empty: all of it).
+    pub(crate) fn search_filtered(
+        &self,
+        index: &str,
+        filter_path: &str,
+        body: &Value,
+    ) -> Result<Value, CliError> {
+        let fp = if filter_path.is_empty() {
+            String::new()
+        } else {
+            format!("&filter_path={filter_path}")
+        };
+        let path = format!("/{index}/_search?ignore_unavailable=true&allow_no_indices=true{fp}");
         self.client
-            .json(
-                "POST",
-                &format!("/{index}/_search?ignore_unavailable=true&allow_no_indices=true"),
-                Some(body),
-            )
+            .json("POST", &path, Some(body))
             .map_err(|e| engine_err(&self.client, e))
+    }
+
+    /// The index names queried.
+    pub(crate) fn indices(&self) -> &Indices {
+        &self.idx
     }
 
     /// The machine id of a host given by name or id; an unknown host is an

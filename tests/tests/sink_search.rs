@@ -143,6 +143,7 @@ fn exact_history_state_hosts_and_replay() {
     assert!(replay.stop().success());
     kibana_saved_searches_answer(&env, &sc);
     history_and_changes_answer(&env, &sc);
+    drift_answers(&env, &sc);
     assert!(
         read_all(
             &env.brokers,
@@ -454,6 +455,145 @@ fn history_and_changes_answer(env: &SinkEnv, sc: &Scenario) {
     println!(
         "queries: history of {} ({} changes), rpm and removal filters, 5 kinds of bad input",
         host.hostname,
+        want.len()
+    );
+}
+
+/// `pkgstream drift` on this test's indices equals the drift computed from
+/// the expected state; bad groups and packages are named errors.
+fn drift_answers(env: &SinkEnv, sc: &Scenario) {
+    use std::collections::BTreeMap;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(pkgstream_tests::binary("pkgstream"))
+            .arg("drift")
+            .args(args)
+            .env_remove("PKGSTREAM_CONFIG")
+            .env("PKGSTREAM__SEARCH_SINK__URL", engine_url())
+            .env("PKGSTREAM__SEARCH_SINK__INDEX_PREFIX", &env.prefix)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let group_of: BTreeMap<&str, &str> = sc
+        .changes
+        .iter()
+        .map(|c| (c.host.machine_id.as_ref(), c.enrichment.hostgroup.as_ref()))
+        .collect();
+    // (group, package) -> version -> hosts, from the state the test computed.
+    let mut want: BTreeMap<(String, String), BTreeMap<String, u64>> = BTreeMap::new();
+    for (key, evr) in sc.expected_state() {
+        let (mid, rest) = key.split_once('/').unwrap();
+        let name = rest.strip_suffix(".x86_64").unwrap();
+        if name == "openssl-libs" || name == "kernel-core" {
+            *want
+                .entry((group_of[mid].to_owned(), name.to_owned()))
+                .or_default()
+                .entry(evr)
+                .or_default() += 1;
+        }
+    }
+    let drifted: BTreeMap<(String, String), BTreeMap<String, u64>> = want
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(!drifted.is_empty(), "the scenario has drift");
+    let (ok, out, err) = run(&[
+        "--package",
+        "openssl-libs",
+        "--package",
+        "kernel-core",
+        "--stale",
+        "2026-11-01T00:00:00Z",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["checked"], want.len());
+    let got: BTreeMap<(String, String), BTreeMap<String, u64>> = r["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let versions = d["versions"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(v, n)| (v.clone(), n.as_u64().unwrap()))
+                .collect();
+            (
+                (
+                    d["hostgroup"].as_str().unwrap().to_owned(),
+                    d["package"].as_str().unwrap().to_owned(),
+                ),
+                versions,
+            )
+        })
+        .collect();
+    assert_eq!(got, drifted);
+    for d in r["drift"].as_array().unwrap() {
+        let versions = &drifted[&(
+            d["hostgroup"].as_str().unwrap().to_owned(),
+            d["package"].as_str().unwrap().to_owned(),
+        )];
+        let top = versions.values().max().unwrap();
+        assert_eq!(
+            d["outliers"].as_u64().unwrap(),
+            versions.values().sum::<u64>() - top,
+            "{d}"
+        );
+        assert_eq!(
+            d["outlier_hosts"].as_array().unwrap().len() as u64,
+            d["outliers"].as_u64().unwrap().min(20)
+        );
+    }
+    // 180 hosts never sent a snapshot; 20 snapshots contradicted the reported state.
+    assert_eq!(r["stale_hosts"].as_array().unwrap().len(), 180);
+    assert_eq!(r["contradicted_hosts"].as_array().unwrap().len(), 20);
+    // An expected version makes every other version an outlier.
+    let ((g, p), versions) = drifted.iter().next().unwrap();
+    let (v, n) = versions.iter().next().unwrap();
+    let (ok, out, err) = run(&[
+        "--group",
+        g,
+        "--package",
+        p,
+        "--expect",
+        &format!("{p}={v}"),
+        "--format",
+        "prometheus",
+    ]);
+    assert!(ok, "{err}");
+    let outliers = versions.values().sum::<u64>() - n;
+    assert!(
+        out.contains(&format!(
+            "pkgstream_drift_outlier_hosts{{hostgroup=\"{g}\",package=\"{p}\"}} {outliers}"
+        )),
+        "{out}"
+    );
+    let (ok, out, _) = run(&["--group", g]);
+    assert!(ok && out.starts_with("drift: "), "{out}");
+    // Bad input.
+    let (ok, _, err) = run(&["--group", "no-such-group"]);
+    assert!(
+        !ok && err.contains("unknown host group 'no-such-group'"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["--package", "no-such-package"]);
+    assert!(
+        !ok && err.contains("no host has package no-such-package"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["--expect", "openssl-libs"]);
+    assert!(!ok && err.contains("PACKAGE=VERSION"), "{err}");
+    println!(
+        "drift: {} drifted (group, package) pairs of {}, exact versions and outliers",
+        drifted.len(),
         want.len()
     );
 }
