@@ -33,7 +33,9 @@ pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<i64, CliError> {
             "w" => 7 * 86_400,
             _ => return Err(bad("unit must be s, m, h, d or w")),
         };
-        now - chrono::Duration::seconds(n.saturating_mul(secs))
+        chrono::Duration::try_seconds(n.saturating_mul(secs))
+            .and_then(|d| now.checked_sub_signed(d))
+            .ok_or_else(|| bad("is too far in the past"))?
     };
     if t > now {
         return Err(bad("is in the future"));

@@ -2,12 +2,13 @@
 //! reason and the source position in headers (the same header names the
 //! router uses).
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::SinkError;
 
@@ -29,9 +30,28 @@ pub struct DeadLetter<'a> {
     pub reason: &'a str,
 }
 
+/// Remembers the first delivery failure since the last [`Dlq::flush`].
+#[derive(Default)]
+struct Deliveries {
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            let mut slot = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
 /// An idempotent producer to the DLQ topic.
 pub struct Dlq {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<Deliveries>,
     topic: String,
     brokers: String,
 }
@@ -43,7 +63,7 @@ impl Dlq {
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
-            .create()
+            .create_with_context(Deliveries::default())
             .map_err(|e| SinkError::Kafka {
                 brokers: brokers.to_owned(),
                 what: "creating the DLQ producer".into(),
@@ -105,14 +125,27 @@ impl Dlq {
         }
     }
 
-    /// Waits until every queued dead letter is acknowledged by Kafka.
+    /// Waits until every queued dead letter is delivered; an error if
+    /// Kafka refused any (then the caller must not store its offsets).
     pub fn flush(&self) -> Result<(), SinkError> {
+        let err = |reason: String| SinkError::Kafka {
+            brokers: self.brokers.clone(),
+            what: format!("delivering to the DLQ topic {}", self.topic),
+            reason,
+        };
         self.producer
             .flush(Duration::from_secs(60))
-            .map_err(|e| SinkError::Kafka {
-                brokers: self.brokers.clone(),
-                what: format!("delivering to the DLQ topic {}", self.topic),
-                reason: e.to_string(),
-            })
+            .map_err(|e| err(e.to_string()))?;
+        let failed = self
+            .producer
+            .context()
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match failed {
+            Some(reason) => Err(err(reason)),
+            None => Ok(()),
+        }
     }
 }

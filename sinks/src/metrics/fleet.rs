@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use pkgstream_schemas::{Action, EnrichedChange, EnrichedSnapshot, Package};
+use pkgstream_schemas::{EnrichedChange, EnrichedSnapshot, Package};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::search::documents::{action_name, removes, source_name};
@@ -34,8 +34,10 @@ pub struct FleetMetrics {
 #[derive(Default)]
 struct HostState {
     hostgroup: String,
-    /// Watched package name → versions installed.
-    packages: BTreeMap<String, BTreeSet<String>>,
+    /// Watched package name → the version installed last (for install-only
+    /// packages such as the kernel, the newest of those kept: the same rule
+    /// as the search sink's package state, so one host counts once).
+    packages: BTreeMap<String, String>,
 }
 
 /// The version label: `V-R`, with `E:` in front when the epoch is not 0.
@@ -158,36 +160,35 @@ impl FleetMetrics {
         if !watched {
             return;
         }
-        let versions = h.packages.entry(c.package.name.to_string()).or_default();
         let v = version_label(&c.package);
         if removes(c.action) {
-            versions.remove(&v);
-        } else {
-            if matches!(c.action, Action::Upgrade | Action::Downgrade) {
-                if let Some(r) = &c.replaced {
-                    versions.remove(&version_label(r));
-                }
+            if h.packages.get(c.package.name.as_ref()) == Some(&v) {
+                h.packages.remove(c.package.name.as_ref());
             }
-            versions.insert(v);
-        }
-        if versions.is_empty() {
-            h.packages.remove(c.package.name.as_ref());
+        } else {
+            h.packages.insert(c.package.name.to_string(), v);
         }
     }
 
     /// Applies a snapshot: the host's watched packages become the snapshot's.
     pub fn snapshot(&mut self, s: &EnrichedSnapshot<'_>) {
-        let mut packages: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut newest: BTreeMap<&str, &Package<'_>> = BTreeMap::new();
         for p in s
             .packages
             .iter()
             .filter(|p| self.watch.contains(p.name.as_ref()))
         {
-            packages
-                .entry(p.name.to_string())
-                .or_default()
-                .insert(version_label(p));
+            match newest.get(p.name.as_ref()) {
+                Some(prev) if prev.install_time.unwrap_or(0) > p.install_time.unwrap_or(0) => {}
+                _ => {
+                    newest.insert(&p.name, p);
+                }
+            }
         }
+        let packages = newest
+            .into_iter()
+            .map(|(n, p)| (n.to_owned(), version_label(p)))
+            .collect();
         self.host(&s.host.machine_id, &s.enrichment.hostgroup)
             .packages = packages;
     }
@@ -198,10 +199,8 @@ impl FleetMetrics {
         let mut hosts: BTreeMap<&str, i64> = BTreeMap::new();
         for h in self.state.values() {
             *hosts.entry(&h.hostgroup).or_default() += 1;
-            for (name, versions) in &h.packages {
-                for v in versions {
-                    *counts.entry((name, v, &h.hostgroup)).or_default() += 1;
-                }
+            for (name, v) in &h.packages {
+                *counts.entry((name, v, &h.hostgroup)).or_default() += 1;
             }
         }
         self.watched.reset();
@@ -219,7 +218,7 @@ impl FleetMetrics {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use pkgstream_schemas::{sample, Source};
+    use pkgstream_schemas::{sample, Action, Source};
     use prometheus::core::Collector;
 
     fn change(
@@ -285,19 +284,26 @@ mod tests {
             &change(1, "bash", ("5", "1"), Action::Install, None, "web"),
             false,
         );
+        // Another version installed beside the first (install-only): the
+        // host counts once, at the newest.
+        m.change(
+            &change(2, "openssl", ("3.0.8", "1"), Action::Install, None, "web"),
+            true,
+        );
         m.refresh_gauges();
-        assert_eq!(gauge(&m, "openssl", "3.0.7-1", "web"), 1);
-        assert_eq!(gauge(&m, "openssl", "3.0.7-2", "web"), 1);
         assert_eq!(
             m.watched.collect()[0].get_metric().len(),
             2,
             "no series for removed versions or unwatched packages"
         );
+        assert_eq!(gauge(&m, "openssl", "3.0.7-1", "web"), 0);
+        assert_eq!(gauge(&m, "openssl", "3.0.7-2", "web"), 1);
+        assert_eq!(gauge(&m, "openssl", "3.0.8-1", "web"), 1);
         assert_eq!(
             m.changes
                 .with_label_values(&["install", "dnf", "web", "prod"])
                 .get(),
-            3
+            4
         );
         assert_eq!(
             m.changes
@@ -317,7 +323,7 @@ mod tests {
                 .get_metric_with_label_values(&["install", "dnf", "web", "prod"])
                 .unwrap()
                 .get(),
-            3
+            4
         );
         assert_eq!(m.hosts.with_label_values(&["web"]).get(), 3);
     }

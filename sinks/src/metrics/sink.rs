@@ -109,7 +109,7 @@ impl MetricsSink {
         loop {
             let stop = shutdown.requested();
             if stop || last_push.elapsed() >= interval {
-                self.push_and_commit(&agent, &consumer, topic, &next);
+                self.push_and_commit(&agent, &consumer, topic, &next, &counted_from);
                 last_push = Instant::now();
                 if stop {
                     return Ok(());
@@ -163,6 +163,7 @@ impl MetricsSink {
         consumer: &BaseConsumer,
         topic: &str,
         next: &HashMap<i32, i64>,
+        counted_from: &HashMap<i32, i64>,
     ) {
         let req = {
             let fleet = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
@@ -183,12 +184,19 @@ impl MetricsSink {
             };
             let fleet = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
             fleet.pushes.with_label_values(&[outcome]).inc();
+            if outcome != "ok" {
+                // Not committed: what was counted since is counted again
+                // after a restart rather than never reaching Prometheus.
+                return;
+            }
         }
         if next.is_empty() {
             return;
         }
         let mut tpl = TopicPartitionList::new();
         for (&p, &o) in next {
+            // Never behind what an earlier run counted, even mid-rebuild.
+            let o = o.max(counted_from.get(&p).copied().unwrap_or(0));
             let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
         }
         if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {

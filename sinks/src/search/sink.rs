@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -218,6 +219,11 @@ impl SearchSink {
         let failure: Arc<Mutex<Option<SinkError>>> = Arc::default();
         let lane_shutdown = shutdown.clone();
 
+        // Bytes handed to lanes and not yet taken into a batch: with the
+        // channels' message count, this bounds memory for large events
+        // (inventory snapshots) as well as small ones.
+        let queued = Arc::new(AtomicUsize::new(0));
+        let budget = cfg.batch_bytes.saturating_mul(cfg.lanes);
         let mut senders: Vec<SyncSender<Msg>> = Vec::new();
         let mut handles = Vec::new();
         for id in 0..cfg.lanes {
@@ -234,6 +240,7 @@ impl SearchSink {
                 metrics: self.metrics.clone(),
                 shutdown: lane_shutdown.clone(),
                 batch: Batch::default(),
+                queued: queued.clone(),
             };
             let failure = failure.clone();
             let sd = lane_shutdown.clone();
@@ -265,9 +272,17 @@ impl SearchSink {
         let mut paused = false;
         while !shutdown.requested() {
             while let Some(m) = held.pop_front() {
+                let len = m.payload.len();
+                let now = queued.load(Ordering::Relaxed);
+                if now > 0 && now + len > budget {
+                    held.push_front(m);
+                    break;
+                }
                 let lane = m.partition.rem_euclid(senders.len() as i32) as usize;
                 match senders[lane].try_send(m) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        queued.fetch_add(len, Ordering::Relaxed);
+                    }
                     Err(TrySendError::Full(m)) => {
                         held.push_front(m);
                         break;
@@ -434,6 +449,8 @@ struct Lane {
     metrics: Arc<SearchSinkMetrics>,
     shutdown: Shutdown,
     batch: Batch,
+    /// Bytes queued for lanes (see `SearchSink::run`).
+    queued: Arc<AtomicUsize>,
 }
 
 impl Lane {
@@ -446,6 +463,7 @@ impl Lane {
             };
             match rx.recv_timeout(wait) {
                 Ok(m) => {
+                    self.queued.fetch_sub(m.payload.len(), Ordering::Relaxed);
                     self.add(m)?;
                     if self.batch.msgs.len() >= self.cfg.batch_events
                         || self.batch.body.len() >= self.cfg.batch_bytes
