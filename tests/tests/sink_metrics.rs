@@ -175,8 +175,12 @@ fn prometheus_holds_the_counters_and_drift_gauges_and_a_restart_counts_nothing_t
     // Prometheus sees the restarted counters (a counter reset, which
     // rate() and increase() handle): host 0's 5 new installs, 4 by dnf and
     // 1 by rpm, not those plus the 3,000 counted before.
-    let series = |source: &str| format!("pkgstream_fleet_package_changes_total{{hostgroup=\"{g0}\",environment=\"staging\",action=\"install\",source=\"{source}\"}}");
-    wait_for("the new counts in Prometheus", LIMIT, || prom_value(&series("dnf")) == 4.0 && prom_value(&series("rpm")) == 1.0);
+    let series = |source: &str| {
+        format!("pkgstream_fleet_package_changes_total{{hostgroup=\"{g0}\",environment=\"staging\",action=\"install\",source=\"{source}\"}}")
+    };
+    wait_for("the new counts in Prometheus", LIMIT, || {
+        prom_value(&series("dnf")) == 4.0 && prom_value(&series("rpm")) == 1.0
+    });
     // The gauges of the 60 hosts plus host 0's new state.
     assert_eq!(
         prom_value(&format!("sum(pkgstream_fleet_hosts{{{g}}})")),

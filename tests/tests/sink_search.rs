@@ -233,6 +233,24 @@ fn a_mapping_conflict_goes_to_the_dlq_and_the_rest_flows() {
         1.0
     );
     assert!(sink.stop().success());
+    // The dead letter's offset was committed: a restarted sink neither
+    // sends it again nor indexes anything twice.
+    let again = env.start("search", &[]);
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(
+        again.metric("pkgstream_search_sink_events_total{outcome=\"dlq\"}"),
+        0.0
+    );
+    assert_eq!(
+        again.metric("pkgstream_search_sink_events_total{outcome=\"indexed\"}"),
+        0.0
+    );
+    assert!(again.stop().success());
+    assert_eq!(
+        read_all(&env.brokers, &env.dlq, 1, Duration::from_secs(2), LIMIT).len(),
+        1
+    );
+    assert_eq!(count(&env.changes()), 200);
     println!("sink dlq: reason = {reason}");
 }
 
