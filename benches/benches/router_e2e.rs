@@ -13,33 +13,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pkgstream_benches::{proc_cpu_secs, proc_peak_rss_mib};
+use pkgstream_benches::{bench_events, proc_cpu_secs, proc_peak_rss_mib, release_pkgstream};
 use pkgstream_schemas::{sample, Encoder};
 use pkgstream_tests::router::{send, RouterEnv};
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let n: usize = std::env::var("PKGSTREAM_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if full { 500_000 } else { 2_000 });
+    let n = bench_events(500_000);
     let brokers = pkgstream_tests::kafka_brokers();
     if std::net::TcpStream::connect(&brokers).is_err() {
         println!("router_e2e: skipped, no Kafka at {brokers} (scripts/services.sh start kafka)");
         return;
     }
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/pkgstream");
-    if !bin.exists() {
-        println!(
-            "router_e2e: skipped, {} missing (cargo build --release -p pkgstream)",
-            bin.display()
-        );
+    let Some(bin) = release_pkgstream("router_e2e") else {
         return;
-    }
+    };
 
     let mut env = RouterEnv::new(&brokers, "bench");
     // The test helper's short batches suit tests; the bench uses the

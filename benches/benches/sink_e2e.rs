@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pkgstream_benches::{proc_cpu_secs, proc_peak_rss_mib};
+use pkgstream_benches::{bench_events, proc_cpu_secs, proc_peak_rss_mib, release_pkgstream};
 use pkgstream_sinks::config::SearchSinkConfig;
 use pkgstream_sinks::search::client::EngineClient;
 use pkgstream_sinks::search::documents::{change_items, host_update, Indices};
@@ -61,24 +61,15 @@ struct Run {
 }
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let n: usize = std::env::var("PKGSTREAM_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if full { 200_000 } else { 2_000 });
+    let n = bench_events(200_000);
     let brokers = pkgstream_tests::kafka_brokers();
     if std::net::TcpStream::connect(&brokers).is_err() || ureq::get(&engine_url()).call().is_err() {
         println!("sink_e2e: skipped, Kafka at {brokers} or the engine at {} unreachable (scripts/services.sh start kafka opensearch)", engine_url());
         return;
     }
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/pkgstream");
-    if !bin.exists() {
-        println!(
-            "sink_e2e: skipped, {} missing (cargo build --release -p pkgstream)",
-            bin.display()
-        );
+    let Some(bin) = release_pkgstream("sink_e2e") else {
         return;
-    }
+    };
     let env = SinkEnv::new(&brokers, "bench-sink");
     let sc = scenario(&env.prefix, (n / 100).max(1) as u64, 100.min(n), 60, 0);
     let records = sc.records();

@@ -163,6 +163,30 @@ pub fn proc_peak_rss_mib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Events for an end-to-end bench: `PKGSTREAM_BENCH_EVENTS`, else `full`
+/// when run with `--bench`, else a 2,000-event smoke run.
+pub fn bench_events(full: usize) -> usize {
+    let bench = std::env::args().any(|a| a == "--bench");
+    std::env::var("PKGSTREAM_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if bench { full } else { 2_000 })
+}
+
+/// The release `pkgstream` binary, or `None` after saying how to build it.
+pub fn release_pkgstream(bench: &str) -> Option<std::path::PathBuf> {
+    let bin =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/pkgstream");
+    if bin.exists() {
+        return Some(bin);
+    }
+    println!(
+        "{bench}: skipped, {} missing (cargo build --release -p pkgstream)",
+        bin.display()
+    );
+    None
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
