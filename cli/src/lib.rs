@@ -2,7 +2,8 @@
 //! wires. It holds the pipeline [`config`] file and [`tail`]: read a
 //! pkgstream topic and print each event as one JSON line, decoded with
 //! every shipped schema version; [`query`]: `history` and `changes` from
-//! the search engine; [`drift`]: the drift report. `pkgstream router` runs `pkgstream-router`.
+//! the search engine; [`drift`]: the drift report; [`replay`]: a time
+//! range of the enriched topic as NDJSON or an Avro container file. `pkgstream router` runs `pkgstream-router`.
 //! The router, the sinks, replay and the queries become subcommands here as
 //! their crates land; this crate stays thin glue over them.
 
@@ -10,6 +11,7 @@ pub mod config;
 pub mod drift;
 pub mod query;
 pub mod render;
+pub mod replay;
 pub mod tail;
 
 /// Errors of the `pkgstream` command's library part.
