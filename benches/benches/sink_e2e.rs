@@ -157,19 +157,7 @@ fn main() {
         .spawn()
         .expect("spawn sink");
     let pid = child.id();
-    let metric = |series: &str| -> f64 {
-        ureq::get("http://127.0.0.1:19110/metrics")
-            .call()
-            .ok()
-            .and_then(|r| r.into_string().ok())
-            .and_then(|b| {
-                b.lines()
-                    .find(|l| l.starts_with(series))
-                    .and_then(|l| l.rsplit(' ').next())
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0.0)
-    };
+    let metric = |series: &str| pkgstream_tests::scrape_metric(19110, series);
     let ready = Instant::now();
     while ureq::get("http://127.0.0.1:19110/readyz").call().is_err() {
         assert!(ready.elapsed() < Duration::from_secs(60), "sink not ready");

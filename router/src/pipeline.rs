@@ -23,7 +23,6 @@ use pkgstream_runtime::shutdown::Shutdown;
 use pkgstream_schemas::{EventId, Kind, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{debug, info, info_span, warn};
@@ -528,8 +527,6 @@ impl Router {
 
     fn produce_all(&self, producer: &BaseProducer, outs: &[Out]) -> Result<(), RouterError> {
         for out in outs {
-            let source_partition;
-            let source_offset;
             let (mut record, topic): (BaseRecord<'_, [u8], [u8]>, &str) = match out {
                 Out::Enriched { partition, record } => (
                     BaseRecord::to(&self.topics.changes_enriched)
@@ -539,29 +536,13 @@ impl Router {
                     &self.topics.changes_enriched,
                 ),
                 Out::Dlq { raw, code, reason } => {
-                    source_partition = raw.partition.to_string();
-                    source_offset = raw.offset.to_string();
-                    let headers = OwnedHeaders::new()
-                        .insert(Header {
-                            key: "pkgstream.error.code",
-                            value: Some(*code),
-                        })
-                        .insert(Header {
-                            key: "pkgstream.error.reason",
-                            value: Some(reason.as_str()),
-                        })
-                        .insert(Header {
-                            key: "pkgstream.source.topic",
-                            value: Some(self.raw_topic(raw.lane)),
-                        })
-                        .insert(Header {
-                            key: "pkgstream.source.partition",
-                            value: Some(source_partition.as_str()),
-                        })
-                        .insert(Header {
-                            key: "pkgstream.source.offset",
-                            value: Some(source_offset.as_str()),
-                        });
+                    let headers = pkgstream_runtime::dlq::headers(
+                        code,
+                        reason,
+                        self.raw_topic(raw.lane),
+                        raw.partition,
+                        raw.offset,
+                    );
                     let mut r = BaseRecord::to(&self.topics.dlq)
                         .payload(&raw.payload[..])
                         .headers(headers);

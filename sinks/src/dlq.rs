@@ -6,7 +6,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 
@@ -78,29 +77,8 @@ impl Dlq {
 
     /// Queues one dead letter (waits while the local queue is full).
     pub fn send(&self, d: &DeadLetter<'_>) -> Result<(), SinkError> {
-        let partition = d.partition.to_string();
-        let offset = d.offset.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "pkgstream.error.code",
-                value: Some(d.code),
-            })
-            .insert(Header {
-                key: "pkgstream.error.reason",
-                value: Some(d.reason),
-            })
-            .insert(Header {
-                key: "pkgstream.source.topic",
-                value: Some(d.topic),
-            })
-            .insert(Header {
-                key: "pkgstream.source.partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "pkgstream.source.offset",
-                value: Some(offset.as_str()),
-            });
+        let headers =
+            pkgstream_runtime::dlq::headers(d.code, d.reason, d.topic, d.partition, d.offset);
         let mut record = BaseRecord::to(&self.topic)
             .payload(d.payload)
             .headers(headers);

@@ -60,6 +60,27 @@ pub fn create_topics(brokers: &str, topics: &[&str]) {
     }
 }
 
+/// Value of one series (exact name with labels) on the `/metrics` endpoint
+/// at `127.0.0.1:port`; 0 when absent or unreachable.
+pub fn scrape_metric(port: u16, series: &str) -> f64 {
+    use std::io::{Read, Write};
+    let text = (|| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    })();
+    text.and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    })
+    .unwrap_or(0.0)
+}
+
 /// Path of a workspace binary built next to this test executable.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

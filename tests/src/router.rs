@@ -109,27 +109,9 @@ impl RouterEnv {
             .expect("spawn pkgstream router")
     }
 
-    /// The router's /metrics text, if it answers.
-    pub fn metrics(&self) -> Option<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        Some(body)
-    }
-
     /// Value of a metric line (exact name with labels), 0 when absent.
     pub fn metric(&self, series: &str) -> f64 {
-        self.metrics()
-            .and_then(|m| {
-                m.lines()
-                    .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-                    .and_then(|l| l.rsplit(' ').next())
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0.0)
+        crate::scrape_metric(self.metrics_port, series)
     }
 
     /// Waits until the router says it is ready (assigned partitions).

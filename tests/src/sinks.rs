@@ -385,15 +385,7 @@ pub struct SinkProcess {
 impl SinkProcess {
     /// A metric's value on /metrics (exact series text), 0 when absent.
     pub fn metric(&self, series: &str) -> f64 {
-        let Ok(r) = ureq::get(&format!("http://127.0.0.1:{}/metrics", self.port)).call() else {
-            return 0.0;
-        };
-        let body = r.into_string().unwrap_or_default();
-        body.lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        crate::scrape_metric(self.port, series)
     }
 
     /// SIGTERM, then the exit status (killed after 60 s).

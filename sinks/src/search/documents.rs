@@ -287,12 +287,15 @@ impl Serialize for PackageDoc<'_> {
     }
 }
 
-/// The enrichment as `pkgstream.*` fields (plus `source`/`action` when given).
+/// The enrichment as `pkgstream.*` fields (plus `source`/`action` when
+/// given, and a history document's window, rpm, replaced-package and
+/// transaction facts when `change` is).
 struct EnrichmentDoc<'a> {
     e: &'a Enrichment<'a>,
     source: Option<&'static str>,
     action: Option<&'static str>,
     event_id: Option<&'a str>,
+    change: Option<&'a EnrichedChange<'a>>,
 }
 
 impl Serialize for EnrichmentDoc<'_> {
@@ -316,6 +319,30 @@ impl Serialize for EnrichmentDoc<'_> {
         }
         if let Some(id) = self.event_id {
             m.serialize_entry("event_id", id)?;
+        }
+        if let Some(c) = self.change {
+            #[derive(serde::Serialize)]
+            struct Transaction {
+                rpm_tid: i64,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                history_id: Option<i64>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                start: Option<Ts>,
+            }
+            m.serialize_entry("outside_maintenance_window", &e.outside_maintenance_window)?;
+            m.serialize_entry("unexplained_rpm", &e.unexplained_rpm)?;
+            if let Some(r) = &c.replaced {
+                m.serialize_entry("replaced", &PackageDoc(r))?;
+            }
+            let t = &c.transaction;
+            m.serialize_entry(
+                "transaction",
+                &Transaction {
+                    rpm_tid: t.rpm_tid,
+                    history_id: t.history_id,
+                    start: t.start_time.map(Ts),
+                },
+            )?;
         }
         m.end()
     }
@@ -418,66 +445,34 @@ impl Serialize for ChangeDoc<'_> {
         )?;
         m.serialize_entry("host", &HostDoc(&c.host))?;
         m.serialize_entry("package", &PackageDoc(&c.package))?;
-        if let Some(u) = &c.transaction.login_user {
-            m.serialize_entry(
-                "user",
-                &[("name", u)].into_iter().collect::<BTreeMap<_, _>>(),
-            )?;
+        #[derive(serde::Serialize)]
+        struct User<'a> {
+            name: &'a str,
         }
-        if let Some(cl) = &c.transaction.command_line {
-            m.serialize_entry(
-                "process",
-                &[("command_line", cl)]
-                    .into_iter()
-                    .collect::<BTreeMap<_, _>>(),
-            )?;
+        #[derive(serde::Serialize)]
+        struct Process<'a> {
+            command_line: &'a str,
+        }
+        if let Some(name) = &c.transaction.login_user {
+            m.serialize_entry("user", &User { name })?;
+        }
+        if let Some(command_line) = &c.transaction.command_line {
+            m.serialize_entry("process", &Process { command_line })?;
         }
         if !e.tags.is_empty() {
             m.serialize_entry("labels", &*e.tags)?;
         }
         m.serialize_entry("event_time_us", &c.event_time)?;
-        m.serialize_entry("pkgstream", &ChangeExt { c })?;
-        m.end()
-    }
-}
-
-struct ChangeExt<'a> {
-    c: &'a EnrichedChange<'a>,
-}
-
-impl Serialize for ChangeExt<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let c = self.c;
-        let e = &c.enrichment;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("source", source_name(c.source))?;
-        m.serialize_entry("hostgroup", &e.hostgroup)?;
-        m.serialize_entry("environment", &e.environment)?;
-        if let Some(o) = &e.owner {
-            m.serialize_entry("owner", o)?;
-        }
-        if let Some(d) = &e.datacenter {
-            m.serialize_entry("datacenter", d)?;
-        }
-        m.serialize_entry("known_host", &e.known_host)?;
-        m.serialize_entry("outside_maintenance_window", &e.outside_maintenance_window)?;
-        m.serialize_entry("unexplained_rpm", &e.unexplained_rpm)?;
-        if let Some(r) = &c.replaced {
-            m.serialize_entry("replaced", &PackageDoc(r))?;
-        }
-        let t = &c.transaction;
-        let mut tx = serde_json::Map::new();
-        tx.insert("rpm_tid".into(), t.rpm_tid.into());
-        if let Some(h) = t.history_id {
-            tx.insert("history_id".into(), h.into());
-        }
-        if let Some(st) = t.start_time {
-            tx.insert(
-                "start".into(),
-                serde_json::to_value(Ts(st)).unwrap_or_default(),
-            );
-        }
-        m.serialize_entry("transaction", &tx)?;
+        m.serialize_entry(
+            "pkgstream",
+            &EnrichmentDoc {
+                e,
+                source: Some(source_name(c.source)),
+                action: None,
+                event_id: None,
+                change: Some(c),
+            },
+        )?;
         m.end()
     }
 }
@@ -507,6 +502,7 @@ impl Serialize for PackageStateDoc<'_> {
                 source: Some(self.source),
                 action: Some(self.action),
                 event_id: Some(self.event_id),
+                change: None,
             },
         )?;
         m.end()
@@ -614,6 +610,7 @@ pub fn host_update(
                     source: None,
                     action: None,
                     event_id: None,
+                    change: None,
                 },
                 snap,
             },
