@@ -374,7 +374,7 @@ impl SinkEnv {
     }
 }
 
-/// A running sink.
+/// A running sink; killed when dropped still running (a failed test).
 pub struct SinkProcess {
     /// The process.
     pub child: Child,
@@ -420,17 +420,36 @@ impl SinkProcess {
     }
 }
 
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// `METHOD path` with an optional JSON body against the test engine.
+/// A 503 (a shard of an index the sink has just created is not active
+/// yet) is asked again for up to 30 s.
 pub fn engine(method: &str, path: &str, body: Option<Value>) -> Value {
-    let req = ureq::request(method, &format!("{}{path}", engine_url()));
-    let r = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
-    };
-    match r {
-        Ok(r) => r.into_json().expect("engine JSON"),
-        Err(ureq::Error::Status(404, r)) => r.into_json().unwrap_or(json!({"status": 404})),
-        Err(e) => panic!("{method} {path}: {e}"),
+    let started = Instant::now();
+    loop {
+        let req = ureq::request(method, &format!("{}{path}", engine_url()));
+        let r = match &body {
+            Some(b) => req.send_json(b.clone()),
+            None => req.call(),
+        };
+        match r {
+            Ok(r) => return r.into_json().expect("engine JSON"),
+            Err(ureq::Error::Status(404, r)) => {
+                return r.into_json().unwrap_or(json!({"status": 404}))
+            }
+            Err(ureq::Error::Status(503, _)) if started.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
     }
 }
 
