@@ -11,14 +11,14 @@ use clap::{Parser, Subcommand};
 use pkgstream::config::PipelineConfig;
 use pkgstream::drift::{render_prometheus, render_table, DriftOptions};
 use pkgstream::query::{parse_time, print, ChangeFilter, Queries};
-use pkgstream::replay::{replay, ReplayFormat, ReplayOptions};
+use pkgstream::replay::{replay, ReplayOptions, ReplayOutput};
 use pkgstream::tail::{tail, TailOptions};
 use pkgstream_router::metrics::RouterMetrics;
 use pkgstream_router::Router;
 use pkgstream_runtime::health::{self, Readiness};
 use pkgstream_runtime::shutdown::Shutdown;
 use pkgstream_sinks::metrics::{FleetMetrics, MetricsSink};
-use pkgstream_sinks::search::{SearchSink, SearchSinkMetrics};
+use pkgstream_sinks::search::{AuditIndexer, SearchSink, SearchSinkMetrics};
 
 #[derive(Parser)]
 #[command(
@@ -97,7 +97,7 @@ enum Command {
         #[arg(long, default_value = "table")]
         format: String,
     },
-    /// Replay the enriched changes of a time range (Kafka timestamps) for an audit, as NDJSON or an Avro container file.
+    /// Replay the enriched changes of a time range (Kafka timestamps) for an audit: NDJSON, an Avro container file, or a history index.
     Replay {
         /// From: an RFC 3339 time or a duration ago (7d).
         #[arg(long)]
@@ -120,12 +120,15 @@ enum Command {
         /// Only this action (install, upgrade, downgrade, reinstall, remove, obsolete).
         #[arg(long)]
         action: Option<String>,
-        /// ndjson or avro (an Avro object container file).
+        /// ndjson, avro (an Avro object container file) or index (history documents under --index, written by the search sink's code).
         #[arg(long, default_value = "ndjson")]
         format: String,
         /// Output file ("-": standard output).
         #[arg(long, short, default_value = "-")]
         out: PathBuf,
+        /// With --format index: the index prefix (documents go to PREFIX-changes-YYYY.MM on [search_sink].url).
+        #[arg(long)]
+        index: Option<String>,
     },
     /// Print the events of a topic as JSON lines (no consumer group, nothing committed).
     Tail {
@@ -344,13 +347,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             action,
             format,
             out,
+            index,
         } => {
             let now = chrono::Utc::now();
-            let format = match format.as_str() {
-                "ndjson" => ReplayFormat::Ndjson,
-                "avro" => ReplayFormat::Avro,
-                f => anyhow::bail!("--format '{f}': ndjson or avro"),
-            };
             if let Some(a) = &action {
                 ChangeFilter {
                     action: Some(a.clone()),
@@ -358,33 +357,83 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 .validate()?;
             }
+            let topic = topic.unwrap_or(cfg.topics.changes_enriched);
             let opts = ReplayOptions {
                 brokers: cfg.kafka.brokers.clone(),
-                topic: topic.unwrap_or(cfg.topics.changes_enriched),
+                topic: topic.clone(),
                 from_ms: parse_time(&from, now)? / 1000,
                 to_ms: to.map_or(Ok(now.timestamp_micros()), |t| parse_time(&t, now))? / 1000,
                 host,
                 group,
                 package,
                 action,
-                format,
             };
-            let report = if out.as_os_str() == "-" {
-                replay(&opts, &mut std::io::stdout().lock())?
-            } else {
-                let mut file = std::io::BufWriter::new(
-                    std::fs::File::create(&out)
-                        .with_context(|| format!("creating {}", out.display()))?,
-                );
-                let r = replay(&opts, &mut file)?;
-                file.flush()
-                    .with_context(|| format!("writing {}", out.display()))?;
-                r
+            let report = match (format.as_str(), index) {
+                ("index", Some(prefix)) => {
+                    if out.as_os_str() != "-" {
+                        anyhow::bail!(
+                            "--out does not go with --format index (the documents go to --index)"
+                        );
+                    }
+                    let search = pkgstream_sinks::config::SearchSinkConfig {
+                        index_prefix: prefix,
+                        ..cfg.search_sink
+                    };
+                    search.validate()?;
+                    let shutdown = Shutdown::on_signals()?;
+                    let ix = AuditIndexer::open(&search, &topic, &shutdown)?;
+                    replay(&opts, ReplayOutput::Index(Box::new(ix)))?
+                }
+                ("index", None) => anyhow::bail!("--format index needs --index PREFIX"),
+                (_, Some(_)) => anyhow::bail!("--index goes with --format index"),
+                (f @ ("ndjson" | "avro"), None) => {
+                    let to_file = out.as_os_str() != "-";
+                    let mut w: Box<dyn Write> = if to_file {
+                        Box::new(std::io::BufWriter::new(
+                            std::fs::File::create(&out)
+                                .with_context(|| format!("creating {}", out.display()))?,
+                        ))
+                    } else {
+                        Box::new(std::io::stdout().lock())
+                    };
+                    let r = replay(
+                        &opts,
+                        if f == "avro" {
+                            ReplayOutput::Avro(&mut w)
+                        } else {
+                            ReplayOutput::Ndjson(&mut w)
+                        },
+                    )?;
+                    w.flush()
+                        .with_context(|| format!("writing {}", out.display()))?;
+                    r
+                }
+                (f, None) => anyhow::bail!("--format '{f}': ndjson, avro or index"),
             };
             eprintln!(
                 "pkgstream replay: {} change(s) written of {} message(s) read ({} snapshot(s) skipped, {} undecodable)",
                 report.written, report.read, report.snapshots, report.undecodable
             );
+            if let Some(ix) = &report.index {
+                eprintln!(
+                    "pkgstream replay: index: {} new, {} already present, {} refused",
+                    ix.events - ix.already_present - ix.rejected.len() as u64,
+                    ix.already_present,
+                    ix.rejected.len()
+                );
+                for r in ix.rejected.iter().take(20) {
+                    eprintln!(
+                        "pkgstream replay: refused: {topic} partition {} offset {}: {}: {}",
+                        r.partition, r.offset, r.code, r.reason
+                    );
+                }
+                if !ix.rejected.is_empty() {
+                    anyhow::bail!(
+                        "{} change(s) of the range are not in the index (listed above)",
+                        ix.rejected.len()
+                    );
+                }
+            }
             Ok(())
         }
         Command::Tail {

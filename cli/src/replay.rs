@@ -1,9 +1,13 @@
 //! `pkgstream replay`: the enriched changes of a time range, exactly as
 //! reported, for auditors. Reads the topic between two Kafka timestamps
 //! (`offsets_for_times`, no consumer group, read_committed, nothing
-//! committed), filters by host, group, package and action, and writes NDJSON
-//! or an Avro object container file (self-describing: the writer schema is
-//! in the file, so any Avro reader opens it years later).
+//! committed), filters by host, group, package and action, and writes NDJSON,
+//! an Avro object container file (self-describing: the writer schema is in
+//! the file, so any Avro reader opens it years later), or a change-history
+//! index through the search sink's own code
+//! ([`pkgstream_sinks::search::AuditIndexer`]: an audit index is what the
+//! live sink wrote for the same events; into the live prefix it changes
+//! nothing).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
@@ -11,18 +15,20 @@ use std::time::{Duration, Instant};
 
 use apache_avro::{from_avro_datum, Codec, Schema, Writer};
 use pkgstream_schemas::{decode_enriched_change, Kind, Registry};
+use pkgstream_sinks::search::{AuditIndexer, AuditReport};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::{render, CliError};
 
-/// Output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReplayFormat {
+/// Where the replayed changes go.
+pub enum ReplayOutput<'a> {
     /// One JSON object per line (`pkgstream tail`'s rendering).
-    Ndjson,
+    Ndjson(&'a mut dyn Write),
     /// Avro object container file of `EnrichedChange`, deflate blocks.
-    Avro,
+    Avro(&'a mut dyn Write),
+    /// Change-history documents under a prefix, as the search sink writes them.
+    Index(Box<AuditIndexer>),
 }
 
 /// What to replay.
@@ -44,8 +50,6 @@ pub struct ReplayOptions {
     pub package: Option<String>,
     /// Only this action (lower case).
     pub action: Option<String>,
-    /// Output format.
-    pub format: ReplayFormat,
 }
 
 /// What a replay did.
@@ -59,11 +63,13 @@ pub struct ReplayReport {
     pub snapshots: u64,
     /// Messages that did not decode.
     pub undecodable: u64,
+    /// For an index: what the engine did with the changes written.
+    pub index: Option<AuditReport>,
 }
 
 /// Replays into `out`; progress (events/s, ETA) on stderr when it is a
 /// terminal, else nothing until the caller's summary.
-pub fn replay(o: &ReplayOptions, out: &mut impl Write) -> Result<ReplayReport, CliError> {
+pub fn replay(o: &ReplayOptions, out: ReplayOutput<'_>) -> Result<ReplayReport, CliError> {
     if o.from_ms >= o.to_ms {
         return Err(CliError::BadInput("--from must be before --to".into()));
     }
@@ -139,14 +145,15 @@ pub fn replay(o: &ReplayOptions, out: &mut impl Write) -> Result<ReplayReport, C
     let schema = avro_schema(Registry::get().current(Kind::EnrichedChange).json)?;
     // Writer schemas by fingerprint: old events are resolved to the current one.
     let mut writers: HashMap<[u8; 8], Schema> = HashMap::new();
-    let mut avro = match o.format {
-        ReplayFormat::Avro => Some(Writer::with_codec(
+    let mut avro = match out {
+        ReplayOutput::Avro(_) => Some(Writer::with_codec(
             &schema,
             Vec::new(),
             Codec::Deflate(Default::default()),
         )),
-        ReplayFormat::Ndjson => None,
+        _ => None,
     };
+    let mut out = out;
     if !open.is_empty() {
         consumer.assign(&tpl).map_err(|e| kafka("assign", &e))?;
     }
@@ -220,8 +227,11 @@ pub fn replay(o: &ReplayOptions, out: &mut impl Write) -> Result<ReplayReport, C
                 .as_ref()
                 .is_none_or(|a| a.eq_ignore_ascii_case(c.action.symbol()));
         if keep {
-            match &mut avro {
-                Some(w) => {
+            match (&mut out, &mut avro) {
+                (ReplayOutput::Index(ix), _) => ix
+                    .push(p, m.offset(), bytes)
+                    .map_err(|e| CliError::BadInput(e.to_string()))?,
+                (_, Some(w)) => {
                     let (writer, datum) = Registry::get()
                         .writer_of(bytes)
                         .map_err(|e| CliError::BadInput(e.to_string()))?;
@@ -236,7 +246,7 @@ pub fn replay(o: &ReplayOptions, out: &mut impl Write) -> Result<ReplayReport, C
                     w.append(value)
                         .map_err(|e| CliError::BadInput(format!("Avro writer: {e}")))?;
                 }
-                None => {
+                (ReplayOutput::Ndjson(out) | ReplayOutput::Avro(out), None) => {
                     writeln!(out, "{}", render::enriched_change(c))
                         .map_err(|e| CliError::BadInput(format!("writing: {e}")))?;
                 }
@@ -258,12 +268,18 @@ pub fn replay(o: &ReplayOptions, out: &mut impl Write) -> Result<ReplayReport, C
     if progress {
         eprintln!();
     }
-    if let Some(w) = avro {
-        let bytes = w
-            .into_inner()
-            .map_err(|e| CliError::BadInput(format!("Avro writer: {e}")))?;
-        out.write_all(&bytes)
-            .map_err(|e| CliError::BadInput(format!("writing: {e}")))?;
+    match (out, avro) {
+        (ReplayOutput::Avro(out), Some(w)) => {
+            let bytes = w
+                .into_inner()
+                .map_err(|e| CliError::BadInput(format!("Avro writer: {e}")))?;
+            out.write_all(&bytes)
+                .map_err(|e| CliError::BadInput(format!("writing: {e}")))?;
+        }
+        (ReplayOutput::Index(ix), _) => {
+            report.index = Some(ix.finish().map_err(|e| CliError::BadInput(e.to_string()))?);
+        }
+        _ => {}
     }
     Ok(report)
 }

@@ -623,9 +623,7 @@ pub fn host_update(
 /// host document is written once per batch by the caller
 /// ([`host_update`]). Returns the kinds of the items appended, in order.
 pub fn change_items(out: &mut Vec<u8>, idx: &Indices, c: &EnrichedChange<'_>) -> [ItemKind; 2] {
-    let id = c.event_id.to_hex();
-    action_line(out, "create", &idx.changes(c.event_time), &id, false);
-    body_line(out, &ChangeDoc { c, id: &id });
+    let id = history_item(out, idx, c);
     if removes(c.action) {
         package_remove(
             out,
@@ -648,6 +646,15 @@ pub fn change_items(out: &mut Vec<u8>, idx: &Indices, c: &EnrichedChange<'_>) ->
         );
     }
     [ItemKind::Change, ItemKind::Package]
+}
+
+/// The change's history document alone (`create`, `_id` = event id), as
+/// an audit replay writes it; returns the id.
+pub fn history_item(out: &mut Vec<u8>, idx: &Indices, c: &EnrichedChange<'_>) -> String {
+    let id = c.event_id.to_hex();
+    action_line(out, "create", &idx.changes(c.event_time), &id, false);
+    body_line(out, &ChangeDoc { c, id: &id });
+    id
 }
 
 /// The package state a snapshot says a host has: one package per

@@ -12,4 +12,4 @@ pub mod retry;
 pub mod setup;
 pub mod sink;
 
-pub use sink::{SearchSink, SearchSinkMetrics};
+pub use sink::{AuditIndexer, AuditRejection, AuditReport, SearchSink, SearchSinkMetrics};

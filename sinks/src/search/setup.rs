@@ -124,13 +124,7 @@ pub fn setup(
     idx: &Indices,
     cfg: &SearchSinkConfig,
 ) -> Result<Lifecycle, CallError> {
-    let root = client.json("GET", "/", None)?;
-    info!(
-        url = %client.display_url(),
-        distribution = root["version"]["distribution"].as_str().unwrap_or("elasticsearch"),
-        version = root["version"]["number"].as_str().unwrap_or("?"),
-        "search engine reached"
-    );
+    reach(client)?;
     for (id, source) in SCRIPTS {
         client.json(
             "PUT",
@@ -139,23 +133,7 @@ pub fn setup(
         )?;
     }
     let lifecycle = detect_lifecycle(client, idx, cfg)?;
-    let mut changes_settings = json!({
-        "number_of_shards": cfg.shards,
-        "number_of_replicas": cfg.replicas,
-    });
-    if lifecycle == Lifecycle::Ilm {
-        changes_settings["index.lifecycle.name"] = json!(format!("{}-changes", idx.prefix()));
-    }
-    client.json(
-        "PUT",
-        &format!("/_index_template/{}-changes", idx.prefix()),
-        Some(&json!({
-            "index_patterns": [idx.changes_pattern()],
-            "priority": 200,
-            "template": {"settings": changes_settings, "mappings": changes_mappings()},
-            "_meta": {"managed_by": "pkgstream sink search"}
-        })),
-    )?;
+    changes_template(client, idx, cfg, lifecycle)?;
     for (name, mappings) in [
         (idx.packages(), packages_mappings()),
         (idx.hosts(), hosts_mappings()),
@@ -186,6 +164,68 @@ pub fn setup(
         }
     }
     Ok(lifecycle)
+}
+
+/// Set-up for an audit replay (`pkgstream replay --format index`): the
+/// change-history template only — no state indices, no scripts, and no
+/// retention policy (an audit copy is kept until someone deletes it).
+pub fn setup_history(
+    client: &EngineClient,
+    idx: &Indices,
+    cfg: &SearchSinkConfig,
+) -> Result<(), CallError> {
+    reach(client)?;
+    // Replaying into an existing (e.g. the live) prefix keeps its template,
+    // lifecycle policy included.
+    let (status, _) = client
+        .call(
+            "HEAD",
+            &format!("/_index_template/{}-changes", idx.prefix()),
+            None,
+        )
+        .map_err(CallError::Retry)?;
+    if status == 200 {
+        return Ok(());
+    }
+    changes_template(client, idx, cfg, Lifecycle::None)
+}
+
+fn reach(client: &EngineClient) -> Result<(), CallError> {
+    let root = client.json("GET", "/", None)?;
+    info!(
+        url = %client.display_url(),
+        distribution = root["version"]["distribution"].as_str().unwrap_or("elasticsearch"),
+        version = root["version"]["number"].as_str().unwrap_or("?"),
+        "search engine reached"
+    );
+    Ok(())
+}
+
+/// The template of the monthly change indices (`<prefix>-changes-*`).
+fn changes_template(
+    client: &EngineClient,
+    idx: &Indices,
+    cfg: &SearchSinkConfig,
+    lifecycle: Lifecycle,
+) -> Result<(), CallError> {
+    let mut settings = json!({
+        "number_of_shards": cfg.shards,
+        "number_of_replicas": cfg.replicas,
+    });
+    if lifecycle == Lifecycle::Ilm {
+        settings["index.lifecycle.name"] = json!(format!("{}-changes", idx.prefix()));
+    }
+    client.json(
+        "PUT",
+        &format!("/_index_template/{}-changes", idx.prefix()),
+        Some(&json!({
+            "index_patterns": [idx.changes_pattern()],
+            "priority": 200,
+            "template": {"settings": settings, "mappings": changes_mappings()},
+            "_meta": {"managed_by": "pkgstream sink search"}
+        })),
+    )?;
+    Ok(())
 }
 
 fn detect_lifecycle(

@@ -33,10 +33,10 @@ use tracing::{debug, info, info_span, warn};
 
 use super::client::{CallError, EngineClient};
 use super::documents::{
-    change_items, host_update, snapshot_items, IndexedPackage, Indices, ItemKind,
+    change_items, history_item, host_update, snapshot_items, IndexedPackage, Indices, ItemKind,
 };
 use super::retry::{backoff, item_verdict, ItemVerdict};
-use super::setup::setup;
+use super::setup::{setup, setup_history};
 use crate::config::SearchSinkConfig;
 use crate::dlq::{DeadLetter, Dlq};
 use crate::SinkError;
@@ -234,9 +234,11 @@ impl SearchSink {
                 client: client.clone(),
                 idx: idx.clone(),
                 cfg: cfg.clone(),
-                consumer: consumer.clone(),
                 topic: topic.clone(),
-                dlq: dlq.clone(),
+                mode: Mode::Live {
+                    consumer: consumer.clone(),
+                    dlq: dlq.clone(),
+                },
                 metrics: self.metrics.clone(),
                 shutdown: lane_shutdown.clone(),
                 batch: Batch::default(),
@@ -438,14 +440,29 @@ impl Batch {
     }
 }
 
+/// Where a lane's finished batches go.
+enum Mode {
+    /// The live sink: every index; rejected events to the DLQ, then the
+    /// batch's offsets stored in the consumer group.
+    Live {
+        consumer: Arc<SinkConsumer>,
+        dlq: Arc<Dlq>,
+    },
+    /// An audit replay ([`AuditIndexer`]): the history documents only;
+    /// rejected events kept for the caller's report, no offsets.
+    Audit {
+        rejected: Vec<AuditRejection>,
+        duplicates: u64,
+    },
+}
+
 struct Lane {
     id: usize,
     client: EngineClient,
     idx: Indices,
     cfg: SearchSinkConfig,
-    consumer: Arc<SinkConsumer>,
     topic: String,
-    dlq: Arc<Dlq>,
+    mode: Mode,
     metrics: Arc<SearchSinkMetrics>,
     shutdown: Shutdown,
     batch: Batch,
@@ -487,8 +504,9 @@ impl Lane {
     /// Adds one message to the batch (a snapshot is reconciled at once,
     /// after flushing what came before it).
     fn add(&mut self, m: Msg) -> Result<(), LaneStop> {
+        let audit = matches!(self.mode, Mode::Audit { .. });
         let kind = Registry::get().writer_of(&m.payload).map(|(v, _)| v.kind);
-        if let Ok(Kind::EnrichedSnapshot) = kind {
+        if let (Ok(Kind::EnrichedSnapshot), false) = (&kind, audit) {
             self.flush()?;
             return self.reconcile(m);
         }
@@ -496,6 +514,11 @@ impl Lane {
         let i = b.push_msg(m);
         let payload = &b.msgs[i].payload;
         match decode_enriched_change(payload) {
+            Ok(c) if audit => {
+                let start = b.body.len();
+                history_item(&mut b.body, &self.idx, &c);
+                b.note_items(start, &[ItemKind::Change], i);
+            }
             Ok(c) => {
                 let start = b.body.len();
                 let kinds = change_items(&mut b.body, &self.idx, &c);
@@ -632,8 +655,12 @@ impl Lane {
         if self.batch.msgs.is_empty() {
             return Ok(());
         }
-        // One host-document update per host: its latest event in the batch.
-        let hosts: Vec<(i64, usize)> = self.batch.hosts.values().copied().collect();
+        // One host-document update per host: its latest event in the batch
+        // (an audit batch has none: it writes history only).
+        let hosts: Vec<(i64, usize)> = match self.mode {
+            Mode::Live { .. } => self.batch.hosts.values().copied().collect(),
+            Mode::Audit { .. } => Vec::new(),
+        };
         for (_, i) in hosts {
             let start = self.batch.body.len();
             if let Ok(c) = decode_enriched_change(&self.batch.msgs[i].payload) {
@@ -698,6 +725,11 @@ impl Lane {
                                 continue;
                             }
                             let st = item.status();
+                            if let (ItemKind::Change, 409, Mode::Audit { duplicates, .. }) =
+                                (it.kind, st.status, &mut self.mode)
+                            {
+                                *duplicates += 1;
+                            }
                             match item_verdict(it.kind, st.status) {
                                 ItemVerdict::Done => {}
                                 ItemVerdict::Retry => {
@@ -745,53 +777,192 @@ impl Lane {
         self.finish()
     }
 
-    /// DLQ for rejected events, then the offsets; clears the batch.
+    /// DLQ for rejected events, then the offsets (an audit keeps the
+    /// rejected for its report instead); clears the batch.
     fn finish(&mut self) -> Result<(), LaneStop> {
         let b = &self.batch;
         let mut dlq = 0;
         for (m, r) in b.msgs.iter().zip(&b.rejected) {
-            if let Some((code, reason)) = r {
-                warn!(
-                    partition = m.partition,
-                    offset = m.offset,
-                    code,
-                    reason,
-                    "event to the DLQ"
-                );
-                self.dlq.send(&DeadLetter {
-                    topic: &self.topic,
+            let Some((code, reason)) = r else { continue };
+            dlq += 1;
+            match &mut self.mode {
+                Mode::Live { dlq, .. } => {
+                    warn!(
+                        partition = m.partition,
+                        offset = m.offset,
+                        code,
+                        reason,
+                        "event to the DLQ"
+                    );
+                    dlq.send(&DeadLetter {
+                        topic: &self.topic,
+                        partition: m.partition,
+                        offset: m.offset,
+                        key: m.key.as_deref(),
+                        payload: &m.payload,
+                        code,
+                        reason,
+                    })?;
+                }
+                Mode::Audit { rejected, .. } => rejected.push(AuditRejection {
                     partition: m.partition,
                     offset: m.offset,
-                    key: m.key.as_deref(),
-                    payload: &m.payload,
                     code,
-                    reason,
-                })?;
-                dlq += 1;
+                    reason: reason.clone(),
+                }),
             }
-        }
-        if dlq > 0 {
-            self.dlq.flush()?;
         }
         self.metrics.events.with_label_values(&["dlq"]).inc_by(dlq);
         self.metrics
             .events
             .with_label_values(&["indexed"])
             .inc_by(b.msgs.len() as u64 - dlq);
-        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-        for m in &b.msgs {
-            let e = next.entry(m.partition).or_insert(0);
-            *e = (*e).max(m.offset + 1);
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in next {
-            let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(o));
-        }
-        if let Err(e) = self.consumer.store_offsets(&tpl) {
-            // Revoked meanwhile: the new owner re-reads; ids make it harmless.
-            debug!(lane = self.id, error = %e, "offsets not stored");
+        if let Mode::Live { consumer, dlq: q } = &self.mode {
+            if dlq > 0 {
+                q.flush()?;
+            }
+            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+            for m in &b.msgs {
+                let e = next.entry(m.partition).or_insert(0);
+                *e = (*e).max(m.offset + 1);
+            }
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in next {
+                let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(o));
+            }
+            if let Err(e) = consumer.store_offsets(&tpl) {
+                // Revoked meanwhile: the new owner re-reads; ids make it harmless.
+                debug!(lane = self.id, error = %e, "offsets not stored");
+            }
         }
         self.batch.clear();
         Ok(())
+    }
+}
+
+/// An event the engine refused for good during an audit replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRejection {
+    /// Its partition in the replayed topic.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// `index_rejected` or `undecodable`.
+    pub code: &'static str,
+    /// The engine's (or the decoder's) reason.
+    pub reason: String,
+}
+
+/// What an audit replay wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Changes handed in.
+    pub events: u64,
+    /// Of those, already in the index (same event id: a 409, nothing changed).
+    pub already_present: u64,
+    /// Refused for good, with the reason; not in the index.
+    pub rejected: Vec<AuditRejection>,
+}
+
+/// Writes enriched changes into the change history under a prefix of the
+/// caller's choosing, with the live sink's own batching, documents, item
+/// retries and backoff — so an audit index is, document for document, what
+/// the live sink wrote for the same events. History only: the package and
+/// host state are the live sink's (a range cannot rebuild them). Into the
+/// live prefix it changes nothing: every id is there already (409).
+pub struct AuditIndexer {
+    lane: Lane,
+    events: u64,
+}
+
+impl AuditIndexer {
+    /// Reaches the engine and installs the history template under
+    /// `cfg.index_prefix` (kept if the prefix has one). `topic` names the
+    /// source in the report; an unreachable engine is an error at once.
+    pub fn open(
+        cfg: &SearchSinkConfig,
+        topic: &str,
+        shutdown: &Shutdown,
+    ) -> Result<AuditIndexer, SinkError> {
+        let client = EngineClient::new(cfg)?;
+        let idx = Indices::new(&cfg.index_prefix);
+        setup_history(&client, &idx, cfg).map_err(|e| match e {
+            CallError::Fatal(e) => e,
+            CallError::Retry(reason) => SinkError::Engine {
+                url: client.display_url(),
+                what: "reaching the engine".into(),
+                reason,
+            },
+        })?;
+        Ok(AuditIndexer {
+            lane: Lane {
+                id: 0,
+                client,
+                idx,
+                cfg: cfg.clone(),
+                topic: topic.to_owned(),
+                mode: Mode::Audit {
+                    rejected: Vec::new(),
+                    duplicates: 0,
+                },
+                metrics: Arc::new(SearchSinkMetrics::new()?),
+                shutdown: shutdown.clone(),
+                batch: Batch::default(),
+                queued: Arc::default(),
+            },
+            events: 0,
+        })
+    }
+
+    /// Adds one enriched change (its bytes as read from Kafka); sends a
+    /// bulk when the batch is full. Waits out an engine that stops
+    /// answering, until shutdown.
+    pub fn push(&mut self, partition: i32, offset: i64, payload: &[u8]) -> Result<(), SinkError> {
+        self.events += 1;
+        let lane = &mut self.lane;
+        lane.add(Msg {
+            partition,
+            offset,
+            key: None,
+            payload: payload.to_vec(),
+        })
+        .map_err(|e| interrupted(e, &lane.client))?;
+        if lane.batch.msgs.len() >= lane.cfg.batch_events
+            || lane.batch.body.len() >= lane.cfg.batch_bytes
+        {
+            lane.flush().map_err(|e| interrupted(e, &lane.client))?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is left and reports.
+    pub fn finish(mut self) -> Result<AuditReport, SinkError> {
+        let lane = &mut self.lane;
+        lane.flush().map_err(|e| interrupted(e, &lane.client))?;
+        let (rejected, duplicates) = match &mut lane.mode {
+            Mode::Audit {
+                rejected,
+                duplicates,
+            } => (std::mem::take(rejected), *duplicates),
+            Mode::Live { .. } => (Vec::new(), 0),
+        };
+        Ok(AuditReport {
+            events: self.events,
+            already_present: duplicates,
+            rejected,
+        })
+    }
+}
+
+fn interrupted(e: LaneStop, client: &EngineClient) -> SinkError {
+    match e {
+        LaneStop::Fatal(e) => e,
+        LaneStop::Interrupted => SinkError::Engine {
+            url: client.display_url(),
+            what: "bulk".into(),
+            reason:
+                "interrupted while the engine did not answer; the batch in hand was not written"
+                    .into(),
+        },
     }
 }
