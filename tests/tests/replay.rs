@@ -1,13 +1,16 @@
-//! `pkgstream replay` against real Kafka: a Kafka-time range of the
-//! enriched topic, exactly the changes produced in it, as NDJSON and as an
-//! Avro container file that a generic Avro reader opens; filters; bad input.
+//! `pkgstream replay` against real Kafka and the real engine: a Kafka-time
+//! range of the enriched topic, exactly the changes produced in it, as
+//! NDJSON, as an Avro container file that a generic Avro reader opens, and
+//! as a history index equal, document for document, to the live sink's
+//! index restricted to the range; replaying into the live index changes
+//! nothing; filters; bad input.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 use std::time::Duration;
 
-use pkgstream_tests::sinks::{scenario, SinkEnv};
+use pkgstream_tests::sinks::{all_docs, count, indexed_state, scenario, wait_count, SinkEnv};
 use pkgstream_tests::{binary, kafka_brokers};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
@@ -17,8 +20,7 @@ fn run(env: &SinkEnv, args: &[&str]) -> (bool, Vec<u8>, String) {
         .arg("replay")
         .args(args)
         .env_remove("PKGSTREAM_CONFIG")
-        .env("PKGSTREAM__KAFKA__BROKERS", &env.brokers)
-        .env("PKGSTREAM__TOPICS__CHANGES_ENRICHED", &env.enriched)
+        .envs(env.vars.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
     (
@@ -34,13 +36,8 @@ fn iso(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-#[test]
-fn a_time_range_replays_exactly_as_reported() {
-    let env = SinkEnv::new(&kafka_brokers(), "replay");
-    let sc = scenario(&env.prefix, 10, 30, 20, 0);
-    let records = sc.records();
-    // Kafka timestamps one second apart, an hour ago.
-    let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
+/// Produces `records` with Kafka timestamps one second apart from `base`.
+fn produce_at(env: &SinkEnv, records: &[(Vec<u8>, Vec<u8>)], base: i64) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &env.brokers)
         .create()
@@ -57,6 +54,15 @@ fn a_time_range_replays_exactly_as_reported() {
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+#[test]
+fn a_time_range_replays_exactly_as_reported() {
+    let env = SinkEnv::new(&kafka_brokers(), "replay");
+    let sc = scenario(&env.prefix, 10, 30, 20, 0);
+    // An hour ago.
+    let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    produce_at(&env, &sc.records(), base);
     let (from, to) = (iso(base + 100_000), iso(base + 200_000));
     let want: Vec<String> = sc.changes[100..200]
         .iter()
@@ -157,6 +163,136 @@ fn a_time_range_replays_exactly_as_reported() {
         "{err}"
     );
     let (ok, _, err) = run(&env, &["--from", "1h", "--format", "csv"]);
-    assert!(!ok && err.contains("ndjson or avro"), "{err}");
+    assert!(!ok && err.contains("ndjson, avro or index"), "{err}");
+    let (ok, _, err) = run(&env, &["--from", "1h", "--format", "index"]);
+    assert!(
+        !ok && err.contains("--format index needs --index PREFIX"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&env, &["--from", "1h", "--index", "audit"]);
+    assert!(
+        !ok && err.contains("--index goes with --format index"),
+        "{err}"
+    );
     println!("replay: 100 of 300 changes by Kafka time, NDJSON and Avro identical, filters exact");
+}
+
+#[test]
+fn a_range_replayed_into_an_index_equals_the_live_index_restricted_to_it() {
+    let env = SinkEnv::new(&kafka_brokers(), "replay-index");
+    let sc = scenario(&env.prefix, 12, 40, 25, 0);
+    let base = chrono::Utc::now().timestamp_millis() - 7_200_000;
+    produce_at(&env, &sc.records(), base);
+    let live = env.start("search", &[]);
+    wait_count(
+        &env.changes(),
+        sc.changes.len() as u64,
+        Duration::from_secs(120),
+    );
+    assert_eq!(live.stop().code(), Some(0));
+    let live_docs = all_docs(&env.changes());
+    let live_state = indexed_state(&env.packages());
+    assert_eq!(live_docs.len(), sc.changes.len());
+
+    // Records 150..330 by Kafka time, into a fresh audit prefix.
+    let (from, to) = (iso(base + 150_000), iso(base + 330_000));
+    let audit = format!("{}-audit", env.prefix);
+    let (ok, _, err) = run(
+        &env,
+        &[
+            "--from", &from, "--to", &to, "--format", "index", "--index", &audit,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("index: 180 new, 0 already present, 0 refused"),
+        "{err}"
+    );
+    let audit_docs = all_docs(&format!("{audit}-changes-*"));
+    let want: std::collections::BTreeMap<String, serde_json::Value> = sc.changes[150..330]
+        .iter()
+        .map(|c| {
+            let id = c.event_id.to_hex();
+            (id.clone(), live_docs[&id].clone())
+        })
+        .collect();
+    assert_eq!(audit_docs.len(), 180);
+    assert!(
+        audit_docs == want,
+        "the audit index differs from the live one restricted to the range"
+    );
+    // History only: no state or host index under the audit prefix.
+    assert_eq!(count(&format!("{audit}-packages")), 0);
+    assert_eq!(count(&format!("{audit}-hosts")), 0);
+    // The same monthly indices as the live ones.
+    let months = |pattern: &str| -> Vec<String> {
+        let r = pkgstream_tests::sinks::engine(
+            "GET",
+            &format!("/_cat/indices/{pattern}?format=json&h=index"),
+            None,
+        );
+        let mut v: Vec<String> = r
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let name = i["index"].as_str().unwrap();
+                name[name.len() - 7..].to_owned()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let live_months: std::collections::BTreeSet<String> = live_docs
+        .values()
+        .map(|d| d["@timestamp"].as_str().unwrap()[..7].replace('-', "."))
+        .collect();
+    let audit_months: std::collections::BTreeSet<String> = want
+        .values()
+        .map(|d| d["@timestamp"].as_str().unwrap()[..7].replace('-', "."))
+        .collect();
+    assert!(audit_months.is_subset(&live_months));
+    assert_eq!(
+        months(&format!("{audit}-changes-*")),
+        audit_months.into_iter().collect::<Vec<_>>()
+    );
+
+    // The whole topic into the live prefix: every id is there, nothing changes.
+    let (ok, _, err) = run(
+        &env,
+        &[
+            "--from",
+            &iso(base - 1_000),
+            "--format",
+            "index",
+            "--index",
+            &env.prefix,
+        ],
+    );
+    assert!(ok, "{err}");
+    let n = sc.changes.len();
+    assert!(
+        err.contains(&format!("index: 0 new, {n} already present, 0 refused")),
+        "{err}"
+    );
+    assert!(
+        all_docs(&env.changes()) == live_docs,
+        "replaying into the live index changed it"
+    );
+    assert_eq!(indexed_state(&env.packages()), live_state);
+
+    // An engine that does not answer: one line naming it, exit non-zero.
+    let out = Command::new(binary("pkgstream"))
+        .args([
+            "replay", "--from", "3h", "--format", "index", "--index", &audit,
+        ])
+        .env_remove("PKGSTREAM_CONFIG")
+        .envs(env.vars.iter().map(|(k, v)| (k, v)))
+        .env("PKGSTREAM__SEARCH_SINK__URL", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("search engine at http://127.0.0.1:1"), "{err}");
+    println!("replay into an index: 180 of {n} changes equal the live documents; into the live prefix: {n} already present, nothing changed");
 }
