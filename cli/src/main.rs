@@ -410,17 +410,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 (f, None) => anyhow::bail!("--format '{f}': ndjson, avro or index"),
             };
-            eprintln!(
-                "pkgstream replay: {} change(s) written of {} message(s) read ({} snapshot(s) skipped, {} undecodable)",
-                report.written, report.read, report.snapshots, report.undecodable
-            );
-            if let Some(ix) = &report.index {
+            // A sentence on a terminal; one JSON line for scripts otherwise.
+            let summary = serde_json::json!({
+                "read": report.read,
+                "written": report.written,
+                "snapshots_skipped": report.snapshots,
+                "undecodable": report.undecodable,
+                "index": report.index.as_ref().map(|ix| serde_json::json!({
+                    "new": ix.events - ix.already_present - ix.rejected.len() as u64,
+                    "already_present": ix.already_present,
+                    "refused": ix.rejected.len(),
+                })),
+            });
+            if std::io::stderr().is_terminal() {
                 eprintln!(
-                    "pkgstream replay: index: {} new, {} already present, {} refused",
-                    ix.events - ix.already_present - ix.rejected.len() as u64,
-                    ix.already_present,
-                    ix.rejected.len()
+                    "pkgstream replay: {} change(s) written of {} message(s) read ({} snapshot(s) skipped, {} undecodable)",
+                    report.written, report.read, report.snapshots, report.undecodable
                 );
+                if let Some(ix) = summary.get("index").filter(|v| !v.is_null()) {
+                    eprintln!(
+                        "pkgstream replay: index: {} new, {} already present, {} refused",
+                        ix["new"], ix["already_present"], ix["refused"]
+                    );
+                }
+            } else {
+                eprintln!("{summary}");
+            }
+            if let Some(ix) = &report.index {
                 for r in ix.rejected.iter().take(20) {
                     eprintln!(
                         "pkgstream replay: refused: {topic} partition {} offset {}: {}: {}",
