@@ -9,6 +9,10 @@
 //! crash re-reads at most the batches not yet acknowledged, and the
 //! idempotent ids make that harmless. One partition is in one lane, so one
 //! host's events are applied in order.
+//!
+//! [`AuditIndexer`] drives one lane without a consumer for `pkgstream
+//! replay --format index`: history documents only, no offsets, refused
+//! events returned to the caller.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
