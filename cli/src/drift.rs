@@ -68,11 +68,18 @@ pub struct DriftReport {
     pub drift: Vec<Drift>,
     /// (group, package) pairs looked at.
     pub checked: u64,
-    /// Hosts without a snapshot newer than the stale limit.
+    /// Hosts without a snapshot newer than the stale limit (exact).
+    pub stale_count: u64,
+    /// The first [`HOSTS_LISTED`] of them by name.
     pub stale_hosts: Vec<HostFlag>,
-    /// Hosts whose last snapshot contradicted what the hooks reported.
+    /// Hosts whose last snapshot contradicted what the hooks reported (exact).
+    pub contradicted_count: u64,
+    /// The first [`HOSTS_LISTED`] of them by name.
     pub contradicted_hosts: Vec<HostFlag>,
 }
+
+/// Stale or contradicted hosts listed, at most (the counts are exact).
+pub const HOSTS_LISTED: usize = 1000;
 
 /// `E:V-R` from `V-R` (epoch 0) so `--expect openssl=3.0.7-27.el9` works.
 fn normalize_version(v: &str) -> String {
@@ -190,15 +197,16 @@ impl Queries {
             .iter()
             .map(|g| json!({"term": {"pkgstream.hostgroup": g}}))
             .collect();
-        let flags = |extra: Value| -> Result<Vec<HostFlag>, CliError> {
+        let flags = |extra: Value| -> Result<(u64, Vec<HostFlag>), CliError> {
             let mut f = host_filter.clone();
             f.push(extra);
             let r = self.search_filtered(
                 self.indices().hosts(),
-                "hits.hits._source",
-                &json!({"size": 1000, "sort": [{"host.name": "asc"}], "_source": ["host.name", "pkgstream.hostgroup", "last_snapshot", "drift_count"], "query": {"bool": {"filter": f}}}),
+                "hits.total.value,hits.hits._source",
+                &json!({"size": HOSTS_LISTED, "track_total_hits": true, "sort": [{"host.name": "asc"}], "_source": ["host.name", "pkgstream.hostgroup", "last_snapshot", "drift_count"], "query": {"bool": {"filter": f}}}),
             )?;
-            Ok(r["hits"]["hits"]
+            let total = r["hits"]["total"]["value"].as_u64().unwrap_or(0);
+            let listed = r["hits"]["hits"]
                 .as_array()
                 .map(|hits| {
                     hits.iter()
@@ -216,12 +224,14 @@ impl Queries {
                         })
                         .collect()
                 })
-                .unwrap_or_default())
+                .unwrap_or_default();
+            Ok((total, listed))
         };
-        report.stale_hosts = flags(
+        (report.stale_count, report.stale_hosts) = flags(
             json!({"bool": {"must_not": [{"range": {"last_snapshot_us": {"gte": o.stale_before}}}]}}),
         )?;
-        report.contradicted_hosts = flags(json!({"range": {"drift_count": {"gt": 0}}}))?;
+        (report.contradicted_count, report.contradicted_hosts) =
+            flags(json!({"range": {"drift_count": {"gt": 0}}}))?;
         Ok(report)
     }
 
@@ -303,7 +313,11 @@ pub fn render_table(r: &DriftReport) -> String {
             );
         }
     }
-    let _ = writeln!(out, "stale snapshots: {} host(s)", r.stale_hosts.len());
+    let more = |total: u64, listed: usize| match total.saturating_sub(listed as u64) {
+        0 => String::new(),
+        n => format!("  (+{n} more, not listed)\n"),
+    };
+    let _ = writeln!(out, "stale snapshots: {} host(s)", r.stale_count);
     for h in &r.stale_hosts {
         let _ = writeln!(
             out,
@@ -313,10 +327,11 @@ pub fn render_table(r: &DriftReport) -> String {
             h.last_snapshot.as_deref().unwrap_or("never")
         );
     }
+    let _ = write!(out, "{}", more(r.stale_count, r.stale_hosts.len()));
     let _ = writeln!(
         out,
         "snapshot contradicted reported state: {} host(s)",
-        r.contradicted_hosts.len()
+        r.contradicted_count
     );
     for h in &r.contradicted_hosts {
         let _ = writeln!(
@@ -325,6 +340,11 @@ pub fn render_table(r: &DriftReport) -> String {
             h.host, h.hostgroup, h.drift_count
         );
     }
+    let _ = write!(
+        out,
+        "{}",
+        more(r.contradicted_count, r.contradicted_hosts.len())
+    );
     out
 }
 
@@ -353,8 +373,8 @@ pub fn render_prometheus(r: &DriftReport) -> String {
             d.outliers
         );
     }
-    let _ = writeln!(out, "# HELP pkgstream_drift_stale_snapshot_hosts Hosts without a recent inventory snapshot.\n# TYPE pkgstream_drift_stale_snapshot_hosts gauge\npkgstream_drift_stale_snapshot_hosts {}", r.stale_hosts.len());
-    let _ = writeln!(out, "# HELP pkgstream_drift_contradicted_hosts Hosts whose last snapshot contradicted the reported state.\n# TYPE pkgstream_drift_contradicted_hosts gauge\npkgstream_drift_contradicted_hosts {}", r.contradicted_hosts.len());
+    let _ = writeln!(out, "# HELP pkgstream_drift_stale_snapshot_hosts Hosts without a recent inventory snapshot.\n# TYPE pkgstream_drift_stale_snapshot_hosts gauge\npkgstream_drift_stale_snapshot_hosts {}", r.stale_count);
+    let _ = writeln!(out, "# HELP pkgstream_drift_contradicted_hosts Hosts whose last snapshot contradicted the reported state.\n# TYPE pkgstream_drift_contradicted_hosts gauge\npkgstream_drift_contradicted_hosts {}", r.contradicted_count);
     out
 }
 
@@ -379,7 +399,14 @@ mod tests {
                 outlier_hosts: vec!["web-07".into()],
             }],
             checked: 10,
-            stale_hosts: vec![],
+            stale_count: 1500,
+            stale_hosts: vec![HostFlag {
+                host: "web-01".into(),
+                hostgroup: "web".into(),
+                last_snapshot: None,
+                drift_count: 0,
+            }],
+            contradicted_count: 0,
             contradicted_hosts: vec![],
         };
         let t = render_table(&r);
@@ -388,6 +415,8 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("outliers: web-07 (+1 more)"), "{t}");
+        assert!(t.contains("stale snapshots: 1500 host(s)\n  web-01 (web): last snapshot never\n  (+1499 more, not listed)\n"), "{t}");
+        assert!(render_prometheus(&r).contains("pkgstream_drift_stale_snapshot_hosts 1500\n"));
         let p = render_prometheus(&r);
         assert!(p.contains("pkgstream_drift_package_hosts{hostgroup=\"web\",package=\"openssl-libs\",version=\"1:3.0.7-25.el9\"} 2"), "{p}");
         assert!(

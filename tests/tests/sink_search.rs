@@ -572,7 +572,9 @@ fn drift_answers(env: &SinkEnv, sc: &Scenario) {
     }
     // 180 hosts never sent a snapshot; 20 snapshots contradicted the reported state.
     assert_eq!(r["stale_hosts"].as_array().unwrap().len(), 180);
+    assert_eq!(r["stale_count"], 180);
     assert_eq!(r["contradicted_hosts"].as_array().unwrap().len(), 20);
+    assert_eq!(r["contradicted_count"], 20);
     // An expected version makes every other version an outlier.
     let ((g, p), versions) = drifted.iter().next().unwrap();
     let (v, n) = versions.iter().next().unwrap();
