@@ -3,7 +3,8 @@
 //! pkgstream topic and print each event as one JSON line, decoded with
 //! every shipped schema version; [`query`]: `history` and `changes` from
 //! the search engine; [`drift`]: the drift report; [`replay`]: a time
-//! range of the enriched topic as NDJSON or an Avro container file. `pkgstream router` runs `pkgstream-router`.
+//! range of the enriched topic as NDJSON or an Avro container file;
+//! [`simulate`]: a fleet simulator writing through the producer's own code. `pkgstream router` runs `pkgstream-router`.
 //! The router, the sinks, replay and the queries become subcommands here as
 //! their crates land; this crate stays thin glue over them.
 
@@ -12,6 +13,7 @@ pub mod drift;
 pub mod query;
 pub mod render;
 pub mod replay;
+pub mod simulate;
 pub mod tail;
 
 /// Errors of the `pkgstream` command's library part.
@@ -36,6 +38,14 @@ pub enum CliError {
     /// An argument is wrong (unknown host, time in the future, ...).
     #[error("{0}")]
     BadInput(String),
+    /// A local spool (of `pkgstream simulate`) could not be written.
+    #[error("spool {dir}: {reason}")]
+    Spool {
+        /// The spool directory.
+        dir: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// The topic does not exist.
     #[error("topic {topic} does not exist on {brokers}")]
     NoSuchTopic {

@@ -130,6 +130,8 @@ enum Command {
         #[arg(long)]
         index: Option<String>,
     },
+    /// Simulate a fleet (hosts, snapshots, a day of change traffic) through the producer's own spool and flush code.
+    Simulate(pkgstream::simulate::SimulateArgs),
     /// Print the events of a topic as JSON lines (no consumer group, nothing committed).
     Tail {
         /// Kafka bootstrap servers [default: kafka.brokers of the config].
@@ -452,6 +454,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Simulate(args) => Ok(pkgstream::simulate::command(&args, &cfg)?),
         Command::Tail {
             brokers,
             topic,
