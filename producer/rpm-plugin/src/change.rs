@@ -280,7 +280,33 @@ fn package_json(e: &Element, repo: Option<&String>) -> Value {
     Value::Object(m)
 }
 
-/// The NDJSON lines `pkgstream-emit record` takes for `changes`.
+/// `micros` since the Unix epoch as RFC 3339 UTC with microseconds
+/// (`2026-11-24T08:00:01.500000Z`), the hook input's precise time form:
+/// integer seconds would put two transactions of one second in one instant,
+/// and history could not tell which came first. (Civil date from days:
+/// H. Hinnant's `civil_from_days`.)
+pub fn rfc3339_micros(micros: i64) -> String {
+    let (secs, frac) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// The NDJSON lines `pkgstream-emit record` takes for `changes`;
+/// `event_time` in microseconds since the Unix epoch.
 pub fn ndjson(
     elements: &[Element],
     changes: &[Change],
@@ -288,6 +314,7 @@ pub fn ndjson(
     ctx: &Context,
     event_time: i64,
 ) -> String {
+    let event_time = rfc3339_micros(event_time);
     let mut out = String::new();
     let mut txn = Map::new();
     txn.insert("rpm_tid".into(), json!(tid));
@@ -460,6 +487,28 @@ mod tests {
     }
 
     #[test]
+    fn event_times_keep_their_microseconds() {
+        assert_eq!(rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_micros(1_795_507_201_500_000),
+            "2026-11-24T08:00:01.500000Z"
+        );
+        assert_eq!(
+            rfc3339_micros(1_709_164_799_999_999),
+            "2024-02-28T23:59:59.999999Z"
+        );
+        assert_eq!(
+            rfc3339_micros(1_709_164_800_000_001),
+            "2024-02-29T00:00:00.000001Z"
+        );
+        assert_eq!(
+            rfc3339_micros(951_782_400_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
+        assert_eq!(rfc3339_micros(-1), "1969-12-31T23:59:59.999999Z");
+    }
+
+    #[test]
     fn ndjson_lines_are_valid_hook_input() {
         let els = vec![el(true, "a", "2", None), el(false, "a", "1", Some(0))];
         let mut ctx = Context {
@@ -473,10 +522,11 @@ mod tests {
             &classify(&els, &vercmp),
             1_700_000_000,
             &ctx,
-            1_700_000_001,
+            1_700_000_001_250_000,
         );
         let v: Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["action"], "upgrade");
+        assert_eq!(v["event_time"], "2023-11-14T22:13:21.250000Z");
         assert_eq!(v["package"]["repo"], "local");
         assert_eq!(v["replaced"]["version"], "1");
         assert_eq!(v["transaction"]["rpm_tid"], 1_700_000_000);

@@ -215,8 +215,8 @@ unsafe fn after_transaction(rpm: &Rpm, ts: Rpmts) {
         .unwrap_or_else(rpm_context);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(tid);
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(tid.saturating_mul(1_000_000));
     let input = change::ndjson(&elements, &changes, tid, &ctx, now);
     let exe = std::env::var_os("PKGSTREAM_EMIT")
         .map(PathBuf::from)
