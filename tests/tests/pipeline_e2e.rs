@@ -414,10 +414,25 @@ fn dnf_and_rogue_rpm_changes_on_four_hosts_reach_search_and_prometheus_exactly_o
         let out = pkgstream(&tag, &["history", &h.hostname, "--json"]);
         assert!(out.status.success(), "history {}: {out:?}", h.hostname);
         let docs = json_lines(&out);
+        // One time per transaction, later for each later step, even for
+        // steps run within one second.
+        let (_, sizes) = expected_of(i);
+        let times: Vec<i64> = docs
+            .iter()
+            .map(|d| d["event_time_us"].as_i64().unwrap())
+            .collect();
+        let mut step_times: Vec<i64> = Vec::new();
+        let mut rest = &times[..];
+        for n in &sizes {
+            let (step, after) = rest.split_at((*n).min(rest.len()));
+            assert!(step.windows(2).all(|w| w[0] == w[1]), "{times:?}");
+            step_times.extend(step.first());
+            rest = after;
+        }
         assert!(
-            docs.windows(2)
-                .all(|w| w[0]["event_time_us"].as_i64() <= w[1]["event_time_us"].as_i64()),
-            "time order: {docs:#?}"
+            step_times.windows(2).all(|w| w[0] < w[1]),
+            "history of {} in time order, one step after the other: {times:?}",
+            h.hostname
         );
         let got: Vec<Reported> = docs
             .iter()
