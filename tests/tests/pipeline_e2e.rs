@@ -28,7 +28,10 @@
 //!   the outlier hosts;
 //! - Prometheus holds exactly the change counters by group, environment,
 //!   action and source, the unmanaged-rpm and outside-window counters, the
-//!   hosts per group, and the drift gauge of the watched package `pa`.
+//!   hosts per group, and the drift gauge of the watched package `pa` (on
+//!   the sink's `/metrics` exactly, with nothing left for versions a host
+//!   moved away from; in Prometheus, the series of the latest pushes —
+//!   see the note on stale series at the check).
 //!
 //! Needs rpmbuild, createrepo_c and dnf (scripts/bootstrap.sh) and the
 //! Kafka, OpenSearch and Prometheus of `scripts/services.sh start`.
