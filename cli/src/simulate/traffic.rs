@@ -28,7 +28,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pkgstream_producer::input::{ChangeInput, Timestamp, TransactionInput};
+use pkgstream_producer::input::{
+    ChangeInput, InventoryInput, PackageInput, Timestamp, TransactionInput,
+};
 use pkgstream_schemas::{Action, Source};
 use pkgstream_sinks::search::documents::{action_name, source_name};
 use serde::Serialize;
@@ -375,6 +377,39 @@ pub fn host_traffic(fleet: &Fleet, h: &SimHost, role: HostRole) -> Vec<SimTransa
     out
 }
 
+/// The inventory `h` reports after the traffic (`taken_at` a minute
+/// before "now"): the initial one with every change of the day applied —
+/// what the next daily `pkgstream-emit inventory` would send, and so the
+/// package state the search sink holds once the changes are indexed.
+pub fn inventory_after(fleet: &Fleet, h: &SimHost, role: HostRole) -> InventoryInput {
+    let mut inv = fleet.inventory(h);
+    for t in host_traffic(fleet, h, role) {
+        for c in &t.changes {
+            let same = |p: &PackageInput, evr: &Evr| {
+                p.name == c.package.name
+                    && p.epoch == evr.epoch
+                    && p.version == evr.version
+                    && p.release == evr.release
+            };
+            match c.action {
+                Action::Remove | Action::Obsolete => inv.packages.retain(|p| !same(p, &c.evr)),
+                Action::Upgrade | Action::Downgrade | Action::Reinstall => {
+                    let old = c.replaced.as_ref().unwrap_or(&c.evr);
+                    inv.packages.retain(|p| !same(p, old));
+                    inv.packages
+                        .push(package_input(&c.package, &c.evr, c.event_time / 1_000_000));
+                }
+                Action::Install => {
+                    inv.packages
+                        .push(package_input(&c.package, &c.evr, c.event_time / 1_000_000));
+                }
+            }
+        }
+    }
+    inv.taken_at = Some(Timestamp(fleet.spec.now - 60_000_000));
+    inv
+}
+
 fn dnf(start: i64, history_id: i64, cmd: &str, changes: Vec<SimChange>) -> SimTransaction {
     SimTransaction {
         rpm_tid: start / 1_000_000,
@@ -705,6 +740,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_inventory_after_the_traffic_is_the_expected_state() {
+        use pkgstream_sinks::search::documents::snapshot_state;
+        let fl = fleet(80, 120, 3);
+        let f = facts(&fl);
+        let mut docs = 0u64;
+        let mut openssl: BTreeMap<String, u64> = BTreeMap::new();
+        for (h, role) in fl.hosts.iter().zip(roles(&fl)) {
+            let inv = inventory_after(&fl, h, role);
+            let taken = inv.taken_at.unwrap().0;
+            let s = pkgstream_schemas::EnrichedSnapshot::new(
+                inv.into_snapshot(None),
+                pkgstream_schemas::sample::enrichment(1),
+            );
+            assert!(taken < NOW);
+            let state = snapshot_state(&s);
+            docs += state.len() as u64;
+            if h.group_name() == "web" {
+                let p = state
+                    .iter()
+                    .find(|(k, _)| k.ends_with("/openssl-libs.x86_64"))
+                    .unwrap()
+                    .1;
+                *openssl
+                    .entry(format!(
+                        "{}:{}-{}",
+                        p.epoch.unwrap_or(0),
+                        p.version,
+                        p.release
+                    ))
+                    .or_default() += 1;
+            }
+        }
+        assert_eq!(docs, f.package_docs);
+        let d = f
+            .drift
+            .iter()
+            .find(|d| d.hostgroup == "web" && d.package == "openssl-libs")
+            .unwrap();
+        assert_eq!(d.versions, openssl);
     }
 
     #[test]
