@@ -269,8 +269,36 @@ fn print_human(s: &Summary<'_>, f: &Facts) {
         "  expected: {} package documents, {} change(s) outside a maintenance window, {} host(s) lagging the patch wave, {} drifted (group, package) pair(s)",
         s.package_docs, s.outside_window, s.lagging_hosts, s.drift_pairs
     );
-    for d in f.drift.iter().take(12) {
-        let shown: Vec<&str> = d.outlier_hosts.iter().take(5).map(String::as_str).collect();
+    // The patch wave's laggards per group, then every other drifted pair.
+    let wave = catalog::names::WAVE;
+    let mut per_group: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for d in f.drift.iter().filter(|d| d.package == "openssl-libs") {
+        per_group.insert(
+            &d.hostgroup,
+            d.outlier_hosts.iter().map(String::as_str).collect(),
+        );
+    }
+    for (group, hosts) in &per_group {
+        let shown: Vec<&str> = hosts.iter().take(6).copied().collect();
+        println!(
+            "    {group}: {} host(s) missed the patch wave ({} packages behind): {}{}",
+            hosts.len(),
+            wave.len(),
+            shown.join(", "),
+            if hosts.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+    }
+    for d in f
+        .drift
+        .iter()
+        .filter(|d| !wave.contains(&d.package.as_str()))
+        .take(20)
+    {
+        let shown: Vec<&str> = d.outlier_hosts.iter().take(4).map(String::as_str).collect();
         println!(
             "    {} / {}: expected {}, {} outlier(s): {}{}",
             d.hostgroup,
@@ -283,12 +311,6 @@ fn print_human(s: &Summary<'_>, f: &Facts) {
             } else {
                 ""
             }
-        );
-    }
-    if f.drift.len() > 12 {
-        println!(
-            "    ... ({} more; --facts FILE has them all)",
-            f.drift.len() - 12
         );
     }
     for r in &f.rogue {
