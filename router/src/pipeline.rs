@@ -240,9 +240,9 @@ impl Router {
         Ok(())
     }
 
-    /// Creates the enriched and DLQ topics when missing (with as many
-    /// partitions as the larger raw topic, the broker's default
-    /// replication), and fails early when the enriched topic has fewer
+    /// Creates the enriched and DLQ topics, and a raw topic whose sibling
+    /// exists, when missing (with as many partitions as the larger raw
+    /// topic, the broker's default replication), and fails early when the enriched topic has fewer
     /// partitions than a raw topic (partition p of raw is written to
     /// partition p of enriched).
     fn check_partitions(&self, consumer: &BaseConsumer<RebalanceLog>) -> Result<(), RouterError> {
@@ -256,14 +256,22 @@ impl Router {
                 .filter(|t| t.error().is_none())
                 .map_or(0, |t| t.partitions().len()))
         };
-        let raw = count(&self.topics.changes_raw)?
-            .max(count(&self.topics.inventory_raw)?)
-            .max(1);
-        let missing: Vec<&str> = [&self.topics.changes_enriched, &self.topics.dlq]
+        let changes_raw = count(&self.topics.changes_raw)?;
+        let inventory_raw = count(&self.topics.inventory_raw)?;
+        let raw = changes_raw.max(inventory_raw).max(1);
+        let mut missing: Vec<&str> = [&self.topics.changes_enriched, &self.topics.dlq]
             .into_iter()
             .filter(|t| count(t).is_ok_and(|n| n == 0))
             .map(String::as_str)
             .collect();
+        // One raw topic exists and not the other (hosts have shipped only
+        // snapshots so far, or only changes): the missing one is created
+        // like its sibling, so subscribing to both does not fail.
+        if changes_raw == 0 && inventory_raw > 0 {
+            missing.push(&self.topics.changes_raw);
+        } else if inventory_raw == 0 && changes_raw > 0 {
+            missing.push(&self.topics.inventory_raw);
+        }
         if !missing.is_empty() {
             self.create_topics(&missing, raw)?;
         }
