@@ -29,9 +29,9 @@
 //! - Prometheus holds exactly the change counters by group, environment,
 //!   action and source, the unmanaged-rpm and outside-window counters, the
 //!   hosts per group, and the drift gauge of the watched package `pa` (on
-//!   the sink's `/metrics` exactly, with nothing left for versions a host
-//!   moved away from; in Prometheus, the series of the latest pushes —
-//!   see the note on stale series at the check).
+//!   the sink's `/metrics` and in Prometheus exactly, with nothing left
+//!   for versions a host moved away from: the sink ends such a series
+//!   with a staleness marker).
 //!
 //! Needs rpmbuild, createrepo_c and dnf (scripts/bootstrap.sh) and the
 //! Kafka, OpenSearch and Prometheus of `scripts/services.sh start`.
@@ -730,12 +730,10 @@ fn dnf_and_rogue_rpm_changes_on_four_hosts_reach_search_and_prometheus_exactly_o
             })
         },
     );
-    // Then in Prometheus. The sink drops a series whose count fell to 0
-    // and sends no staleness marker for it, so Prometheus answers its last
-    // value for the 5-minute lookback (a sink bug, reported): only the
-    // series of the latest pushes (every second) are compared.
-    let m = format!("pkgstream_fleet_watched_package_hosts{{{g}}}");
-    let q_gauge = format!("{m} and (timestamp({m}) > time() - 5)");
+    // Then in Prometheus, exactly: a series whose count fell to 0 is ended
+    // with a staleness marker, so a version a host left behind is gone
+    // from the query at once (not after the 5-minute lookback).
+    let q_gauge = format!("pkgstream_fleet_watched_package_hosts{{{g}}}");
     wait_eq(
         "the drift gauge of pa in Prometheus",
         LIMIT,

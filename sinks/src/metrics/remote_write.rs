@@ -2,6 +2,7 @@
 //! `WriteRequest` (protobuf, the message types of `prompb/remote.proto` and
 //! `types.proto` declared with prost), snappy block-compressed, POSTed.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use prometheus::proto::MetricType;
@@ -87,6 +88,50 @@ pub fn write_request(registry: &prometheus::Registry, timestamp_ms: i64) -> Writ
     WriteRequest { timeseries }
 }
 
+/// Prometheus' staleness marker: a NaN with exactly these bits.
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// A series' identity: its labels, `__name__` first.
+pub type SeriesKey = Vec<(String, String)>;
+
+fn key(ts: &TimeSeries) -> SeriesKey {
+    ts.labels
+        .iter()
+        .map(|l| (l.name.clone(), l.value.clone()))
+        .collect()
+}
+
+impl WriteRequest {
+    /// Ends every series of `previous` that this request no longer carries
+    /// with a staleness marker at `timestamp_ms`: a drift gauge whose
+    /// version no host runs any more then disappears from queries at once
+    /// instead of answering its last value for Prometheus' 5-minute
+    /// lookback. Returns this request's own series (the next `previous`).
+    pub fn mark_vanished(
+        &mut self,
+        previous: &HashSet<SeriesKey>,
+        timestamp_ms: i64,
+    ) -> HashSet<SeriesKey> {
+        let current: HashSet<SeriesKey> = self.timeseries.iter().map(key).collect();
+        for gone in previous.difference(&current) {
+            self.timeseries.push(TimeSeries {
+                labels: gone
+                    .iter()
+                    .map(|(name, value)| Label {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+                samples: vec![Sample {
+                    value: f64::from_bits(STALE_NAN_BITS),
+                    timestamp: timestamp_ms,
+                }],
+            });
+        }
+        current
+    }
+}
+
 /// The HTTP body: protobuf, snappy block format.
 pub fn encode(req: &WriteRequest) -> Result<Vec<u8>, SinkError> {
     snap::raw::Encoder::new()
@@ -148,5 +193,33 @@ mod tests {
         let body = encode(&req).unwrap();
         let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
         assert_eq!(WriteRequest::decode(&raw[..]).unwrap(), req);
+    }
+
+    #[test]
+    fn a_vanished_series_ends_with_a_staleness_marker_once() {
+        let r = prometheus::Registry::new();
+        let g = prometheus::IntGaugeVec::new(Opts::new("h", "h"), &["v"]).unwrap();
+        r.register(Box::new(g.clone())).unwrap();
+        g.with_label_values(&["1.0"]).set(2);
+        g.with_label_values(&["2.0"]).set(1);
+        let mut first = write_request(&r, 1000);
+        let pushed = first.mark_vanished(&HashSet::new(), 1000);
+        assert_eq!((first.timeseries.len(), pushed.len()), (2, 2));
+        g.reset();
+        g.with_label_values(&["2.0"]).set(3);
+        let mut second = write_request(&r, 2000);
+        let pushed = second.mark_vanished(&pushed, 2000);
+        assert_eq!(pushed.len(), 1);
+        let stale: Vec<_> = second
+            .timeseries
+            .iter()
+            .filter(|t| t.samples[0].value.to_bits() == STALE_NAN_BITS)
+            .collect();
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].labels[1].value, "1.0");
+        assert_eq!(stale[0].samples[0].timestamp, 2000);
+        let mut third = write_request(&r, 3000);
+        third.mark_vanished(&pushed, 3000);
+        assert_eq!(third.timeseries.len(), 1, "the marker is sent once");
     }
 }

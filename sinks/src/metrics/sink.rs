@@ -7,7 +7,7 @@
 //! remote write and commits how far it counted. One instance serves the
 //! whole fleet: its state is a few entries per host.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use super::fleet::FleetMetrics;
-use super::remote_write::{push, write_request};
+use super::remote_write::{push, write_request, SeriesKey};
 use crate::config::MetricsSinkConfig;
 use crate::SinkError;
 
@@ -106,10 +106,11 @@ impl MetricsSink {
         let interval = Duration::from_secs(self.config.push_interval_secs);
         let mut next: HashMap<i32, i64> = HashMap::new();
         let mut last_push = Instant::now();
+        let mut pushed: HashSet<SeriesKey> = HashSet::new();
         loop {
             let stop = shutdown.requested();
             if stop || last_push.elapsed() >= interval {
-                self.push_and_commit(&agent, &consumer, topic, &next, &counted_from);
+                self.push_and_commit(&agent, &consumer, topic, &next, &counted_from, &mut pushed);
                 last_push = Instant::now();
                 if stop {
                     return Ok(());
@@ -164,17 +165,24 @@ impl MetricsSink {
         topic: &str,
         next: &HashMap<i32, i64>,
         counted_from: &HashMap<i32, i64>,
+        pushed: &mut HashSet<SeriesKey>,
     ) {
-        let req = {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut req = {
             let fleet = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
             fleet.refresh_gauges();
-            let now_ms = chrono::Utc::now().timestamp_millis();
             write_request(&fleet.registry, now_ms)
         };
+        let current = req.mark_vanished(pushed, now_ms);
         if !self.config.remote_write_url.is_empty() {
             let outcome = match push(agent, &self.config.remote_write_url, &req) {
                 Ok(()) => {
-                    debug!(series = req.timeseries.len(), "pushed");
+                    debug!(
+                        series = req.timeseries.len(),
+                        ended = req.timeseries.len() - current.len(),
+                        "pushed"
+                    );
+                    *pushed = current;
                     "ok"
                 }
                 Err(e) => {
