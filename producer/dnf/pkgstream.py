@@ -104,11 +104,18 @@ def package_json(pkg, with_repo):
     return out
 
 
+def rfc3339(t):
+    """Unix seconds (a float) as RFC 3339 UTC with microseconds: two
+    transactions within one second keep their order downstream."""
+    micros = int(round(t * 1000000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(micros // 1000000)) + ".%06dZ" % (micros % 1000000)
+
+
 def ndjson(changes, source, transaction, event_time):
     """The NDJSON hook input for `pkgstream-emit record`."""
     lines = []
     for action, pkg, replaced in changes:
-        line = {"kind": "change", "source": source, "action": action, "event_time": int(event_time),
+        line = {"kind": "change", "source": source, "action": action, "event_time": rfc3339(event_time),
                 "package": package_json(pkg, action not in ("remove", "obsolete")), "transaction": transaction}
         if replaced is not None:
             line["replaced"] = package_json(replaced, False)

@@ -86,6 +86,13 @@ def changes_from_members(members, compare_evr):
     return out
 
 
+def rfc3339(t):
+    """Unix seconds (a float) as RFC 3339 UTC with microseconds: two
+    transactions within one second keep their order downstream."""
+    micros = int(round(t * 1000000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(micros // 1000000)) + ".%06dZ" % (micros % 1000000)
+
+
 def ndjson(changes, transaction, event_time):
     lines = []
     for action, po, replaced in changes:
@@ -93,7 +100,7 @@ def ndjson(changes, transaction, event_time):
         repo = getattr(po, "repoid", None)
         if action not in ("remove", "obsolete") and repo and not repo.startswith("@") and repo != "installed":
             pkg["repo"] = repo
-        line = {"kind": "change", "source": "yum", "action": action, "event_time": int(event_time),
+        line = {"kind": "change", "source": "yum", "action": action, "event_time": rfc3339(event_time),
                 "package": pkg, "transaction": transaction}
         if replaced is not None:
             line["replaced"] = pkg_dict(replaced)

@@ -57,7 +57,7 @@ class DnfPluginLogicTest(unittest.TestCase):
         self.assertEqual(lines[0]["package"], {"name": "a", "epoch": 3, "version": "2", "release": "1", "arch": "noarch", "repo": "local"})
         self.assertEqual(lines[0]["replaced"]["version"], "1")
         self.assertNotIn("repo", lines[1]["package"])
-        self.assertEqual((lines[1]["event_time"], lines[1]["transaction"]), (1700000000, {"rpm_tid": 5, "history_id": 9}))
+        self.assertEqual((lines[1]["event_time"], lines[1]["transaction"]), ("2023-11-14T22:13:20.700000Z", {"rpm_tid": 5, "history_id": 9}))
 
     def test_nevra_key_matches_the_rpm_plugin(self):
         self.assertEqual(pkgstream.nevra_key(p("a", "2")), "a-0:2-1.noarch")
