@@ -556,3 +556,38 @@ fn rebalances_between_two_instances_and_sigterm_lose_and_duplicate_nothing() {
     );
     assert_eq!(changes.len() as u64, N, "and each once");
 }
+
+#[test]
+fn a_missing_raw_topic_is_created_like_its_sibling() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    // Hosts have shipped snapshots only: the inventory topic exists (3
+    // partitions), the change topic and the enriched topic do not.
+    let mut env = RouterEnv::new(&kafka_brokers(), "missing-raw");
+    let changes_raw = pkgstream_tests::unique("missing-raw-changes");
+    let enriched = pkgstream_tests::unique("missing-raw-enriched");
+    for (k, v) in env.vars.iter_mut() {
+        match k.as_str() {
+            "PKGSTREAM__TOPICS__CHANGES_RAW" => *v = changes_raw.clone(),
+            "PKGSTREAM__TOPICS__CHANGES_ENRICHED" => *v = enriched.clone(),
+            _ => {}
+        }
+    }
+    let mut router = env.start();
+    env.wait_ready(LIMIT);
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.brokers)
+        .create()
+        .unwrap();
+    for topic in [&changes_raw, &enriched] {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let t = &md.topics()[0];
+        assert!(t.error().is_none(), "{topic}: {:?}", t.error());
+        assert_eq!(t.partitions().len(), 3, "{topic}");
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &router.id().to_string()])
+        .status();
+    assert!(router.wait().unwrap().success());
+}
