@@ -47,7 +47,7 @@ export PKGSTREAM__METRICS_SINK__METRICS_LISTEN="127.0.0.1:${PKGSTREAM_DEMO_FLEET
 at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 echo
 echo "== 1. simulate a fleet of $hosts hosts: their metadata (group, environment, maintenance windows) to $run_id.hosts and one inventory snapshot each, through spools and flush"
-RUST_LOG="${RUST_LOG:-info,pkgstream_producer=warn}" "$pkgstream" simulate --hosts "$hosts" --at "$at" --no-traffic | tee "$out/snapshots.json"
+RUST_LOG="${RUST_LOG:-info,pkgstream_producer=warn}" "$pkgstream" simulate --hosts "$hosts" --at "$at" --no-traffic
 
 echo
 echo "== 2. the central side: router ($run_id.changes.raw -> $run_id.changes.enriched), search sink (-> $engine), metrics sink (-> $prom)"
@@ -82,11 +82,11 @@ echo "   running (logs in $out)"
 
 echo
 echo "== 3. the fleet's last day of changes: a patch wave some hosts miss, kernel updates, removals, a few rogue rpm changes"
-RUST_LOG="${RUST_LOG:-info,pkgstream_producer=warn}" "$pkgstream" simulate --hosts "$hosts" --at "$at" --no-snapshots --facts "$out/facts.json" | tee "$out/simulate.json"
+RUST_LOG="${RUST_LOG:-info,pkgstream_producer=warn}" "$pkgstream" simulate --hosts "$hosts" --at "$at" --no-snapshots --facts "$out/facts.json"
 read -r want_changes want_docs <<<"$(python3 -c '
 import json, sys
 f = json.load(open(sys.argv[1]))
-print(f["changes"], f["package_docs"])' "$out/simulate.json")"
+print(f["changes"], f["package_docs"])' "$out/facts.json")"
 
 echo
 echo "== 4. waiting for the sinks: $want_changes change documents and $want_docs package documents expected"
@@ -98,7 +98,7 @@ while :; do
   changes=$(count "$run_id-changes-*")
   docs=$(count "$run_id-packages")
   done_now=0
-  [[ "$changes" -ge "$want_changes" && "$docs" -eq "$want_docs" ]] && done_now=1
+  [[ "$changes" -eq "$want_changes" && "$docs" -eq "$want_docs" ]] && done_now=1
   # On a terminal one line redrawn; in a log a line every 10 s.
   if [[ -t 1 ]]; then
     printf '\r   %4ss: %s/%s changes, %s/%s package documents   ' "$((SECONDS - started))" "$changes" "$want_changes" "$docs" "$want_docs"

@@ -205,8 +205,8 @@ impl Queries {
                 "hits.total.value,hits.hits._source",
                 &json!({"size": HOSTS_LISTED, "track_total_hits": true, "sort": [{"host.name": "asc"}], "_source": ["host.name", "pkgstream.hostgroup", "last_snapshot", "drift_count"], "query": {"bool": {"filter": f}}}),
             )?;
-            let total = r["hits"]["total"]["value"].as_u64().unwrap_or(0);
-            let listed = r["hits"]["hits"]
+            let total = r["hits"]["total"]["value"].as_u64();
+            let listed: Vec<HostFlag> = r["hits"]["hits"]
                 .as_array()
                 .map(|hits| {
                     hits.iter()
@@ -225,7 +225,8 @@ impl Queries {
                         .collect()
                 })
                 .unwrap_or_default();
-            Ok((total, listed))
+            // An engine that leaves the total out still counts what it listed.
+            Ok((total.unwrap_or(0).max(listed.len() as u64), listed))
         };
         (report.stale_count, report.stale_hosts) = flags(
             json!({"bool": {"must_not": [{"range": {"last_snapshot_us": {"gte": o.stale_before}}}]}}),

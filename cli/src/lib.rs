@@ -46,6 +46,12 @@ pub enum CliError {
         /// What went wrong.
         reason: String,
     },
+    /// The search sink's code (an audit replay into an index) failed.
+    #[error(transparent)]
+    Sink(#[from] pkgstream_sinks::SinkError),
+    /// Stopped by SIGINT/SIGTERM before the end.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     /// The topic does not exist.
     #[error("topic {topic} does not exist on {brokers}")]
     NoSuchTopic {

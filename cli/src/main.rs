@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use pkgstream::config::PipelineConfig;
 use pkgstream::drift::{render_prometheus, render_table, DriftOptions};
 use pkgstream::query::{parse_time, print, ChangeFilter, Queries};
-use pkgstream::replay::{replay, ReplayOptions, ReplayOutput};
+use pkgstream::replay::{print_summary, replay, ReplayOptions, ReplayOutput};
 use pkgstream::tail::{tail, TailOptions};
 use pkgstream_router::metrics::RouterMetrics;
 use pkgstream_router::Router;
@@ -370,6 +370,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 package,
                 action,
             };
+            let shutdown = Shutdown::on_signals()?;
             let report = match (format.as_str(), index) {
                 ("index", Some(prefix)) => {
                     if out.as_os_str() != "-" {
@@ -378,13 +379,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         );
                     }
                     let search = pkgstream_sinks::config::SearchSinkConfig {
-                        index_prefix: prefix,
+                        index_prefix: prefix.clone(),
                         ..cfg.search_sink
                     };
-                    search.validate()?;
-                    let shutdown = Shutdown::on_signals()?;
+                    search
+                        .validate()
+                        .with_context(|| format!("--index {prefix}"))?;
                     let ix = AuditIndexer::open(&search, &topic, &shutdown)?;
-                    replay(&opts, ReplayOutput::Index(Box::new(ix)))?
+                    replay(&opts, ReplayOutput::Index(Box::new(ix)), &shutdown)?
                 }
                 ("index", None) => anyhow::bail!("--format index needs --index PREFIX"),
                 (_, Some(_)) => anyhow::bail!("--index goes with --format index"),
@@ -398,61 +400,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     } else {
                         Box::new(std::io::stdout().lock())
                     };
-                    let r = replay(
-                        &opts,
-                        if f == "avro" {
-                            ReplayOutput::Avro(&mut w)
-                        } else {
-                            ReplayOutput::Ndjson(&mut w)
-                        },
-                    )?;
+                    let output = if f == "avro" {
+                        ReplayOutput::Avro(&mut w)
+                    } else {
+                        ReplayOutput::Ndjson(&mut w)
+                    };
+                    let r = replay(&opts, output, &shutdown);
                     w.flush()
                         .with_context(|| format!("writing {}", out.display()))?;
-                    r
+                    r?
                 }
                 (f, None) => anyhow::bail!("--format '{f}': ndjson, avro or index"),
             };
-            // A sentence on a terminal; one JSON line for scripts otherwise.
-            let summary = serde_json::json!({
-                "read": report.read,
-                "written": report.written,
-                "snapshots_skipped": report.snapshots,
-                "undecodable": report.undecodable,
-                "index": report.index.as_ref().map(|ix| serde_json::json!({
-                    "new": ix.events - ix.already_present - ix.rejected.len() as u64,
-                    "already_present": ix.already_present,
-                    "refused": ix.rejected.len(),
-                })),
-            });
-            if std::io::stderr().is_terminal() {
-                eprintln!(
-                    "pkgstream replay: {} change(s) written of {} message(s) read ({} snapshot(s) skipped, {} undecodable)",
-                    report.written, report.read, report.snapshots, report.undecodable
-                );
-                if let Some(ix) = summary.get("index").filter(|v| !v.is_null()) {
-                    eprintln!(
-                        "pkgstream replay: index: {} new, {} already present, {} refused",
-                        ix["new"], ix["already_present"], ix["refused"]
-                    );
-                }
-            } else {
-                eprintln!("{summary}");
-            }
-            if let Some(ix) = &report.index {
-                for r in ix.rejected.iter().take(20) {
-                    eprintln!(
-                        "pkgstream replay: refused: {topic} partition {} offset {}: {}: {}",
-                        r.partition, r.offset, r.code, r.reason
-                    );
-                }
-                if !ix.rejected.is_empty() {
-                    anyhow::bail!(
-                        "{} change(s) of the range are not in the index (listed above)",
-                        ix.rejected.len()
-                    );
-                }
-            }
-            Ok(())
+            Ok(print_summary(&report, &topic)?)
         }
         Command::Simulate(args) => Ok(pkgstream::simulate::command(&args, &cfg)?),
         Command::Tail {

@@ -14,6 +14,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use apache_avro::{from_avro_datum, Codec, Schema, Writer};
+use pkgstream_runtime::shutdown::Shutdown;
 use pkgstream_schemas::{decode_enriched_change, Kind, Registry};
 use pkgstream_sinks::search::{AuditIndexer, AuditReport};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -68,8 +69,14 @@ pub struct ReplayReport {
 }
 
 /// Replays into `out`; progress (events/s, ETA) on stderr when it is a
-/// terminal, else nothing until the caller's summary.
-pub fn replay(o: &ReplayOptions, out: ReplayOutput<'_>) -> Result<ReplayReport, CliError> {
+/// terminal, else nothing until [`print_summary`]. On `shutdown` it writes
+/// out what it has read so far (the Avro container, the batch in hand)
+/// and fails with [`CliError::Interrupted`] saying how far it got.
+pub fn replay(
+    o: &ReplayOptions,
+    out: ReplayOutput<'_>,
+    shutdown: &Shutdown,
+) -> Result<ReplayReport, CliError> {
     if o.from_ms >= o.to_ms {
         return Err(CliError::BadInput("--from must be before --to".into()));
     }
@@ -161,7 +168,7 @@ pub fn replay(o: &ReplayOptions, out: ReplayOutput<'_>) -> Result<ReplayReport, 
     let started = Instant::now();
     let mut last_progress = Instant::now();
     let mut idle_since = Instant::now();
-    while !open.is_empty() {
+    while !open.is_empty() && !shutdown.requested() {
         let m = match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => m,
             Some(Err(e)) => return Err(kafka("reading", &e)),
@@ -189,7 +196,6 @@ pub fn replay(o: &ReplayOptions, out: ReplayOutput<'_>) -> Result<ReplayReport, 
                 continue;
             }
         };
-        idle_since = Instant::now();
         let p = m.partition();
         if m.offset() >= end[&p] {
             open.retain(|x| *x != p);
@@ -228,9 +234,7 @@ pub fn replay(o: &ReplayOptions, out: ReplayOutput<'_>) -> Result<ReplayReport, 
                 .is_none_or(|a| a.eq_ignore_ascii_case(c.action.symbol()));
         if keep {
             match (&mut out, &mut avro) {
-                (ReplayOutput::Index(ix), _) => ix
-                    .push(p, m.offset(), bytes)
-                    .map_err(|e| CliError::BadInput(e.to_string()))?,
+                (ReplayOutput::Index(ix), _) => ix.push(p, m.offset(), bytes)?,
                 (_, Some(w)) => {
                     let (writer, datum) = Registry::get()
                         .writer_of(bytes)
@@ -253,6 +257,9 @@ pub fn replay(o: &ReplayOptions, out: ReplayOutput<'_>) -> Result<ReplayReport, 
             }
             report.written += 1;
         }
+        // After the write: an engine that made the lane wait is not a
+        // Kafka that stopped answering.
+        idle_since = Instant::now();
         if progress && last_progress.elapsed() > Duration::from_secs(1) {
             last_progress = Instant::now();
             let rate = report.read as f64 / started.elapsed().as_secs_f64();
@@ -277,9 +284,69 @@ pub fn replay(o: &ReplayOptions, out: ReplayOutput<'_>) -> Result<ReplayReport, 
                 .map_err(|e| CliError::BadInput(format!("writing: {e}")))?;
         }
         (ReplayOutput::Index(ix), _) => {
-            report.index = Some(ix.finish().map_err(|e| CliError::BadInput(e.to_string()))?);
+            report.index = Some(ix.finish()?);
         }
         _ => {}
     }
+    if !open.is_empty() {
+        return Err(CliError::Interrupted(format!(
+            "{} of {total} message(s) read, {} change(s) written; the output holds those",
+            report.read, report.written
+        )));
+    }
     Ok(report)
+}
+
+/// Prints what a replay did on stderr: a sentence on a terminal, one JSON
+/// line for scripts otherwise; then every change the engine refused
+/// (`topic`, partition, offset, reason), which is an error: the index
+/// does not hold the whole range.
+pub fn print_summary(r: &ReplayReport, topic: &str) -> Result<(), CliError> {
+    let index = r.index.as_ref().map(|ix| {
+        serde_json::json!({
+            "new": ix.events - ix.already_present - ix.rejected.len() as u64,
+            "already_present": ix.already_present,
+            "refused": ix.rejected.len(),
+        })
+    });
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "pkgstream replay: {} change(s) written of {} message(s) read ({} snapshot(s) skipped, {} undecodable)",
+            r.written, r.read, r.snapshots, r.undecodable
+        );
+        if let Some(ix) = &index {
+            eprintln!(
+                "pkgstream replay: index: {} new, {} already present, {} refused",
+                ix["new"], ix["already_present"], ix["refused"]
+            );
+        }
+    } else {
+        let summary = serde_json::json!({
+            "read": r.read,
+            "written": r.written,
+            "snapshots_skipped": r.snapshots,
+            "undecodable": r.undecodable,
+            "index": index,
+        });
+        eprintln!("{summary}");
+    }
+    let refused = r
+        .index
+        .as_ref()
+        .map(|ix| &ix.rejected[..])
+        .unwrap_or_default();
+    for x in refused.iter().take(20) {
+        eprintln!(
+            "pkgstream replay: refused: {topic} partition {} offset {}: {}: {}",
+            x.partition, x.offset, x.code, x.reason
+        );
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::BadInput(format!(
+            "{} change(s) of the range are not in the index (the first 20 are listed above)",
+            refused.len()
+        )))
+    }
 }

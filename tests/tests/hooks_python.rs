@@ -42,7 +42,7 @@ fn unittest(dir: &str, expected: usize) {
 
 #[test]
 fn yum3_plugin_unit_tests_pass() {
-    unittest("producer/yum/tests", 8);
+    unittest("producer/yum/tests", 9);
 }
 
 #[test]

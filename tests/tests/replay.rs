@@ -310,3 +310,57 @@ fn a_range_replayed_into_an_index_equals_the_live_index_restricted_to_it() {
     assert!(err.contains("search engine at http://127.0.0.1:1"), "{err}");
     println!("replay into an index: 180 of {n} changes equal the live documents; into the live prefix: {n} already present, nothing changed");
 }
+
+#[test]
+fn an_event_the_engine_refuses_is_listed_and_the_replay_fails() {
+    let env = SinkEnv::new(&kafka_brokers(), "replay-refused");
+    let mut sc = scenario(&env.prefix, 5, 20, 10, 0);
+    for c in &mut sc.changes {
+        c.enrichment.tags = std::borrow::Cow::Owned([("rack".to_owned(), "r12".to_owned())].into());
+    }
+    // `labels.rack` becomes a keyword; a tag `rack.unit` needs an object.
+    let mut bad = sc.changes[10].clone();
+    bad.enrichment.tags =
+        std::borrow::Cow::Owned([("rack.unit".to_owned(), "7".to_owned())].into());
+    bad.event_id = pkgstream_schemas::EventId([0xbb; 16]);
+    let mut bytes = Vec::new();
+    pkgstream_schemas::Encoder::new()
+        .encode_enriched_change(&bad, &mut bytes)
+        .unwrap();
+    let mut records = sc.records();
+    records.push((bad.host.machine_id.as_bytes().to_vec(), bytes));
+    let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    produce_at(&env, &records, base);
+    let audit = format!("{}-audit", env.prefix);
+    let (ok, _, err) = run(
+        &env,
+        &[
+            "--from",
+            &iso(base - 1_000),
+            "--format",
+            "index",
+            "--index",
+            &audit,
+        ],
+    );
+    assert!(!ok, "a refused change fails the replay: {err}");
+    let n = sc.changes.len();
+    assert_eq!(
+        summary(&err)["index"],
+        serde_json::json!({"new": n, "already_present": 0, "refused": 1}),
+        "{err}"
+    );
+    let refused: Vec<&str> = err.lines().filter(|l| l.contains("refused: ")).collect();
+    assert_eq!(refused.len(), 1, "{err}");
+    assert!(
+        refused[0].contains(&env.enriched)
+            && refused[0].contains("index_rejected")
+            && refused[0].contains("rack"),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 change(s) of the range are not in the index"),
+        "{err}"
+    );
+    assert_eq!(count(&format!("{audit}-changes-*")), n as u64);
+}

@@ -202,6 +202,11 @@ class YumPluginTest(unittest.TestCase):
         pkgstream.posttrans_hook(c)
         self.assertTrue(any("boom" in m for m in c.messages))
 
+    def test_event_times_keep_microseconds(self):
+        self.assertEqual(pkgstream.rfc3339(1700000000.7), "2023-11-14T22:13:20.700000Z")
+        self.assertEqual(pkgstream.rfc3339(1700000000.9999996), "2023-11-14T22:13:21.000000Z")
+        self.assertEqual(pkgstream.rfc3339(0), "1970-01-01T00:00:00.000000Z")
+
     def test_nothing_committed_runs_nothing(self):
         c = Conduit([Member(Po("broken", "1.0"), pkgstream.TS_FAILED)], conf={"emitter": "/nonexistent"})
         pkgstream.posttrans_hook(c)

@@ -681,6 +681,9 @@ impl Lane {
         }
         let total = self.batch.items.len();
         let mut pending: Vec<usize> = (0..total).collect();
+        // Items of a request that failed as a whole (a timeout): the engine
+        // may have applied them, so a later 409 may be our own write.
+        let mut maybe_applied: HashSet<usize> = HashSet::new();
         let mut attempt = 0;
         while !pending.is_empty() {
             let body: Cow<'_, [u8]> = if pending.len() == total {
@@ -716,6 +719,7 @@ impl Lane {
                             answered = resp.items.len(),
                             "bulk answer does not match the request, sending it again"
                         );
+                        maybe_applied.extend(pending.iter().copied());
                     } else {
                         // An item sent again goes with every later item on the
                         // same document, in order: the state scripts then see
@@ -732,7 +736,9 @@ impl Lane {
                             if let (ItemKind::Change, 409, Mode::Audit { duplicates, .. }) =
                                 (it.kind, st.status, &mut self.mode)
                             {
-                                *duplicates += 1;
+                                if !maybe_applied.contains(&i) {
+                                    *duplicates += 1;
+                                }
                             }
                             match item_verdict(it.kind, st.status) {
                                 ItemVerdict::Done => {}
@@ -764,6 +770,7 @@ impl Lane {
                     }
                 }
                 Err(CallError::Retry(why)) => {
+                    maybe_applied.extend(pending.iter().copied());
                     self.metrics
                         .bulk_requests
                         .with_label_values(&["failed"])
@@ -862,7 +869,9 @@ pub struct AuditRejection {
 pub struct AuditReport {
     /// Changes handed in.
     pub events: u64,
-    /// Of those, already in the index (same event id: a 409, nothing changed).
+    /// Of those, already in the index before this replay (same event id:
+    /// a 409, nothing changed; a 409 after a request of ours that failed
+    /// as a whole may be our own write and is not counted).
     pub already_present: u64,
     /// Refused for good, with the reason; not in the index.
     pub rejected: Vec<AuditRejection>,
