@@ -9,8 +9,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Output};
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -262,6 +262,41 @@ pub fn expected_bytes(line: &str) -> (Vec<u8>, Vec<u8>) {
             let s = s.into_snapshot(None);
             enc.encode_snapshot(&s, &mut out).expect("encode");
             (s.host.machine_id.as_bytes().to_vec(), out)
+        }
+    }
+}
+
+/// A process that is killed when dropped still running (a failed test).
+pub struct Running(pub Child);
+
+impl Running {
+    /// SIGTERM, then the exit status (killed after 60 s).
+    pub fn stop(mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let started = Instant::now();
+        loop {
+            if let Some(s) = self.0.try_wait().expect("wait") {
+                return s;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = self.0.kill();
+                panic!(
+                    "process {} did not stop within 60 s of SIGTERM",
+                    self.0.id()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }

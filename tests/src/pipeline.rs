@@ -9,48 +9,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::hooks::{text, Hooks, HostRoot};
 use crate::router::RouterEnv;
 use crate::sinks::engine_url;
+pub use crate::Running;
 use crate::{binary, kafka_brokers, EmitEnv};
-
-/// A process that is killed when dropped still running (a failed test).
-pub struct Running(pub Child);
-
-impl Running {
-    /// SIGTERM, then the exit status (killed after 60 s).
-    pub fn stop(mut self) -> ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let started = Instant::now();
-        loop {
-            if let Some(s) = self.0.try_wait().expect("wait") {
-                return s;
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                let _ = self.0.kill();
-                panic!(
-                    "process {} did not stop within 60 s of SIGTERM",
-                    self.0.id()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 /// One simulated host: an install root with both hooks whose events carry
 /// this host's identity and user and go to the router's raw topics.

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -355,7 +355,10 @@ impl SinkEnv {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn pkgstream sink");
-        SinkProcess { child, port }
+        SinkProcess {
+            child: crate::Running(child),
+            port,
+        }
     }
 
     /// The changes index pattern of this test.
@@ -377,7 +380,7 @@ impl SinkEnv {
 /// A running sink; killed when dropped still running (a failed test).
 pub struct SinkProcess {
     /// The process.
-    pub child: Child,
+    pub child: crate::Running,
     /// Its /metrics port.
     pub port: u16,
 }
@@ -389,26 +392,13 @@ impl SinkProcess {
     }
 
     /// SIGTERM, then the exit status (killed after 60 s).
-    pub fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let started = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().expect("wait sink") {
-                return s;
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                let _ = self.child.kill();
-                panic!("sink did not stop within 60 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    pub fn stop(self) -> std::process::ExitStatus {
+        self.child.stop()
     }
 
     /// Peak resident memory (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id()))
             .ok()
             .and_then(|s| {
                 s.lines()
@@ -417,15 +407,6 @@ impl SinkProcess {
                     .and_then(|v| v.parse().ok())
             })
             .unwrap_or(0)
-    }
-}
-
-impl Drop for SinkProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 

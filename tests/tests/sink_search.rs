@@ -32,8 +32,8 @@ fn exact_history_state_hosts_and_replay() {
         &[("PKGSTREAM__SEARCH_SINK__BATCH_EVENTS", "500".into())],
     );
     wait_for("the first batches", LIMIT, || count(&env.changes()) >= 2000);
-    sink.child.kill().unwrap();
-    sink.child.wait().unwrap();
+    sink.child.0.kill().unwrap();
+    sink.child.0.wait().unwrap();
     let sink = env.start("search", &[]);
     wait_count(&env.changes(), distinct, LIMIT);
     let expected = sc.expected_state();
