@@ -33,13 +33,56 @@ pub struct RecordReport {
 }
 
 /// Reads NDJSON hook events from `input`, encodes them and appends them
-/// durably to the spool: all change events of one call in one append (one
-/// fsync), each snapshot in its own segment. Lines that fail are reported
+/// durably to the spool ([`record_events`]). Lines that fail are reported
 /// in [`RecordReport::rejected`]; the good ones are recorded regardless.
 pub fn record(
     cfg: &EmitConfig,
     spool: &Spool,
     input: impl BufRead,
+    source_name: &str,
+) -> Result<RecordReport, ProducerError> {
+    let mut rejected = Vec::new();
+    let mut events = Vec::new();
+    for (i, line) in input.lines().enumerate() {
+        let line_no = i + 1;
+        let line =
+            line.map_err(|e| input_error(source_name, line_no, format!("cannot read: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match HookEvent::parse(&line) {
+            Ok(e) => events.push((line_no, e)),
+            Err(reason) => rejected.push((line_no, input_error(source_name, line_no, reason))),
+        }
+    }
+    let mut report = record_events(cfg, spool, events, source_name)?;
+    // In line order, whichever step refused the line.
+    rejected.extend(report.rejected.drain(..).map(|e| match &e {
+        ProducerError::Input { line, .. } => (*line, e),
+        _ => (0, e),
+    }));
+    rejected.sort_by_key(|(line, _)| *line);
+    report.rejected = rejected.into_iter().map(|(_, e)| e).collect();
+    Ok(report)
+}
+
+fn input_error(source_name: &str, line: usize, reason: String) -> ProducerError {
+    ProducerError::Input {
+        source_name: source_name.to_owned(),
+        line,
+        reason,
+    }
+}
+
+/// Encodes hook events (each with its line number in `source_name`, for
+/// errors) and appends them durably to the spool: all change events of
+/// one call in one append (one fsync), as one package-manager run; each
+/// snapshot in its own segment. What `record` does after parsing, and what
+/// `pkgstream simulate` calls with the events it builds.
+pub fn record_events(
+    cfg: &EmitConfig,
+    spool: &Spool,
+    events: impl IntoIterator<Item = (usize, HookEvent)>,
     source_name: &str,
 ) -> Result<RecordReport, ProducerError> {
     let mut report = RecordReport::default();
@@ -48,25 +91,9 @@ pub fn record(
     let mut change_buf: Vec<u8> = Vec::new();
     let mut changes: Vec<(Vec<u8>, std::ops::Range<usize>)> = Vec::new();
     let mut snapshots: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let reject = |line: usize, reason: String| ProducerError::Input {
-        source_name: source_name.to_owned(),
-        line,
-        reason,
-    };
+    let reject = |line: usize, reason: String| input_error(source_name, line, reason);
 
-    for (i, line) in input.lines().enumerate() {
-        let line_no = i + 1;
-        let line = line.map_err(|e| reject(line_no, format!("cannot read: {e}")))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let event = match HookEvent::parse(&line) {
-            Ok(e) => e,
-            Err(reason) => {
-                report.rejected.push(reject(line_no, reason));
-                continue;
-            }
-        };
+    for (line_no, event) in events {
         let local = if event.needs_local_host() {
             match local_host
                 .get_or_insert_with(|| host::detect(&cfg.host).map_err(|e| e.to_string()))

@@ -39,10 +39,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use pkgstream_producer::emitter::flush;
-use pkgstream_producer::{EmitConfig, Lane, Spool};
+use pkgstream_producer::emitter::{flush, record_events};
+use pkgstream_producer::input::HookEvent;
+use pkgstream_producer::{EmitConfig, Spool};
 use pkgstream_runtime::config::TopicsConfig;
-use pkgstream_schemas::Encoder;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
 use serde::Serialize;
@@ -482,12 +482,11 @@ impl<'a> Simulator<'a> {
                     &finished,
                 );
                 scope.spawn(move || {
-                    let mut encoder = Encoder::new();
                     for s in (w..self.spools).step_by(self.threads) {
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        match self.spool_run(phase, s, &mut encoder, hosts_done, bytes_done) {
+                        match self.spool_run(phase, s, hosts_done, bytes_done) {
                             Ok(n) => {
                                 events_done.fetch_add(n, Ordering::Relaxed);
                             }
@@ -548,55 +547,51 @@ impl<'a> Simulator<'a> {
         &self,
         phase: Phase,
         s: usize,
-        encoder: &mut Encoder,
         hosts_done: &AtomicU64,
         bytes_done: &AtomicU64,
     ) -> Result<u64, CliError> {
         let dir = self.spool_root.join(format!("spool-{s:05}"));
         let spool = Spool::open(&dir, self.emit.spool_limits()).map_err(|e| spool_err(&dir, e))?;
         let mut recorded = 0u64;
-        let mut buf = Vec::new();
         for h in self.fleet.hosts.iter().skip(s).step_by(self.spools) {
-            match phase {
-                Phase::Snapshots => {
-                    buf.clear();
-                    let snapshot = self.fleet.snapshot(h);
-                    encoder.encode_snapshot(&snapshot, &mut buf).map_err(|e| {
-                        CliError::BadInput(format!("snapshot of {}: {e}", h.hostname))
-                    })?;
-                    spool
-                        .append(Lane::Inventory, &[(h.machine_id.as_bytes(), &buf)])
-                        .map_err(|e| spool_err(&dir, e))?;
-                    bytes_done.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                    recorded += 1;
+            // One `record` per package-manager run (one append, one fsync),
+            // as one hook call does; snapshots one per host.
+            let runs: Vec<Vec<HookEvent>> = match phase {
+                Phase::Snapshots => vec![vec![HookEvent::Inventory(self.fleet.inventory(h))]],
+                Phase::Traffic => traffic::host_traffic(self.fleet, h, self.roles[h.index])
+                    .iter()
+                    .map(|t| {
+                        t.inputs(h)
+                            .into_iter()
+                            .map(|c| HookEvent::Change(Box::new(c)))
+                            .collect()
+                    })
+                    .collect(),
+            };
+            for run in runs {
+                let source = format!("simulated host {}", h.hostname);
+                let r = record_events(&self.emit, &spool, run.into_iter().enumerate(), &source)
+                    .map_err(|e| spool_err(&dir, e))?;
+                if let Some(e) = r.rejected.first() {
+                    return Err(CliError::BadInput(format!("{source}: {e}")));
                 }
-                Phase::Traffic => {
-                    for t in traffic::host_traffic(self.fleet, h, self.roles[h.index]) {
-                        // One append per package-manager run, as one hook call does.
-                        buf.clear();
-                        let mut ranges = Vec::new();
-                        for input in t.inputs(h) {
-                            let event = input.into_event(None);
-                            let start = buf.len();
-                            encoder.encode_change(&event, &mut buf).map_err(|e| {
-                                CliError::BadInput(format!("change on {}: {e}", h.hostname))
-                            })?;
-                            ranges.push(start..buf.len());
-                        }
-                        let entries: Vec<(&[u8], &[u8])> = ranges
-                            .iter()
-                            .map(|r| (h.machine_id.as_bytes(), &buf[r.clone()]))
-                            .collect();
-                        spool
-                            .append(Lane::Changes, &entries)
-                            .map_err(|e| spool_err(&dir, e))?;
-                        bytes_done.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                        recorded += entries.len() as u64;
-                    }
+                if r.evicted_snapshots > 0 || r.over_budget {
+                    return Err(spool_err(
+                        &dir,
+                        format!(
+                            "spool budget exceeded ({} snapshot(s) evicted); use more --spools or a larger [spool] budget",
+                            r.evicted_snapshots
+                        ),
+                    ));
                 }
+                recorded += (r.changes + r.snapshots) as u64;
             }
             hosts_done.fetch_add(1, Ordering::Relaxed);
         }
+        // What the spool holds now is what this run recorded (plus what an
+        // earlier, interrupted run left).
+        let held = spool.stats().map_err(|e| spool_err(&dir, e))?;
+        bytes_done.fetch_add(held.change_bytes + held.inventory_bytes, Ordering::Relaxed);
         let report =
             flush(&self.emit, &spool, self.flush_timeout).map_err(|e| CliError::Kafka {
                 brokers: self.emit.kafka.brokers.clone(),
