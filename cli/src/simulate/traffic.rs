@@ -278,12 +278,23 @@ pub fn host_traffic(fleet: &Fleet, h: &SimHost, role: HostRole) -> Vec<SimTransa
         }
     }
     if let Some(kind) = role.rogue {
-        // Outside every window: step back from a random time until no window holds it.
+        // Outside every window and after the host's snapshot: step back
+        // from a random time until no window holds it; if that reaches the
+        // snapshot, step forward from there instead.
         let mut t = (fleet.spec.now / MIN) * MIN - (20 + rng.below(18 * 60) as i64) * MIN;
-        while h.in_window(t) || h.in_window(t + MIN) {
+        let jitter = rng.below(50_000_000) as i64;
+        let earliest = fleet.taken_at(h) + MIN;
+        let held = |t: i64| h.in_window(t) || h.in_window(t + jitter + MIN);
+        while held(t) && t >= earliest {
             t -= 30 * MIN;
         }
-        let t = t.max(fleet.snapshot_at + MIN) + rng.below(50_000_000) as i64;
+        if t < earliest {
+            t = earliest;
+            while held(t) {
+                t += 30 * MIN;
+            }
+        }
+        let t = t + jitter;
         let user = ROGUE_USERS[rng.below(ROGUE_USERS.len() as u64) as usize];
         let rogue = match kind {
             0 => base(names::ROGUE_UPGRADE).map(|p| {
@@ -717,7 +728,14 @@ mod tests {
 
     #[test]
     fn changes_fall_where_they_should() {
-        let fl = fleet(120, 100, 9);
+        // Many seeds: a rogue change near a window's edge or the snapshot is rare.
+        for seed in 1..=40 {
+            changes_fall_where_they_should_with(seed);
+        }
+    }
+
+    fn changes_fall_where_they_should_with(seed: u64) {
+        let fl = fleet(120, 100, seed);
         for (h, role) in fl.hosts.iter().zip(roles(&fl)) {
             for t in host_traffic(&fl, h, role) {
                 for c in &t.changes {
