@@ -81,6 +81,24 @@ pub struct DriftReport {
 /// Stale or contradicted hosts listed, at most (the counts are exact).
 pub const HOSTS_LISTED: usize = 1000;
 
+/// The version most hosts run; on a tie the smallest version string.
+pub fn majority(versions: &BTreeMap<String, u64>) -> String {
+    versions
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+        .map(|(v, _)| v.clone())
+        .unwrap_or_default()
+}
+
+/// Hosts not on `expected`.
+pub fn outlier_count(versions: &BTreeMap<String, u64>, expected: &str) -> u64 {
+    versions
+        .iter()
+        .filter(|(v, _)| *v != expected)
+        .map(|(_, n)| n)
+        .sum()
+}
+
 /// `E:V-R` from `V-R` (epoch 0) so `--expect openssl=3.0.7-27.el9` works.
 fn normalize_version(v: &str) -> String {
     if v.contains(':') {
@@ -148,17 +166,9 @@ impl Queries {
         for ((group, package), versions) in tuples {
             let expected = match o.expect.get(&package) {
                 Some(v) => normalize_version(v),
-                None => versions
-                    .iter()
-                    .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-                    .map(|(v, _)| v.clone())
-                    .unwrap_or_default(),
+                None => majority(&versions),
             };
-            let outliers: u64 = versions
-                .iter()
-                .filter(|(v, _)| **v != expected)
-                .map(|(_, n)| n)
-                .sum();
+            let outliers = outlier_count(&versions, &expected);
             if outliers == 0 {
                 continue;
             }

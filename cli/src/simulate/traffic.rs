@@ -38,6 +38,7 @@ use serde::Serialize;
 use super::catalog::{names, older, patched, CatalogPackage, Evr, GROUPS};
 use super::fleet::{package_input, Fleet, SimHost};
 use super::rng::Rng;
+use crate::drift::{majority, outlier_count, Drift};
 
 /// What a simulated change is, for the summary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -439,23 +440,6 @@ impl Evr {
     }
 }
 
-/// One (group, package) that `pkgstream drift` must report, in its JSON form.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct DriftFact {
-    /// Host group.
-    pub hostgroup: String,
-    /// Package name.
-    pub package: String,
-    /// `E:V-R` → hosts.
-    pub versions: BTreeMap<String, u64>,
-    /// The majority version.
-    pub expected: String,
-    /// Hosts not on it.
-    pub outliers: u64,
-    /// All of them, by name.
-    pub outlier_hosts: Vec<String>,
-}
-
 /// A rogue change, for the summary.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RogueFact {
@@ -502,7 +486,7 @@ pub struct Facts {
     pub checked: u64,
     /// What `pkgstream drift --format json` must report under `drift`
     /// (with `--max-outliers` at least the largest `outliers`).
-    pub drift: Vec<DriftFact>,
+    pub drift: Vec<Drift>,
 }
 
 /// Replays the traffic over the initial state and derives the facts.
@@ -617,17 +601,8 @@ pub fn facts(fleet: &Fleet) -> Facts {
             let Some(versions) = counts.get(&name) else {
                 continue;
             };
-            // drift.rs: the most hosts; on a tie the smallest version string.
-            let expected = versions
-                .iter()
-                .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-                .map(|(v, _)| v.clone())
-                .unwrap_or_default();
-            let outliers: u64 = versions
-                .iter()
-                .filter(|(v, _)| **v != expected)
-                .map(|(_, n)| n)
-                .sum();
+            let expected = majority(versions);
+            let outliers = outlier_count(versions, &expected);
             if outliers == 0 {
                 continue;
             }
@@ -643,7 +618,7 @@ pub fn facts(fleet: &Fleet) -> Facts {
                 .map(|h| h.hostname.clone())
                 .collect();
             outlier_hosts.sort();
-            f.drift.push(DriftFact {
+            f.drift.push(Drift {
                 hostgroup: (*group_name).into(),
                 package: name,
                 versions: versions.clone(),
