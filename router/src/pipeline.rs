@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use pkgstream_runtime::config::{KafkaConfig, TopicsConfig};
 use pkgstream_runtime::health::Readiness;
 use pkgstream_runtime::shutdown::Shutdown;
+use pkgstream_runtime::topics::{create_missing, TopicSpec};
 use pkgstream_schemas::{EventId, Kind, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -289,43 +290,16 @@ impl Router {
     }
 
     fn create_topics(&self, topics: &[&str], partitions: usize) -> Result<(), RouterError> {
-        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.brokers)
-            .create()
-            .map_err(|e| RouterError::KafkaClient(e.to_string()))?;
-        let new: Vec<NewTopic> = topics
+        let specs: Vec<TopicSpec<'_>> = topics
             .iter()
-            .map(|t| NewTopic::new(t, partitions as i32, TopicReplication::Fixed(-1)))
+            .map(|name| TopicSpec {
+                name,
+                partitions,
+                compact: false,
+            })
             .collect();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| {
-                RouterError::Topology(format!("cannot start a runtime for topic creation: {e}"))
-            })?;
-        let results = runtime
-            .block_on(admin.create_topics(
-                &new,
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-            ))
-            .map_err(self.kafka_err("create topics"))?;
-        for r in results {
-            match r {
-                Ok(topic) => info!(topic, partitions, "topic created"),
-                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                    debug!(topic, "topic already exists")
-                }
-                Err((topic, e)) => {
-                    return Err(RouterError::Kafka {
-                        brokers: self.kafka.brokers.clone(),
-                        what: "create topic",
-                        reason: format!("{topic}: {e}"),
-                    })
-                }
-            }
-        }
-        Ok(())
+        create_missing(&self.kafka.brokers, &specs)
+            .map_err(|e| RouterError::Topology(e.to_string()))
     }
 
     /// Polls up to `batch_events` messages or `batch_ms`. An (eager)

@@ -7,12 +7,14 @@
 //!   unknown keys;
 //! - [`dlq`]: the headers of a dead letter, the same from every stage;
 //! - [`health`]: the `/metrics`, `/healthz` and `/readyz` HTTP endpoint;
-//! - [`shutdown`]: a flag raised by SIGTERM/SIGINT that loops poll.
+//! - [`shutdown`]: a flag raised by SIGTERM/SIGINT that loops poll;
+//! - [`topics`]: creating missing topics.
 
 pub mod config;
 pub mod dlq;
 pub mod health;
 pub mod shutdown;
+pub mod topics;
 
 /// Errors of the shared plumbing.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,14 @@ pub enum RuntimeError {
         /// The address asked for.
         addr: String,
         /// Why.
+        reason: String,
+    },
+    /// Kafka refused or failed an admin request.
+    #[error("Kafka at {brokers}: {reason}")]
+    Kafka {
+        /// Bootstrap servers.
+        brokers: String,
+        /// What went wrong.
         reason: String,
     },
     /// Signal handlers could not be installed.

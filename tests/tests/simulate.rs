@@ -226,3 +226,52 @@ fn count_query(index: &str, query: Value) -> u64 {
         .as_u64()
         .unwrap_or(0)
 }
+
+#[test]
+fn a_missing_hosts_topic_is_created_compacted() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let brokers = kafka_brokers();
+    let mut router = RouterEnv::new(&brokers, "simulate-compact");
+    router.hosts = pkgstream_tests::unique("simulate-compact-hosts-new");
+    for (k, v) in router.vars.iter_mut() {
+        if k == "PKGSTREAM__TOPICS__HOSTS" {
+            *v = router.hosts.clone();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = json(&pkgstream(
+        &router.vars,
+        &[
+            "simulate",
+            "--hosts",
+            "3",
+            "--packages",
+            "64",
+            "--no-traffic",
+            "--spool-dir",
+            dir.path().to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(out["snapshots"], 3);
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let configs = rt
+        .block_on(admin.describe_configs(
+            &[ResourceSpecifier::Topic(&router.hosts)],
+            &AdminOptions::new(),
+        ))
+        .unwrap();
+    let config = configs[0].as_ref().unwrap();
+    assert_eq!(
+        config
+            .get("cleanup.policy")
+            .and_then(|e| e.value.as_deref()),
+        Some("compact")
+    );
+}

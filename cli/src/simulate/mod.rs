@@ -43,6 +43,7 @@ use pkgstream_producer::emitter::{flush, record_events};
 use pkgstream_producer::input::HookEvent;
 use pkgstream_producer::{EmitConfig, Spool};
 use pkgstream_runtime::config::TopicsConfig;
+use pkgstream_runtime::topics::{create_missing, TopicSpec};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
 use serde::Serialize;
@@ -389,13 +390,26 @@ impl<'a> Simulator<'a> {
         })
     }
 
-    /// Publishes every host's metadata to the compacted hosts topic.
+    /// Publishes every host's metadata to the compacted hosts topic
+    /// (created compacted when missing: a table keyed by machine id).
     fn publish_hosts(&self) -> Result<(), CliError> {
         let brokers = &self.emit.kafka.brokers;
         let kafka = |reason: String| CliError::Kafka {
             brokers: brokers.clone(),
             reason,
         };
+        create_missing(
+            brokers,
+            &[TopicSpec {
+                name: &self.hosts_topic,
+                partitions: 1,
+                compact: true,
+            }],
+        )
+        .map_err(|e| match e {
+            pkgstream_runtime::RuntimeError::Kafka { reason, .. } => kafka(reason),
+            e => kafka(e.to_string()),
+        })?;
         let producer: BaseProducer<Deliveries> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("client.id", "pkgstream-simulate")

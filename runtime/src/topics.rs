@@ -1,0 +1,66 @@
+//! Creating the topics a stage needs when they are missing (the broker's
+//! default replication), with an exact error naming the topic otherwise.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+use tracing::{debug, info};
+
+use crate::RuntimeError;
+
+/// A topic to create.
+#[derive(Clone, Copy, Debug)]
+pub struct TopicSpec<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Partitions.
+    pub partitions: usize,
+    /// `cleanup.policy=compact` (a keyed table such as the hosts topic).
+    pub compact: bool,
+}
+
+/// Creates each topic that does not exist yet; one that exists is left as
+/// it is.
+pub fn create_missing(brokers: &str, topics: &[TopicSpec<'_>]) -> Result<(), RuntimeError> {
+    let err = |reason: String| RuntimeError::Kafka {
+        brokers: brokers.to_owned(),
+        reason,
+    };
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| err(e.to_string()))?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            let n = NewTopic::new(t.name, t.partitions as i32, TopicReplication::Fixed(-1));
+            if t.compact {
+                n.set("cleanup.policy", "compact")
+            } else {
+                n
+            }
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| err(format!("cannot start a runtime for topic creation: {e}")))?;
+    let results = runtime
+        .block_on(admin.create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .map_err(|e| err(format!("create topics: {e}")))?;
+    for r in results {
+        match r {
+            Ok(topic) => info!(topic, "topic created"),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                debug!(topic, "topic already exists")
+            }
+            Err((topic, e)) => return Err(err(format!("create topic {topic}: {e}"))),
+        }
+    }
+    Ok(())
+}
