@@ -32,6 +32,13 @@ pub enum ReplayOutput<'a> {
     Index(Box<AuditIndexer>),
 }
 
+/// [`ReplayOutput`] while writing.
+enum Target<'a, 's> {
+    Ndjson(&'a mut dyn Write),
+    Avro(Writer<'s, &'a mut dyn Write>),
+    Index(Box<AuditIndexer>),
+}
+
 /// What to replay.
 #[derive(Clone, Debug)]
 pub struct ReplayOptions {
@@ -152,15 +159,17 @@ pub fn replay(
     let schema = avro_schema(Registry::get().current(Kind::EnrichedChange).json)?;
     // Writer schemas by fingerprint: old events are resolved to the current one.
     let mut writers: HashMap<[u8; 8], Schema> = HashMap::new();
-    let mut avro = match out {
-        ReplayOutput::Avro(_) => Some(Writer::with_codec(
+    // The Avro container is written block by block as it fills, never
+    // held whole: memory stays flat however long the range.
+    let mut out = match out {
+        ReplayOutput::Ndjson(w) => Target::Ndjson(w),
+        ReplayOutput::Avro(w) => Target::Avro(Writer::with_codec(
             &schema,
-            Vec::new(),
+            w,
             Codec::Deflate(Default::default()),
         )),
-        _ => None,
+        ReplayOutput::Index(ix) => Target::Index(ix),
     };
-    let mut out = out;
     if !open.is_empty() {
         consumer.assign(&tpl).map_err(|e| kafka("assign", &e))?;
     }
@@ -233,9 +242,9 @@ pub fn replay(
                 .as_ref()
                 .is_none_or(|a| a.eq_ignore_ascii_case(c.action.symbol()));
         if keep {
-            match (&mut out, &mut avro) {
-                (ReplayOutput::Index(ix), _) => ix.push(p, m.offset(), bytes)?,
-                (_, Some(w)) => {
+            match &mut out {
+                Target::Index(ix) => ix.push(p, m.offset(), bytes)?,
+                Target::Avro(w) => {
                     let (writer, datum) = Registry::get()
                         .writer_of(bytes)
                         .map_err(|e| CliError::BadInput(e.to_string()))?;
@@ -250,7 +259,7 @@ pub fn replay(
                     w.append(value)
                         .map_err(|e| CliError::BadInput(format!("Avro writer: {e}")))?;
                 }
-                (ReplayOutput::Ndjson(out) | ReplayOutput::Avro(out), None) => {
+                Target::Ndjson(out) => {
                     writeln!(out, "{}", render::enriched_change(c))
                         .map_err(|e| CliError::BadInput(format!("writing: {e}")))?;
                 }
@@ -275,18 +284,13 @@ pub fn replay(
     if progress {
         eprintln!();
     }
-    match (out, avro) {
-        (ReplayOutput::Avro(out), Some(w)) => {
-            let bytes = w
-                .into_inner()
+    match out {
+        Target::Avro(w) => {
+            w.into_inner()
                 .map_err(|e| CliError::BadInput(format!("Avro writer: {e}")))?;
-            out.write_all(&bytes)
-                .map_err(|e| CliError::BadInput(format!("writing: {e}")))?;
         }
-        (ReplayOutput::Index(ix), _) => {
-            report.index = Some(ix.finish()?);
-        }
-        _ => {}
+        Target::Index(ix) => report.index = Some(ix.finish()?),
+        Target::Ndjson(_) => {}
     }
     if !open.is_empty() {
         return Err(CliError::Interrupted(format!(
