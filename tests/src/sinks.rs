@@ -410,6 +410,25 @@ impl SinkProcess {
     }
 }
 
+/// A mapping conflict: every change of `sc` tagged `rack` (so
+/// `labels.rack` becomes a keyword), and a copy of change `i` tagged
+/// `rack.unit` (which needs `labels.rack` to be an object) with event id
+/// `bb…bb`: returns that change's key and encoded bytes.
+pub fn rack_conflict(sc: &mut Scenario, i: usize) -> (Vec<u8>, Vec<u8>) {
+    for c in &mut sc.changes {
+        c.enrichment.tags = std::borrow::Cow::Owned([("rack".to_owned(), "r12".to_owned())].into());
+    }
+    let mut bad = sc.changes[i].clone();
+    bad.enrichment.tags =
+        std::borrow::Cow::Owned([("rack.unit".to_owned(), "7".to_owned())].into());
+    bad.event_id = pkgstream_schemas::EventId([0xbb; 16]);
+    let mut bytes = Vec::new();
+    pkgstream_schemas::Encoder::new()
+        .encode_enriched_change(&bad, &mut bytes)
+        .expect("encode");
+    (bad.host.machine_id.as_bytes().to_vec(), bytes)
+}
+
 /// `METHOD path` with an optional JSON body against the test engine.
 /// A 503 (a shard of an index the sink has just created is not active
 /// yet) is asked again for up to 30 s.

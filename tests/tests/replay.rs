@@ -10,7 +10,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use pkgstream_tests::sinks::{all_docs, count, indexed_state, scenario, wait_count, SinkEnv};
+use pkgstream_tests::sinks::{
+    all_docs, count, indexed_state, rack_conflict, scenario, wait_count, SinkEnv,
+};
 use pkgstream_tests::{binary, kafka_brokers};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
@@ -315,20 +317,9 @@ fn a_range_replayed_into_an_index_equals_the_live_index_restricted_to_it() {
 fn an_event_the_engine_refuses_is_listed_and_the_replay_fails() {
     let env = SinkEnv::new(&kafka_brokers(), "replay-refused");
     let mut sc = scenario(&env.prefix, 5, 20, 10, 0);
-    for c in &mut sc.changes {
-        c.enrichment.tags = std::borrow::Cow::Owned([("rack".to_owned(), "r12".to_owned())].into());
-    }
-    // `labels.rack` becomes a keyword; a tag `rack.unit` needs an object.
-    let mut bad = sc.changes[10].clone();
-    bad.enrichment.tags =
-        std::borrow::Cow::Owned([("rack.unit".to_owned(), "7".to_owned())].into());
-    bad.event_id = pkgstream_schemas::EventId([0xbb; 16]);
-    let mut bytes = Vec::new();
-    pkgstream_schemas::Encoder::new()
-        .encode_enriched_change(&bad, &mut bytes)
-        .unwrap();
+    let bad = rack_conflict(&mut sc, 10);
     let mut records = sc.records();
-    records.push((bad.host.machine_id.as_bytes().to_vec(), bytes));
+    records.push(bad);
     let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
     produce_at(&env, &records, base);
     let audit = format!("{}-audit", env.prefix);

@@ -195,24 +195,14 @@ fn items_rejected_with_429_are_retried_to_exactly_once() {
 fn a_mapping_conflict_goes_to_the_dlq_and_the_rest_flows() {
     let env = SinkEnv::new(&kafka_brokers(), "sink-dlq");
     let mut sc = scenario(&env.prefix, 20, 10, 10, 0);
-    for c in &mut sc.changes {
-        c.enrichment.tags = std::borrow::Cow::Owned([("rack".to_owned(), "r12".to_owned())].into());
-    }
+    let (bad_key, bytes) = rack_conflict(&mut sc, 150);
     let records = sc.records();
     let (first, rest) = records.split_at(100);
     env.produce(first);
     let sink = env.start("search", &[]);
     wait_count(&env.changes(), 100, LIMIT);
     // `labels.rack` is a keyword now; a tag `rack.unit` needs it to be an object.
-    let mut bad = sc.changes[150].clone();
-    bad.enrichment.tags =
-        std::borrow::Cow::Owned([("rack.unit".to_owned(), "7".to_owned())].into());
-    bad.event_id = pkgstream_schemas::EventId([0xbb; 16]);
-    let mut bytes = Vec::new();
-    pkgstream_schemas::Encoder::new()
-        .encode_enriched_change(&bad, &mut bytes)
-        .unwrap();
-    let mut second = vec![(bad.host.machine_id.as_bytes().to_vec(), bytes.clone())];
+    let mut second = vec![(bad_key, bytes.clone())];
     second.extend_from_slice(rest);
     env.produce(&second);
     wait_count(&env.changes(), 200, LIMIT);

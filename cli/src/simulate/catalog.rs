@@ -735,13 +735,8 @@ impl Catalog {
 /// `427.18.1.el9_4` for the kernel).
 pub fn patched(evr: &Evr) -> Evr {
     let mut out = evr.clone();
-    let first: String = evr
-        .release
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    let rest = &evr.release[first.len()..];
-    let n: u64 = first.parse().unwrap_or(0);
+    let (n, rest) = leading_number(&evr.release);
+    let n = n.unwrap_or(0);
     if let Some(tail) = rest.strip_prefix(".16.1") {
         out.release = format!("{n}.18.1{tail}");
     } else {
@@ -754,16 +749,20 @@ pub fn patched(evr: &Evr) -> Evr {
 /// An older release of `evr` (`4.el9` → `2.el9`, `1.el9` → `0.1.el9`).
 pub fn older(evr: &Evr) -> Evr {
     let mut out = evr.clone();
-    let first: String = evr
-        .release
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    match first.parse::<u64>() {
-        Ok(n) if n >= 2 => out.release = format!("{}{}", n - 2, &evr.release[first.len()..]),
+    match leading_number(&evr.release) {
+        (Some(n), rest) if n >= 2 => out.release = format!("{}{rest}", n - 2),
         _ => out.release = format!("0.{}", evr.release),
     }
     out
+}
+
+/// A release's leading number and the rest (`27.el9` → `(Some(27), ".el9")`).
+fn leading_number(release: &str) -> (Option<u64>, &str) {
+    let digits = release.len()
+        - release
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .len();
+    (release[..digits].parse().ok(), &release[digits..])
 }
 
 #[cfg(test)]
