@@ -3,10 +3,11 @@
 //! pkgstream topic and print each event as one JSON line, decoded with
 //! every shipped schema version; [`query`]: `history` and `changes` from
 //! the search engine; [`drift`]: the drift report; [`replay`]: a time
-//! range of the enriched topic as NDJSON or an Avro container file;
-//! [`simulate`]: a fleet simulator writing through the producer's own code. `pkgstream router` runs `pkgstream-router`.
-//! The router, the sinks, replay and the queries become subcommands here as
-//! their crates land; this crate stays thin glue over them.
+//! range of the enriched topic as NDJSON, an Avro container file or an
+//! index; [`simulate`]: a fleet simulator writing through the producer's
+//! own code. The router and the sinks live in their crates; `pkgstream
+//! router` and `pkgstream sink ...` only start them. This crate stays thin
+//! glue over them.
 
 pub mod config;
 pub mod drift;
