@@ -355,3 +355,46 @@ fn an_event_the_engine_refuses_is_listed_and_the_replay_fails() {
     );
     assert_eq!(count(&format!("{audit}-changes-*")), n as u64);
 }
+
+#[test]
+fn sigterm_stops_a_replay_with_what_was_read_and_a_non_zero_exit() {
+    use std::io::{BufRead, BufReader};
+    let env = SinkEnv::new(&kafka_brokers(), "replay-sigterm");
+    let sc = scenario(&env.prefix, 20, 150, 20, 0);
+    let n = sc.changes.len();
+    let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    produce_at(&env, &sc.records(), base);
+    // Nobody reads stdout at first: the pipe fills and replay waits on it,
+    // far before the end of the range (3,000 lines of ~1 KiB).
+    let mut child = Command::new(binary("pkgstream"))
+        .args(["replay", "--from", &iso(base - 1_000)])
+        .env_remove("PKGSTREAM_CONFIG")
+        .envs(env.vars.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let rest: Vec<String> = out.lines().map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "interrupted is a failure: {err}");
+    assert!(err.contains("interrupted: "), "{err}");
+    let lines = 1 + rest.len();
+    assert!(lines < n, "stopped early: {lines} of {n} lines");
+    assert!(
+        err.contains(&format!("{lines} change(s) written")),
+        "the message says how far: {lines} lines, {err}"
+    );
+    for l in &rest {
+        serde_json::from_str::<serde_json::Value>(l).unwrap();
+    }
+}
