@@ -5,12 +5,14 @@
 //!   and [`config::load`], which reads one TOML file plus `PKGSTREAM__*`
 //!   environment overrides into a stage's own config type, rejecting
 //!   unknown keys;
+//! - [`delivery`]: a producer context that remembers failed deliveries;
 //! - [`dlq`]: the headers of a dead letter, the same from every stage;
 //! - [`health`]: the `/metrics`, `/healthz` and `/readyz` HTTP endpoint;
 //! - [`shutdown`]: a flag raised by SIGTERM/SIGINT that loops poll;
 //! - [`topics`]: creating missing topics.
 
 pub mod config;
+pub mod delivery;
 pub mod dlq;
 pub mod health;
 pub mod shutdown;

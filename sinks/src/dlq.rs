@@ -2,12 +2,12 @@
 //! reason and the source position in headers (the same header names the
 //! router uses).
 
-use std::sync::Mutex;
 use std::time::Duration;
 
+use pkgstream_runtime::delivery::DeliveryFailures;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
 
 use crate::SinkError;
 
@@ -29,28 +29,9 @@ pub struct DeadLetter<'a> {
     pub reason: &'a str,
 }
 
-/// Remembers the first delivery failure since the last [`Dlq::flush`].
-#[derive(Default)]
-struct Deliveries {
-    failed: Mutex<Option<String>>,
-}
-
-impl ClientContext for Deliveries {}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            let mut slot = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-            slot.get_or_insert_with(|| e.to_string());
-        }
-    }
-}
-
 /// An idempotent producer to the DLQ topic.
 pub struct Dlq {
-    producer: ThreadedProducer<Deliveries>,
+    producer: ThreadedProducer<DeliveryFailures>,
     topic: String,
     brokers: String,
 }
@@ -62,7 +43,7 @@ impl Dlq {
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
-            .create_with_context(Deliveries::default())
+            .create_with_context(DeliveryFailures::default())
             .map_err(|e| SinkError::Kafka {
                 brokers: brokers.to_owned(),
                 what: "creating the DLQ producer".into(),
@@ -114,15 +95,8 @@ impl Dlq {
         self.producer
             .flush(Duration::from_secs(60))
             .map_err(|e| err(e.to_string()))?;
-        let failed = self
-            .producer
-            .context()
-            .failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        match failed {
-            Some(reason) => Err(err(reason)),
+        match self.producer.context().take() {
+            Some((n, reason)) => Err(err(format!("{n} not delivered: {reason}"))),
             None => Ok(()),
         }
     }

@@ -43,9 +43,10 @@ use pkgstream_producer::emitter::{flush, record_events};
 use pkgstream_producer::input::HookEvent;
 use pkgstream_producer::{EmitConfig, Spool};
 use pkgstream_runtime::config::TopicsConfig;
+use pkgstream_runtime::delivery::DeliveryFailures;
 use pkgstream_runtime::topics::{create_missing, TopicSpec};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -410,7 +411,7 @@ impl<'a> Simulator<'a> {
             pkgstream_runtime::RuntimeError::Kafka { reason, .. } => kafka(reason),
             e => kafka(e.to_string()),
         })?;
-        let producer: BaseProducer<Deliveries> = ClientConfig::new()
+        let producer: BaseProducer<DeliveryFailures> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("client.id", "pkgstream-simulate")
             .set("acks", "all")
@@ -421,7 +422,7 @@ impl<'a> Simulator<'a> {
                 "message.timeout.ms",
                 self.flush_timeout.as_millis().to_string(),
             )
-            .create_with_context(Deliveries::default())
+            .create_with_context(DeliveryFailures::default())
             .map_err(|e| kafka(e.to_string()))?;
         producer
             .client()
@@ -455,14 +456,7 @@ impl<'a> Simulator<'a> {
         producer
             .flush(self.flush_timeout)
             .map_err(|e| kafka(format!("{}: {e}", self.hosts_topic)))?;
-        let failed = producer.context().failed.load(Ordering::Relaxed);
-        if failed > 0 {
-            let reason = producer
-                .context()
-                .last_error
-                .lock()
-                .map(|e| e.clone().unwrap_or_default())
-                .unwrap_or_default();
+        if let Some((failed, reason)) = producer.context().take() {
             return Err(kafka(format!(
                 "{failed} host metadata record(s) to {} not delivered: {reason}",
                 self.hosts_topic
@@ -616,27 +610,5 @@ impl<'a> Simulator<'a> {
             warn!(spool = %dir.display(), recorded, shipped, "the spool held events of an earlier run; shipped them too");
         }
         Ok(shipped)
-    }
-}
-
-/// Counts failed deliveries of the host metadata.
-#[derive(Default)]
-struct Deliveries {
-    failed: AtomicU64,
-    last_error: Mutex<Option<String>>,
-}
-
-impl ClientContext for Deliveries {}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut last) = self.last_error.lock() {
-                *last = Some(e.to_string());
-            }
-        }
     }
 }
