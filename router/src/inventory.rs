@@ -14,7 +14,7 @@ use pkgstream_schemas::{
     change_event_id, Action, InventorySnapshot, Package, PackageChange, Source, Transaction,
 };
 
-use crate::rpmvercmp::evrcmp;
+use pkgstream_schemas::rpmvercmp::evrcmp;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Nevra {

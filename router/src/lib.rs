@@ -13,7 +13,6 @@
 //! - [`hosts`]: the host table (CSV file + compacted topic) and maintenance windows;
 //! - [`dedupe`]: the bounded dedupe window;
 //! - [`inventory`]: lost changes inferred from consecutive snapshots;
-//! - [`rpmvercmp`]: rpm's version order;
 //! - [`config`], [`metrics`], and [`RouterError`].
 
 pub mod config;
@@ -23,7 +22,6 @@ pub mod inventory;
 pub mod metrics;
 pub mod pipeline;
 pub mod process;
-pub mod rpmvercmp;
 
 pub use config::RouterConfig;
 pub use pipeline::Router;

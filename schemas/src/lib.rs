@@ -10,6 +10,8 @@
 //!   current `PackageChange` and `Enrichment` (the hot path);
 //! - [`id`]: the `event_id` and `snapshot_id` derivations;
 //! - [`validate`]: semantic checks applied on encode and decode;
+//! - [`rpmvercmp`]: rpm's version order, shared by every stage that
+//!   compares or sorts versions;
 //! - [`sample`]: realistic sample events for tests, benches and demos;
 //! - [`SchemaError`]: the one error type, one variant per way input is bad.
 //!
@@ -20,6 +22,7 @@ pub mod codec;
 mod error;
 pub mod event;
 pub mod id;
+pub mod rpmvercmp;
 pub mod sample;
 pub mod validate;
 

@@ -1,7 +1,8 @@
-//! rpm's version comparison (`rpmvercmp`), needed to tell an upgrade from a
-//! downgrade when two inventory snapshots differ. Same algorithm as rpm
-//! 4.x: alternating numeric/alpha segments, numeric newer than alpha, `~`
-//! sorts before anything (pre-releases), `^` after the base (snapshots).
+//! rpm's version comparison (`rpmvercmp`): the router tells an upgrade
+//! from a downgrade with it when two inventory snapshots differ, the search
+//! sink's `evr_sort` key must order as it does. Same algorithm as rpm 4.x:
+//! alternating numeric/alpha segments, numeric newer than alpha, `~` sorts
+//! before anything (pre-releases), `^` after the base (snapshots).
 
 use std::cmp::Ordering;
 
