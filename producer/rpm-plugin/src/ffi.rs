@@ -36,7 +36,8 @@ pub const TR_REMOVED: u32 = 1 << 1;
 /// `RPMTRANS_FLAG_TEST`: dnf's and `rpm --test`'s dry run.
 pub const RPMTRANS_FLAG_TEST: u32 = 1 << 0;
 
-/// rpm tags read from headers.
+/// rpm tags read from headers (`rpmtag.h`; the same numbers `rpm -q --qf`
+/// and the inventory snapshot read by name).
 pub mod tag {
     #![allow(missing_docs)]
     pub const BUILDTIME: u32 = 1006;
@@ -44,7 +45,11 @@ pub mod tag {
     pub const SIZE: u32 = 1009;
     pub const VENDOR: u32 = 1011;
     pub const LONGSIZE: u32 = 5009;
-    pub const SHA256HEADER: u32 = 5097;
+    /// `RPMTAG_SHA256HEADER` = `RPMTAG_SIG_BASE` (256) + 17: the SHA-256 of
+    /// the header, what `%{SHA256HEADER}` prints. (5097 is
+    /// `RPMTAG_PAYLOADDIGESTALT`, a digest of the payload.)
+    pub const SHA256HEADER: u32 = 273;
+    /// `RPMTAG_SHA1HEADER` = 256 + 13, for packages built without SHA-256.
     pub const SHA1HEADER: u32 = 269;
 }
 
