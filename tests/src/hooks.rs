@@ -277,6 +277,13 @@ impl HostRoot {
         cmd.output().expect("run rpm")
     }
 
+    /// `program` with this root's hook environment (`HOME` with its
+    /// `.rpmmacros`, the spool, `PKGSTREAM_EMIT`): another host of the rpm
+    /// plugin than `rpm` and `dnf`, e.g. a python program using librpm.
+    pub fn command(&self, program: &str) -> Command {
+        self.with_env(Command::new(program))
+    }
+
     /// The rpm plugin directory of this root.
     pub fn plugindir(&self) -> &Path {
         &self.plugindir

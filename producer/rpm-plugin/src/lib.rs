@@ -11,7 +11,10 @@
 //! put its context (history id, command line, user, repos) in
 //! `PKGSTREAM_DNF_CONTEXT`; the events are then reported with source DNF
 //! and that context, and `PKGSTREAM_RPM_RECORDED` tells the dnf plugin it
-//! has nothing left to do — one event per change.
+//! has nothing left to do — one event per change. That marker is the only
+//! change the plugin makes to its host's environment, and only for dnf, on
+//! the main thread ([`on_main_thread`]): inside other hosts (PackageKit,
+//! with its worker threads) `setenv` would race with their `getenv`.
 //!
 //! Every entry point catches panics and returns `RPMRC_OK`: the plugin can
 //! log, never fail or stall a transaction. librpm is found at run time
@@ -190,10 +193,12 @@ unsafe fn after_transaction(rpm: &Rpm, ts: Rpmts) {
         return;
     }
     let pid = std::process::id();
-    let ctx = std::env::var("PKGSTREAM_DNF_CONTEXT")
+    let dnf_context = std::env::var("PKGSTREAM_DNF_CONTEXT")
         .ok()
-        .and_then(|t| Context::from_dnf_env(&t, pid))
-        .unwrap_or_else(rpm_context);
+        .and_then(|t| Context::from_dnf_env(&t, pid));
+    // Only the dnf plugin (same process) reads the marker.
+    let under_dnf = dnf_context.is_some();
+    let ctx = dnf_context.unwrap_or_else(rpm_context);
     // SAFETY: as above.
     let mut elements = unsafe { read_elements(rpm, ts) };
     change::apply_obsoletes(&mut elements, &ctx);
@@ -206,13 +211,11 @@ unsafe fn after_transaction(rpm: &Rpm, ts: Rpmts) {
     };
     let changes = change::classify(&elements, &vercmp);
     if changes.is_empty() {
-        mark_recorded(pid, tid, 0, "ok");
+        if under_dnf {
+            mark_recorded(rpm, pid, tid, 0, "ok");
+        }
         return;
     }
-    let ctx = std::env::var("PKGSTREAM_DNF_CONTEXT")
-        .ok()
-        .and_then(|t| Context::from_dnf_env(&t, pid))
-        .unwrap_or_else(rpm_context);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
@@ -251,15 +254,41 @@ unsafe fn after_transaction(rpm: &Rpm, ts: Rpmts) {
             format!("failed {e}")
         }
     };
-    mark_recorded(pid, tid, changes.len(), &status);
+    if under_dnf {
+        mark_recorded(rpm, pid, tid, changes.len(), &status);
+    }
 }
 
-/// Tells the dnf plugin (same process) that this transaction is handled:
+/// Whether the calling thread is the process's main thread (its thread id
+/// is the process id).
+pub fn on_main_thread() -> bool {
+    // SAFETY: gettid and getpid cannot fail.
+    unsafe { libc::gettid() == libc::getpid() }
+}
+
+/// Tells the dnf plugin (same process, called only when dnf's context names
+/// this process) that this transaction is handled:
 /// `PKGSTREAM_RPM_RECORDED="<pid> <rpm tid> <changes> ok"` or
 /// `"... failed <reason>"`.
-fn mark_recorded(pid: u32, tid: i64, changes: usize, status: &str) {
+///
+/// This is the plugin's only change to its host's environment, and
+/// `setenv(3)` is not safe while another thread may call `getenv(3)`: it
+/// happens on the main thread only, where dnf runs rpm's transaction (its
+/// python threads are idle then). Off the main thread nothing is set; the
+/// dnf plugin then records the changes from its own view, with the same
+/// event ids, which downstream deduplication absorbs. Nothing else the
+/// plugin does touches the environment: the emitter inherits it as it is.
+fn mark_recorded(rpm: &Rpm, pid: u32, tid: i64, changes: usize, status: &str) {
+    if !on_main_thread() {
+        rpm.log(
+            ffi::RPMLOG_DEBUG,
+            &format!("transaction {tid} ran off the main thread: PKGSTREAM_RPM_RECORDED not set (the dnf plugin records it again, same event ids)"),
+        );
+        return;
+    }
     if let Ok(v) = CString::new(format!("{pid} {tid} {changes} {status}")) {
-        // SAFETY: valid C strings; dnf's python runs no other thread here.
+        // SAFETY: valid C strings, on the main thread (checked above) of a
+        // process where dnf drives the transaction from that thread.
         unsafe { libc::setenv(c"PKGSTREAM_RPM_RECORDED".as_ptr(), v.as_ptr(), 1) };
     }
 }
@@ -402,4 +431,13 @@ fn user_name(uid: u32) -> Option<String> {
     }
     // SAFETY: pw_name points into buf.
     unsafe { ffi::string(pw.pw_name) }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    #[test]
+    fn a_spawned_thread_is_not_the_main_thread() {
+        assert!(!std::thread::spawn(super::on_main_thread).join().unwrap());
+    }
 }
