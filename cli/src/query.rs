@@ -245,24 +245,54 @@ impl Queries {
     }
 }
 
+/// The PACKAGE cell: `name.arch evr`, and for a change that replaced a
+/// package, old side first: `name.arch old-evr -> new-evr` when the name and
+/// arch stay, else both in full (`oldtool.noarch 0:1.0-1 -> newtool.noarch
+/// 0:2.0-1`). In an obsolete the document's package is the old side (the
+/// obsoleted one) and `replaced` the package that obsoletes it, always shown
+/// in full; in every other action `replaced` is the old side.
+pub fn package_cell(doc: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    let name_arch = |p: &Value| match (p["name"].as_str(), p["architecture"].as_str()) {
+        (Some(n), Some(a)) => format!("{n}.{a}"),
+        (Some(n), None) => n.to_owned(),
+        (None, _) => "?".to_owned(),
+    };
+    let pkg = &doc["package"];
+    let replaced = &doc["pkgstream"]["replaced"];
+    if replaced["evr"].as_str().is_none() {
+        return format!("{} {}", name_arch(pkg), s(&pkg["evr"]));
+    }
+    let obsolete = doc["event"]["action"].as_str() == Some("obsolete");
+    let (old, new) = if obsolete {
+        (pkg, replaced)
+    } else {
+        (replaced, pkg)
+    };
+    // A field the old side lacks is taken as unchanged.
+    let kept = |f: &str| old[f].is_null() || old[f] == new[f];
+    if !obsolete && kept("name") && kept("architecture") {
+        format!(
+            "{} {} -> {}",
+            name_arch(new),
+            s(&old["evr"]),
+            s(&new["evr"])
+        )
+    } else {
+        format!(
+            "{} {} -> {} {}",
+            name_arch(old),
+            s(&old["evr"]),
+            name_arch(new),
+            s(&new["evr"])
+        )
+    }
+}
+
 /// One row of the history table.
 pub fn row(doc: &Value) -> [String; 7] {
     let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
-    let pkg = &doc["package"];
-    let what = match doc["pkgstream"]["replaced"]["evr"].as_str() {
-        Some(old) => format!(
-            "{}.{} {old} -> {}",
-            s(&pkg["name"]),
-            s(&pkg["architecture"]),
-            s(&pkg["evr"])
-        ),
-        None => format!(
-            "{}.{} {}",
-            s(&pkg["name"]),
-            s(&pkg["architecture"]),
-            s(&pkg["evr"])
-        ),
-    };
+    let what = package_cell(doc);
     let how = match (
         doc["pkgstream"]["source"].as_str(),
         doc["process"]["command_line"].as_str(),
@@ -402,5 +432,46 @@ mod tests {
             text.starts_with("TIME") && text.lines().count() == 2,
             "{text}"
         );
+    }
+
+    fn obsolete_doc() -> Value {
+        // As the search sink writes it: the obsoleted package, and in
+        // `replaced` the package that obsoletes it.
+        json!({"event": {"action": "obsolete"},
+            "package": {"name": "oldtool", "architecture": "noarch", "evr": "0:1.0-1"},
+            "pkgstream": {"source": "dnf", "replaced": {"name": "newtool", "architecture": "noarch", "evr": "0:2.0-1"}}})
+    }
+
+    #[test]
+    fn an_obsolete_names_both_packages_old_side_first() {
+        assert_eq!(
+            row(&obsolete_doc())[3],
+            "oldtool.noarch 0:1.0-1 -> newtool.noarch 0:2.0-1"
+        );
+        // Without the obsoleting package's name the gap shows.
+        let mut d = obsolete_doc();
+        d["pkgstream"]["replaced"] = json!({"evr": "0:2.0-1"});
+        assert_eq!(row(&d)[3], "oldtool.noarch 0:1.0-1 -> ? 0:2.0-1");
+    }
+
+    #[test]
+    fn a_replacement_under_another_name_or_arch_names_both() {
+        let d = json!({"event": {"action": "upgrade"},
+            "package": {"name": "curl-minimal", "architecture": "x86_64", "evr": "0:7.76.1-29.el9"},
+            "pkgstream": {"replaced": {"name": "curl", "architecture": "x86_64", "evr": "0:7.76.1-26.el9"}}});
+        assert_eq!(
+            row(&d)[3],
+            "curl.x86_64 0:7.76.1-26.el9 -> curl-minimal.x86_64 0:7.76.1-29.el9"
+        );
+        let d = json!({"event": {"action": "upgrade"},
+            "package": {"name": "glibc", "architecture": "x86_64", "evr": "0:2.34-100"},
+            "pkgstream": {"replaced": {"name": "glibc", "architecture": "i686", "evr": "0:2.34-83"}}});
+        assert_eq!(
+            row(&d)[3],
+            "glibc.i686 0:2.34-83 -> glibc.x86_64 0:2.34-100"
+        );
+        let d = json!({"event": {"action": "install"},
+            "package": {"name": "pa", "architecture": "noarch", "evr": "0:1.0-1"}, "pkgstream": {}});
+        assert_eq!(row(&d)[3], "pa.noarch 0:1.0-1");
     }
 }
