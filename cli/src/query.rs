@@ -2,7 +2,8 @@
 //! history from the indices the search sink writes (`[search_sink]` url and
 //! index prefix) — who (login user), how (dnf command line or plain rpm),
 //! from which repo. Bad input is an error, never an empty table that looks
-//! like an answer: an unknown host, a time in the future, an inverted range.
+//! like an answer: an unknown host, a time in the future, an inverted range,
+//! an index prefix with nothing under it on the engine.
 
 use std::io::Write;
 
@@ -166,21 +167,53 @@ impl Queries {
     }
 
     /// A search whose answer is cut to `filter_path` (empty: all of it).
+    /// When no index matches `index` at all — a wrong prefix, another
+    /// engine, a sink that never ran — this is an error naming the index,
+    /// the prefix and the engine, never an empty answer.
     pub(crate) fn search_filtered(
         &self,
         index: &str,
         filter_path: &str,
         body: &Value,
     ) -> Result<Value, CliError> {
+        let r = self.search_any(index, filter_path, body)?;
+        if from_no_index(&r) {
+            return Err(self.no_index(index));
+        }
+        Ok(r)
+    }
+
+    /// [`Queries::search_filtered`] that answers an empty result when no
+    /// index matches (`_shards.total` 0 then; it is always in the answer).
+    fn search_any(&self, index: &str, filter_path: &str, body: &Value) -> Result<Value, CliError> {
         let fp = if filter_path.is_empty() {
             String::new()
         } else {
-            format!("&filter_path={filter_path}")
+            format!("&filter_path={filter_path},_shards.total")
         };
         let path = format!("/{index}/_search?ignore_unavailable=true&allow_no_indices=true{fp}");
         self.client
             .json("POST", &path, Some(body))
             .map_err(|e| engine_err(&self.client, e))
+    }
+
+    /// The error for a query on `index` where no index matched.
+    fn no_index(&self, index: &str) -> CliError {
+        CliError::Engine {
+            url: self.client.display_url(),
+            reason: format!(
+                "no index {index} under index prefix '{}' (is [search_sink] index_prefix or url wrong, or has the search sink never run against this engine?)",
+                self.idx.prefix()
+            ),
+        }
+    }
+
+    /// Whether the search sink has set up the prefix here (its host or
+    /// package-state index exists), even if it has indexed no change yet.
+    fn prefix_exists(&self) -> Result<bool, CliError> {
+        let both = format!("{},{}", self.idx.hosts(), self.idx.packages());
+        let r = self.search_any(&both, "hits.total", &json!({"size": 0}))?;
+        Ok(!from_no_index(&r))
     }
 
     /// The index names queried.
@@ -232,7 +265,15 @@ impl Queries {
             if let Some(a) = &after {
                 body["search_after"] = a.clone();
             }
-            let r = self.search(&self.idx.changes_pattern(), &body)?;
+            let pattern = self.idx.changes_pattern();
+            let r = self.search_any(&pattern, "", &body)?;
+            if from_no_index(&r) {
+                // No change index: only the truth if the prefix is there.
+                if self.prefix_exists()? {
+                    break;
+                }
+                return Err(self.no_index(&pattern));
+            }
             let hits = r["hits"]["hits"].as_array().cloned().unwrap_or_default();
             let n = hits.len();
             after = hits.last().map(|h| h["sort"].clone());
@@ -287,6 +328,13 @@ pub fn package_cell(doc: &Value) -> String {
             s(&new["evr"])
         )
     }
+}
+
+/// Whether a search answer came from no index at all: with
+/// `allow_no_indices` a pattern that matches nothing answers 0 hits from 0
+/// shards, where an existing (even empty) index has at least one shard.
+fn from_no_index(r: &Value) -> bool {
+    r["_shards"]["total"].as_u64() == Some(0)
 }
 
 /// One row of the history table.
