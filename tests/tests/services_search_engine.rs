@@ -65,7 +65,12 @@ fn a_port_the_runner_cannot_honour_is_refused_loudly() {
         );
         let took = started.elapsed();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{service} on {port}: {}", text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{service} on {port}: {}",
+            text(&out)
+        );
         assert!(
             err.contains(&format!(
                 "[services] ERROR: {service}: {var}={port} cannot be honoured"
