@@ -159,7 +159,10 @@ fn emit_env(base: &Path) -> Vec<(String, String)> {
     let _ = std::fs::write(etc.join("hostname"), "bench\n");
     let _ = std::fs::write(etc.join("emit.toml"), "");
     vec![
-        ("PKGSTREAM_EMIT__KAFKA__BROKERS".into(), "127.0.0.1:1".into()),
+        (
+            "PKGSTREAM_EMIT__KAFKA__BROKERS".into(),
+            "127.0.0.1:1".into(),
+        ),
         ("PKGSTREAM_EMIT__FLUSH__TIMEOUT_SECS".into(), "1".into()),
         (
             "PKGSTREAM_EMIT__SPOOL__DIR".into(),

@@ -444,8 +444,10 @@ pub fn flush(
             let mut outcomes = send_batch(producer, topic, &batch.records, deadline);
             // A broker refuses a whole request that is too large: only what
             // fails alone too is poison.
+            let mut retried_alone = 0u64;
             for (i, outcome) in outcomes.iter_mut().enumerate() {
                 if matches!(outcome, Err(Failure::Poison(_))) && batch.records.len() > 1 {
+                    retried_alone += 1;
                     if let Some(alone) =
                         send_batch(producer, topic, &batch.records[i..=i], deadline)
                             .into_iter()
@@ -456,6 +458,7 @@ pub fn flush(
                 }
             }
             let mut done = Vec::with_capacity(outcomes.len());
+            let mut set_aside = 0u64;
             let mut failure: Option<Failure> = None;
             for (record, outcome) in batch.records.iter().zip(outcomes) {
                 match outcome {
@@ -474,7 +477,7 @@ pub fn flush(
                             &reason,
                         )?;
                         error!(topic, bytes = record.value.len(), reason = %reason, dead_letter = %path.display(), "record set aside");
-                        report.set_aside += 1;
+                        set_aside += 1;
                         done.push(true);
                     }
                     Err(other) => {
@@ -486,13 +489,17 @@ pub fn flush(
                 }
             }
             spool.ack(&batch, &done)?;
-            let acked = done.iter().filter(|d| **d).count() as u64;
-            let failed = done.len() as u64 - acked;
+            let failed = done.iter().filter(|d| !**d).count() as u64;
+            let acked = done.len() as u64 - failed - set_aside;
+            report.set_aside += set_aside;
             match lane {
                 Lane::Changes => report.changes += acked,
                 Lane::Inventory => report.snapshots += acked,
             }
-            info!(topic, acked, failed, "batch shipped");
+            info!(
+                topic,
+                acked, failed, set_aside, retried_alone, "batch shipped"
+            );
             match failure {
                 None => {}
                 Some(Failure::Refused(reason)) => {

@@ -98,18 +98,43 @@ pub fn dbpath_candidates(rpm_dbpath: Option<&str>) -> Vec<String> {
     out
 }
 
-/// Whether `dbpath` under `root` holds an rpm database. An absolute
-/// symlink there is followed inside the root, as rpm (chrooted) would.
-pub fn holds_rpmdb(root: &Path, dbpath: &str) -> bool {
-    let mut dir = root.join(dbpath.trim_start_matches('/'));
-    if let Ok(target) = std::fs::read_link(&dir) {
-        dir = if target.is_absolute() {
-            root.join(target.strip_prefix("/").unwrap_or(&target))
+/// Where `dbpath` under `root` holds an rpm database: the path to give
+/// rpm's `--dbpath`, with a symlink there resolved inside the root (rpm
+/// opens `ROOT/DBPATH` without a chroot, so an absolute link such as
+/// `/var/lib/rpm -> /usr/lib/sysimage/rpm` would lead it out of the root).
+/// `None` when no database is there.
+pub fn find_rpmdb(root: &Path, dbpath: &str) -> Option<String> {
+    let inside = |p: &str| root.join(p.trim_start_matches('/'));
+    let mut resolved = normalize(dbpath);
+    if let Ok(target) = std::fs::read_link(inside(&resolved)) {
+        let target = target.to_string_lossy().into_owned();
+        resolved = if target.starts_with('/') {
+            normalize(&target)
         } else {
-            dir.parent().map_or(target.clone(), |p| p.join(&target))
+            normalize(&format!("{resolved}/../{target}"))
         };
     }
-    DB_FILES.iter().any(|f| dir.join(f).is_file())
+    let dir = inside(&resolved);
+    DB_FILES
+        .iter()
+        .any(|f| dir.join(f).is_file())
+        .then_some(resolved)
+}
+
+/// `path` made absolute and without `.`, `..` or repeated slashes
+/// (lexically; `..` stops at `/`).
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
 }
 
 /// Reads the rpmdb of `root` (default `/`) at `dbpath` (default: found as
@@ -133,11 +158,17 @@ pub fn snapshot_line(
         }
     };
     let mut looked_at = Vec::new();
+    let mut queried: Vec<String> = Vec::new();
     for candidate in &candidates {
-        if !holds_rpmdb(root_dir, candidate) {
+        let Some(found) = find_rpmdb(root_dir, candidate) else {
             looked_at.push(format!("{candidate}: no database"));
             continue;
+        };
+        if queried.contains(&found) {
+            continue;
         }
+        queried.push(found.clone());
+        let candidate = &found;
         let mut args: Vec<&str> = Vec::new();
         let root_text = root.map(|r| r.display().to_string());
         if let Some(r) = &root_text {
@@ -256,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn a_database_is_found_through_an_absolute_symlink_inside_the_root() {
+    fn a_database_is_found_through_a_symlink_resolved_inside_the_root() {
         let root = tempfile::tempdir().unwrap();
         let sysimage = root.path().join("usr/lib/sysimage/rpm");
         std::fs::create_dir_all(&sysimage).unwrap();
@@ -264,8 +295,28 @@ mod tests {
         std::fs::create_dir_all(root.path().join("var/lib")).unwrap();
         std::os::unix::fs::symlink("/usr/lib/sysimage/rpm", root.path().join("var/lib/rpm"))
             .unwrap();
-        assert!(holds_rpmdb(root.path(), "/var/lib/rpm"));
-        assert!(holds_rpmdb(root.path(), "/usr/lib/sysimage/rpm"));
-        assert!(!holds_rpmdb(root.path(), "/root/.rpmdb"));
+        let found = |p: &str| find_rpmdb(root.path(), p);
+        assert_eq!(
+            found("/var/lib/rpm").as_deref(),
+            Some("/usr/lib/sysimage/rpm")
+        );
+        assert_eq!(
+            found("/usr/lib/sysimage/rpm/").as_deref(),
+            Some("/usr/lib/sysimage/rpm")
+        );
+        assert_eq!(found("/root/.rpmdb"), None);
+        // Fedora's own link is relative.
+        std::fs::remove_file(root.path().join("var/lib/rpm")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../usr/lib/sysimage/rpm",
+            root.path().join("var/lib/rpm"),
+        )
+        .unwrap();
+        assert_eq!(
+            found("/var/lib/rpm").as_deref(),
+            Some("/usr/lib/sysimage/rpm")
+        );
+        assert_eq!(normalize("/a/./b//../c/"), "/a/c");
+        assert_eq!(normalize("/../x"), "/x");
     }
 }

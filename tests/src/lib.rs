@@ -136,9 +136,15 @@ impl EmitEnv {
                 "PKGSTREAM_EMIT__TOPICS__INVENTORY_RAW".into(),
                 inventory_topic.clone(),
             ),
-            ("PKGSTREAM_EMIT__HOST__MACHINE_ID_FILE".into(), p("machine-id")),
+            (
+                "PKGSTREAM_EMIT__HOST__MACHINE_ID_FILE".into(),
+                p("machine-id"),
+            ),
             ("PKGSTREAM_EMIT__HOST__HOSTNAME_FILE".into(), p("hostname")),
-            ("PKGSTREAM_EMIT__HOST__OS_RELEASE_FILE".into(), p("os-release")),
+            (
+                "PKGSTREAM_EMIT__HOST__OS_RELEASE_FILE".into(),
+                p("os-release"),
+            ),
         ];
         EmitEnv {
             dir,

@@ -197,7 +197,8 @@ fn kafka_unreachable_record_is_fast_flush_fails_clearly_and_keeps_everything() {
     );
 
     // Same spool, real Kafka: the next flush ships all of it.
-    env.vars.retain(|(k, _)| k != "PKGSTREAM_EMIT__KAFKA__BROKERS");
+    env.vars
+        .retain(|(k, _)| k != "PKGSTREAM_EMIT__KAFKA__BROKERS");
     env.vars
         .push(("PKGSTREAM_EMIT__KAFKA__BROKERS".into(), brokers.clone()));
     assert_ok("flush", &env.flush(&[]));

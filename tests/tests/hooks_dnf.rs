@@ -288,7 +288,9 @@ fn kafka_down_during_the_transaction_dnf_succeeds_and_events_ship_later() {
     );
 
     // Kafka "comes back": the same spool now points at the real broker.
-    h.env.vars.retain(|(k, _)| k != "PKGSTREAM_EMIT__KAFKA__BROKERS");
+    h.env
+        .vars
+        .retain(|(k, _)| k != "PKGSTREAM_EMIT__KAFKA__BROKERS");
     h.env
         .vars
         .push(("PKGSTREAM_EMIT__KAFKA__BROKERS".into(), brokers));
