@@ -184,8 +184,9 @@ fn run_record(
 ) -> anyhow::Result<ExitCode> {
     let loaded = EmitConfig::load_or_fallback(config);
     let cfg = &loaded.config;
-    if let Some(e) = &loaded.error {
-        tracing::error!(error = %e, spool = %cfg.spool.dir.display(), "configuration broken: recording with the fallback (compiled defaults, spool.dir and [host] as far as readable)");
+    if loaded.error.is_some() {
+        // The error itself is the last line on stderr, once recorded.
+        tracing::warn!(spool = %cfg.spool.dir.display(), "configuration broken: recording with the fallback (compiled defaults, spool.dir and [host] as far as readable)");
     }
     let with_config_error = |e: anyhow::Error| {
         match &loaded.error {
