@@ -159,22 +159,25 @@ fn emit_env(base: &Path) -> Vec<(String, String)> {
     let _ = std::fs::write(etc.join("hostname"), "bench\n");
     let _ = std::fs::write(etc.join("emit.toml"), "");
     vec![
-        ("PKGSTREAM__KAFKA__BROKERS".into(), "127.0.0.1:1".into()),
-        ("PKGSTREAM__FLUSH__TIMEOUT_SECS".into(), "1".into()),
         (
-            "PKGSTREAM__SPOOL__DIR".into(),
+            "PKGSTREAM_EMIT__KAFKA__BROKERS".into(),
+            "127.0.0.1:1".into(),
+        ),
+        ("PKGSTREAM_EMIT__FLUSH__TIMEOUT_SECS".into(), "1".into()),
+        (
+            "PKGSTREAM_EMIT__SPOOL__DIR".into(),
             base.join("spool").display().to_string(),
         ),
         (
-            "PKGSTREAM__HOST__MACHINE_ID_FILE".into(),
+            "PKGSTREAM_EMIT__HOST__MACHINE_ID_FILE".into(),
             etc.join("machine-id").display().to_string(),
         ),
         (
-            "PKGSTREAM__HOST__OS_RELEASE_FILE".into(),
+            "PKGSTREAM_EMIT__HOST__OS_RELEASE_FILE".into(),
             etc.join("os-release").display().to_string(),
         ),
         (
-            "PKGSTREAM__HOST__HOSTNAME_FILE".into(),
+            "PKGSTREAM_EMIT__HOST__HOSTNAME_FILE".into(),
             etc.join("hostname").display().to_string(),
         ),
         (

@@ -369,7 +369,7 @@ fn record_command(mut cmd: Command, config: &Path, spool_dir: &Path) -> Command 
     cmd.arg("--config")
         .arg(config)
         .arg("record")
-        .env("PKGSTREAM__SPOOL__DIR", spool_dir)
+        .env("PKGSTREAM_EMIT__SPOOL__DIR", spool_dir)
         .env_remove("PKGSTREAM_EMIT_CONFIG")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

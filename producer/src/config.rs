@@ -1,6 +1,10 @@
 //! `pkgstream-emit` configuration: one TOML file (`/etc/pkgstream/emit.toml`
 //! by default, see `config/emit.example.toml`) with environment overrides
-//! (`PKGSTREAM__SPOOL__DIR=/var/spool/pkgstream`). Unknown keys are errors.
+//! in the host side's own namespace
+//! (`PKGSTREAM_EMIT__SPOOL__DIR=/var/spool/pkgstream`), which the central
+//! side's `PKGSTREAM__*` can never match. Unknown keys are errors, except
+//! for `record`, which falls back ([`EmitConfig::load_or_fallback`]) so that
+//! a committed change is spooled whatever the configuration says.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +16,30 @@ use crate::ProducerError;
 
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/pkgstream/emit.toml";
+
+/// Prefix of the environment overrides: `PKGSTREAM_EMIT__<SECTION>__<KEY>`.
+/// Distinct from the central side's `PKGSTREAM__`, so neither side ever
+/// reads (and rejects) the other's keys.
+pub const ENV_PREFIX: &str = "PKGSTREAM_EMIT";
+
+/// Separator between prefix, section and key in environment overrides.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// Sections that only the host side has: a `PKGSTREAM__SPOOL__DIR` was meant
+/// for `pkgstream-emit` under the old shared namespace and is now ignored.
+const HOST_ONLY_SECTIONS: [&str; 3] = ["SPOOL", "FLUSH", "HOST"];
+
+/// A configuration for `record`, which must spool even when the
+/// configuration is broken.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration to use: the real one, or the fallback.
+    pub config: EmitConfig,
+    /// Why the real one could not be used (then `config` is the fallback:
+    /// compiled defaults, with `spool.dir` and the `[host]` files taken from
+    /// the file and the environment wherever they are readable).
+    pub error: Option<ProducerError>,
+}
 
 /// The whole emitter configuration.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -166,38 +194,83 @@ default_from_serde!(
 
 impl EmitConfig {
     /// Loads defaults, then `path` (required when given; `DEFAULT_PATH` is
-    /// used only if it exists), then `PKGSTREAM__*` environment variables,
-    /// and validates the result.
+    /// used only if it exists), then `PKGSTREAM_EMIT__*` environment
+    /// variables, and validates the result.
     pub fn load(path: Option<&Path>) -> Result<EmitConfig, ProducerError> {
-        let mut builder = config::Config::builder();
-        match path {
-            Some(p) => {
-                builder = builder.add_source(
-                    config::File::from(p)
-                        .format(config::FileFormat::Toml)
-                        .required(true),
-                )
-            }
-            None if Path::new(DEFAULT_PATH).exists() => {
-                builder = builder.add_source(
-                    config::File::from(Path::new(DEFAULT_PATH)).format(config::FileFormat::Toml),
-                )
-            }
-            None => {}
+        Self::load_from(path, None)
+    }
+
+    /// [`EmitConfig::load`], or when that fails, the fallback that `record`
+    /// spools with: compiled defaults, except `spool.dir` and the `[host]`
+    /// files, which are taken from each source (file, environment) that
+    /// still yields them as text. The error is returned beside it, to be
+    /// reported loudly.
+    pub fn load_or_fallback(path: Option<&Path>) -> Loaded {
+        Self::load_or_fallback_from(path, None)
+    }
+
+    fn load_or_fallback_from(path: Option<&Path>, env: Option<&EnvVars>) -> Loaded {
+        match Self::load_from(path, env) {
+            Ok(config) => Loaded {
+                config,
+                error: None,
+            },
+            Err(e) => Loaded {
+                config: Self::salvage(path, env),
+                error: Some(e),
+            },
         }
-        let builder = builder.add_source(
-            config::Environment::with_prefix("PKGSTREAM")
-                .separator("__")
-                .try_parsing(true),
-        );
+    }
+
+    /// The fallback of [`EmitConfig::load_or_fallback`].
+    fn salvage(path: Option<&Path>, env: Option<&EnvVars>) -> EmitConfig {
+        let mut cfg = EmitConfig::default();
+        let layers = [
+            file_source(path).map(|f| config::Config::builder().add_source(f).build()),
+            Some(
+                config::Config::builder()
+                    .add_source(env_source(env))
+                    .build(),
+            ),
+        ];
+        for layer in layers.into_iter().flatten().filter_map(Result::ok) {
+            let text = |key: &str| layer.get_string(key).ok().filter(|v| !v.is_empty());
+            if let Some(v) = text("spool.dir") {
+                cfg.spool.dir = v.into();
+            }
+            if let Some(v) = text("host.machine_id_file") {
+                cfg.host.machine_id_file = v.into();
+            }
+            if let Some(v) = text("host.os_release_file") {
+                cfg.host.os_release_file = v.into();
+            }
+            if let Some(v) = text("host.hostname_file") {
+                cfg.host.hostname_file = v.into();
+            }
+        }
+        cfg
+    }
+
+    fn load_from(path: Option<&Path>, env: Option<&EnvVars>) -> Result<EmitConfig, ProducerError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file_source(path) {
+            builder = builder.add_source(file);
+        }
+        let builder = builder.add_source(env_source(env));
         let cfg: EmitConfig = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| {
+                let overrides = env_override_names(env);
                 ProducerError::Config(format!(
-                    "{e}{}",
+                    "{e}{}{}",
                     path.map(|p| format!(" (file {})", p.display()))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    if overrides.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (environment overrides: {})", overrides.join(" "))
+                    }
                 ))
             })?;
         cfg.validate()?;
@@ -235,6 +308,68 @@ impl EmitConfig {
     }
 }
 
+/// Environment variables as (name, value), instead of the process's own
+/// (for tests).
+type EnvVars = config::Map<String, String>;
+
+/// The configuration file source: `path` (required), or `DEFAULT_PATH` when
+/// it exists.
+fn file_source(
+    path: Option<&Path>,
+) -> Option<config::File<config::FileSourceFile, config::FileFormat>> {
+    match path {
+        Some(p) => Some(
+            config::File::from(p)
+                .format(config::FileFormat::Toml)
+                .required(true),
+        ),
+        None if Path::new(DEFAULT_PATH).exists() => {
+            Some(config::File::from(Path::new(DEFAULT_PATH)).format(config::FileFormat::Toml))
+        }
+        None => None,
+    }
+}
+
+/// The `PKGSTREAM_EMIT__SECTION__KEY` environment overrides.
+fn env_source(env: Option<&EnvVars>) -> config::Environment {
+    config::Environment::with_prefix(ENV_PREFIX)
+        .separator(ENV_SEPARATOR)
+        .try_parsing(true)
+        .source(env.cloned())
+}
+
+/// Names of the `PKGSTREAM_EMIT__*` variables set, for error messages
+/// (names only: values may be secrets).
+fn env_override_names(env: Option<&EnvVars>) -> Vec<String> {
+    let prefix = format!("{ENV_PREFIX}{ENV_SEPARATOR}");
+    let mut names: Vec<String> = match env {
+        Some(map) => map.keys().cloned().collect(),
+        None => std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect(),
+    };
+    names.retain(|n| n.to_ascii_uppercase().starts_with(&prefix));
+    names.sort();
+    names
+}
+
+/// Environment variables of the old shared namespace that can only have
+/// been meant for the host side (`PKGSTREAM__SPOOL__DIR`, ...): ignored now,
+/// worth a warning.
+pub fn ignored_legacy_env<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|name| {
+            name.strip_prefix("PKGSTREAM__").is_some_and(|rest| {
+                HOST_ONLY_SECTIONS
+                    .iter()
+                    .any(|s| rest.strip_prefix(s).is_some_and(|r| r.starts_with("__")))
+            })
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -244,7 +379,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("emit.toml");
         std::fs::write(&path, text).unwrap();
-        EmitConfig::load(Some(&path))
+        EmitConfig::load_from(Some(&path), Some(&EnvVars::default()))
     }
 
     #[test]
@@ -269,6 +404,116 @@ mod tests {
         assert!(err.contains("kafak"), "{err}");
     }
 
+    fn vars(pairs: &[(&str, &str)]) -> EnvVars {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn empty_file() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("emit.toml");
+        std::fs::write(&path, "").unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn the_host_side_reads_its_own_env_namespace_and_ignores_the_central_one() {
+        let (_dir, path) = empty_file();
+        let env = vars(&[
+            ("PKGSTREAM_EMIT__KAFKA__BROKERS", "host-kafka:9093"),
+            ("PKGSTREAM_EMIT__SPOOL__DIR", "/srv/spool"),
+            // The central side's: neither applied nor rejected.
+            ("PKGSTREAM__SEARCH_SINK__URL", "https://es:9200"),
+            ("PKGSTREAM__KAFKA__BROKERS", "central-kafka:9092"),
+            // Not overrides: the emitter's path and config file.
+            ("PKGSTREAM_EMIT", "/usr/bin/pkgstream-emit"),
+            ("PKGSTREAM_EMIT_CONFIG", "/etc/pkgstream/emit.toml"),
+        ]);
+        let cfg = EmitConfig::load_from(Some(&path), Some(&env)).unwrap();
+        assert_eq!(cfg.kafka.brokers, "host-kafka:9093");
+        assert_eq!(cfg.spool.dir, PathBuf::from("/srv/spool"));
+    }
+
+    #[test]
+    fn a_typo_in_the_host_namespace_is_an_error_naming_key_and_variable() {
+        let (_dir, path) = empty_file();
+        let env = vars(&[("PKGSTREAM_EMIT__SPOOL__DIRR", "/srv/spool")]);
+        let err = EmitConfig::load_from(Some(&path), Some(&env))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dirr"), "{err}");
+        assert!(err.contains("PKGSTREAM_EMIT__SPOOL__DIRR"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_configuration_falls_back_keeping_spool_dir_and_host_files() {
+        // An unknown key in the environment: the file's spool and host files stand.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("emit.toml");
+        std::fs::write(
+            &path,
+            "[spool]\ndir = \"/srv/file-spool\"\n[host]\nmachine_id_file = \"/srv/machine-id\"\n",
+        )
+        .unwrap();
+        let env = vars(&[("PKGSTREAM_EMIT__SEARCH_SINK__URL", "x")]);
+        let loaded = EmitConfig::load_or_fallback_from(Some(&path), Some(&env));
+        assert!(
+            loaded
+                .error
+                .as_ref()
+                .unwrap()
+                .to_string()
+                .contains("search_sink"),
+            "{:?}",
+            loaded.error
+        );
+        assert_eq!(loaded.config.spool.dir, PathBuf::from("/srv/file-spool"));
+        assert_eq!(
+            loaded.config.host.machine_id_file,
+            PathBuf::from("/srv/machine-id")
+        );
+        assert_eq!(loaded.config.kafka.brokers, "127.0.0.1:9092");
+
+        // A file that is not TOML at all: the environment's spool dir stands.
+        std::fs::write(&path, "[spool\ndir = ").unwrap();
+        let env = vars(&[("PKGSTREAM_EMIT__SPOOL__DIR", "/srv/env-spool")]);
+        let loaded = EmitConfig::load_or_fallback_from(Some(&path), Some(&env));
+        assert!(loaded.error.is_some());
+        assert_eq!(loaded.config.spool.dir, PathBuf::from("/srv/env-spool"));
+
+        // Nothing readable: the compiled default.
+        let loaded = EmitConfig::load_or_fallback_from(Some(&path), Some(&vars(&[])));
+        assert_eq!(
+            loaded.config.spool.dir,
+            PathBuf::from("/var/spool/pkgstream")
+        );
+
+        // A good configuration has no error.
+        std::fs::write(&path, "").unwrap();
+        assert!(
+            EmitConfig::load_or_fallback_from(Some(&path), Some(&vars(&[])))
+                .error
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn old_shared_namespace_variables_meant_for_the_host_are_named() {
+        assert_eq!(
+            ignored_legacy_env([
+                "PKGSTREAM__SPOOL__DIR",
+                "PKGSTREAM__HOST__MACHINE_ID_FILE",
+                "PKGSTREAM__KAFKA__BROKERS",
+                "PKGSTREAM__SEARCH_SINK__URL",
+                "PKGSTREAM__HOSTS__X",
+                "PKGSTREAM_EMIT__SPOOL__DIR",
+            ]),
+            ["PKGSTREAM__SPOOL__DIR", "PKGSTREAM__HOST__MACHINE_ID_FILE"]
+        );
+    }
+
     #[test]
     fn impossible_values_are_rejected() {
         let err = load_text("[spool]\nsegment_bytes = 10\n")
@@ -287,7 +532,7 @@ mod example_file {
     #[test]
     fn example_file_is_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/emit.example.toml");
-        let file = EmitConfig::load(Some(&path)).unwrap();
+        let file = EmitConfig::load_from(Some(&path), Some(&Default::default())).unwrap();
         assert_eq!(
             format!("{file:?}"),
             format!("{:?}", EmitConfig::default()),

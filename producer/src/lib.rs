@@ -11,6 +11,7 @@
 //! - [`config`]: the `emit.toml` file and its environment overrides;
 //! - [`host`]: machine id, hostname and os-release;
 //! - [`input`]: the NDJSON hook format;
+//! - [`limits`]: the size limits `record` applies to hook input;
 //! - [`inventory`]: the rpmdb as one snapshot (`pkgstream-emit inventory`);
 //! - [`spool`]: the crash-safe append-only queue;
 //! - [`emitter`]: `record` and `flush`;
@@ -22,8 +23,9 @@ mod error;
 pub mod host;
 pub mod input;
 pub mod inventory;
+pub mod limits;
 pub mod spool;
 
 pub use config::EmitConfig;
-pub use error::ProducerError;
+pub use error::{ProducerError, EXIT_RECORDED_WITH_FALLBACK_CONFIG};
 pub use spool::{Lane, Spool};

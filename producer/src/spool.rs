@@ -9,6 +9,10 @@
 //! changes/cursor            first unshipped position + positions shipped out of order
 //! inventory/NNN…N.seg       one segment per inventory snapshot
 //! inventory/cursor
+//! dead/NNN…N.changes        dead letters: a record Kafka can never take (one
+//! dead/NNN…N.inventory        frame, as in a segment), or a refused hook line
+//! dead/NNN…N.input            (its first 1 MiB), each with
+//! dead/NNN…N.reason           when, what and why, as text
 //! ```
 //! A segment is a sequence of frames:
 //! `"PKS\x01" | body length u32 LE | CRC-32C of body u32 LE | body`, where the
@@ -25,6 +29,13 @@
 //! committed must reach Kafka, so when only changes are left an append still
 //! succeeds and the report says the spool is over budget (logged as an
 //! error); an inventory snapshot that does not fit is refused.
+//!
+//! Dead letters ([`Spool::set_aside`]) are what can never be shipped or
+//! recorded: kept apart so that they block nothing, counted by
+//! [`Spool::stats`] (`pkgstream-emit status`), at most
+//! [`DEAD_LETTER_MAX_BYTES`] of them (the oldest are deleted first, with a
+//! warning). A set-aside frame can be re-queued by hand once the cause is
+//! fixed (append the `.changes` file to a segment of `changes/`).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -42,6 +53,11 @@ const FRAME_HEADER: usize = 12;
 /// about 2 MiB).
 const MAX_BODY: u32 = 64 << 20;
 const CURSOR_HEADER: &str = "pkgstream-spool-cursor v1";
+/// Most bytes the dead letters (`dead/`) hold; the oldest are deleted first.
+pub const DEAD_LETTER_MAX_BYTES: u64 = 32 << 20;
+/// Of a refused hook line, at most this many bytes are kept as a dead letter.
+pub const DEAD_LETTER_INPUT_BYTES: usize = 1 << 20;
+const DEAD_DIR: &str = "dead";
 
 /// The two queues of a spool; each ships to its own topic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -128,6 +144,33 @@ pub struct SpoolStats {
     pub inventory_bytes: u64,
     /// Number of segment files.
     pub segments: usize,
+    /// Dead letters kept (records or hook lines set aside).
+    pub dead_letters: usize,
+    /// Bytes of dead letters (payloads and reasons).
+    pub dead_letter_bytes: u64,
+}
+
+/// What [`Spool::set_aside`] keeps.
+#[derive(Clone, Copy, Debug)]
+pub enum SetAside<'a> {
+    /// A spooled record that Kafka refuses for good (too large, invalid).
+    Record {
+        /// The lane it came from.
+        lane: Lane,
+        /// Its Kafka key.
+        key: &'a [u8],
+        /// Its Kafka value.
+        value: &'a [u8],
+    },
+    /// A hook line that `record` refused.
+    Input {
+        /// Where it came from (`stdin line 3`).
+        source: &'a str,
+        /// Its bytes (or the first of them).
+        bytes: &'a [u8],
+        /// Its whole length, when `bytes` is only the start.
+        total_len: usize,
+    },
 }
 
 /// A spool directory. Cheap to open; every operation takes the lock it needs,
@@ -135,6 +178,8 @@ pub struct SpoolStats {
 pub struct Spool {
     dir: PathBuf,
     limits: SpoolLimits,
+    /// [`DEAD_LETTER_MAX_BYTES`], smaller in tests.
+    dead_letter_max: u64,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -152,7 +197,11 @@ impl Spool {
             let d = dir.join(lane.dir_name());
             fs::create_dir_all(&d).map_err(io_err(&d, "create directory"))?;
         }
-        Ok(Spool { dir, limits })
+        Ok(Spool {
+            dir,
+            limits,
+            dead_letter_max: DEAD_LETTER_MAX_BYTES,
+        })
     }
 
     /// The spool directory.
@@ -373,6 +422,87 @@ impl Spool {
         Ok(())
     }
 
+    /// Keeps `what` as a dead letter in `dead/`, with `reason`, durably
+    /// (fdatasync), deleting the oldest dead letters beyond
+    /// [`DEAD_LETTER_MAX_BYTES`]. Returns the path of the reason file.
+    pub fn set_aside(&self, what: SetAside<'_>, reason: &str) -> Result<PathBuf, ProducerError> {
+        let (ext, payload, described) = match what {
+            SetAside::Record { lane, key, value } => {
+                let mut frame = Vec::new();
+                encode_frame(&mut frame, key, value)?;
+                let described = format!(
+                    "what: {} record, key {}, {} bytes\n",
+                    lane.dir_name(),
+                    String::from_utf8_lossy(key),
+                    value.len()
+                );
+                (lane.dir_name(), frame, described)
+            }
+            SetAside::Input {
+                source,
+                bytes,
+                total_len,
+            } => {
+                let kept = &bytes[..bytes.len().min(DEAD_LETTER_INPUT_BYTES)];
+                let described = format!(
+                    "what: hook input {source}, {total_len} bytes{}\n",
+                    if kept.len() < total_len {
+                        format!(" (the first {} kept)", kept.len())
+                    } else {
+                        String::new()
+                    }
+                );
+                ("input", kept.to_vec(), described)
+            }
+        };
+        let dead_dir = self.dir.join(DEAD_DIR);
+        fs::create_dir_all(&dead_dir).map_err(io_err(&dead_dir, "create directory"))?;
+        let _lock = self.lock()?;
+        let mut entries = list_dead(&dead_dir)?;
+        let number = entries.last().map_or(0, |e| e.0) + 1;
+        let mut used: u64 = entries.iter().map(|e| e.1).sum();
+        let max = self.dead_letter_max;
+        let keep_payload = (payload.len() as u64) < max / 2;
+        let incoming = if keep_payload {
+            payload.len() as u64
+        } else {
+            0
+        } + 1024;
+        let mut oldest = entries.drain(..);
+        while used + incoming > max {
+            let Some((n, size)) = oldest.next() else {
+                break;
+            };
+            for path in dead_files(&dead_dir, n)? {
+                fs::remove_file(&path).map_err(io_err(&path, "delete dead letter"))?;
+            }
+            warn!(
+                dead_letter = n,
+                bytes = size,
+                max_bytes = max,
+                "dead letters full: the oldest deleted"
+            );
+            used -= size;
+        }
+        let mut text = format!(
+            "time: {}\n{described}reason: {reason}\n",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        if keep_payload {
+            let path = dead_dir.join(format!("{number:020}.{ext}"));
+            write_synced(&path, &payload)?;
+        } else {
+            text.push_str(&format!(
+                "payload: not kept ({} bytes, more than half of the {max} dead letters may hold)\n",
+                payload.len()
+            ));
+        }
+        let reason_path = dead_dir.join(format!("{number:020}.reason"));
+        write_synced(&reason_path, text.as_bytes())?;
+        sync_dir(&dead_dir)?;
+        Ok(reason_path)
+    }
+
     /// Bytes waiting in each lane.
     pub fn stats(&self) -> Result<SpoolStats, ProducerError> {
         let _lock = self.lock()?;
@@ -396,6 +526,12 @@ impl Spool {
                 Lane::Changes => stats.change_bytes = pending,
                 Lane::Inventory => stats.inventory_bytes = pending,
             }
+        }
+        let dead_dir = self.dir.join(DEAD_DIR);
+        if dead_dir.exists() {
+            let dead = list_dead(&dead_dir)?;
+            stats.dead_letters = dead.len();
+            stats.dead_letter_bytes = dead.iter().map(|d| d.1).sum();
         }
         Ok(stats)
     }
@@ -517,6 +653,52 @@ fn resync(data: &[u8]) -> usize {
                 .position(|w| w == FRAME_MAGIC)
         })
         .map_or(data.len(), |p| p + 1)
+}
+
+/// Dead letters as (number, bytes of all its files), oldest first.
+fn list_dead(dead_dir: &Path) -> Result<Vec<(u64, u64)>, ProducerError> {
+    let mut by_number = std::collections::BTreeMap::<u64, u64>::new();
+    for entry in fs::read_dir(dead_dir).map_err(io_err(dead_dir, "list"))? {
+        let entry = entry.map_err(io_err(dead_dir, "list"))?;
+        let name = entry.file_name();
+        let Some(number) = name
+            .to_str()
+            .and_then(|n| n.split_once('.'))
+            .and_then(|(n, _)| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        match entry.metadata() {
+            Ok(m) => *by_number.entry(number).or_default() += m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&entry.path(), "stat")(e)),
+        }
+    }
+    Ok(by_number.into_iter().collect())
+}
+
+/// The files of dead letter `number`.
+fn dead_files(dead_dir: &Path, number: u64) -> Result<Vec<PathBuf>, ProducerError> {
+    let prefix = format!("{number:020}.");
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dead_dir).map_err(io_err(dead_dir, "list"))? {
+        let entry = entry.map_err(io_err(dead_dir, "list"))?;
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix))
+        {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}
+
+/// Creates `path` with `data`, fdatasync'ed.
+fn write_synced(path: &Path, data: &[u8]) -> Result<(), ProducerError> {
+    let mut file = File::create(path).map_err(io_err(path, "create"))?;
+    file.write_all(data).map_err(io_err(path, "write"))?;
+    file.sync_data().map_err(io_err(path, "fdatasync"))
 }
 
 fn segment_path(lane_dir: &Path, number: u64) -> PathBuf {
@@ -872,5 +1054,94 @@ mod tests {
             parse_cursor("pkgstream-spool-cursor v1\nnext 1 2 3\n"),
             None
         );
+    }
+
+    #[test]
+    fn dead_letters_are_kept_apart_counted_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), limits()).unwrap();
+        append_n(&spool, Lane::Changes, 0..3);
+        let reason = spool
+            .set_aside(
+                SetAside::Record {
+                    lane: Lane::Changes,
+                    key: b"host-a",
+                    value: b"too large",
+                },
+                "Kafka will never take it: message too large",
+            )
+            .unwrap();
+        let text = fs::read_to_string(&reason).unwrap();
+        assert!(
+            text.contains("what: changes record, key host-a, 9 bytes\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("reason: Kafka will never take it: message too large\n"),
+            "{text}"
+        );
+        // The payload is a frame, as in a segment, so it can be re-queued.
+        let frame = fs::read(reason.with_extension("changes")).unwrap();
+        assert_eq!(
+            decode_frame(&frame).map(|f| (f.0, f.1)),
+            Some((&b"host-a"[..], &b"too large"[..]))
+        );
+        // Dead letters are not in the lanes: the three changes are all a flush sees.
+        assert_eq!(
+            spool
+                .read_batch(Lane::Changes, 100, u64::MAX)
+                .unwrap()
+                .records
+                .len(),
+            3
+        );
+        let stats = spool.stats().unwrap();
+        assert_eq!(stats.dead_letters, 1);
+        assert_eq!(stats.dead_letter_bytes, (frame.len() + text.len()) as u64);
+
+        // Bounded: the oldest go when the next would pass the cap.
+        let spool = Spool {
+            dead_letter_max: 64 << 10,
+            ..spool
+        };
+        let line = vec![b'x'; 20 << 10];
+        for i in 0..6 {
+            spool
+                .set_aside(
+                    SetAside::Input {
+                        source: &format!("stdin line {i}"),
+                        bytes: &line,
+                        total_len: line.len(),
+                    },
+                    "refused",
+                )
+                .unwrap();
+        }
+        let stats = spool.stats().unwrap();
+        assert!(stats.dead_letter_bytes <= 64 << 10, "{stats:?}");
+        assert_eq!(stats.dead_letters, 3, "the oldest were deleted: {stats:?}");
+        let newest: Vec<String> = (5..=7)
+            .map(|n| fs::read_to_string(dir.path().join(format!("dead/{n:020}.reason"))).unwrap())
+            .collect();
+        assert!(
+            newest[2].contains("what: hook input stdin line 5, 20480 bytes\n"),
+            "{}",
+            newest[2]
+        );
+        // Too large to keep at all: the reason stays, the payload does not.
+        let reason = spool
+            .set_aside(
+                SetAside::Record {
+                    lane: Lane::Inventory,
+                    key: b"h",
+                    value: &[0u8; 40 << 10],
+                },
+                "too large",
+            )
+            .unwrap();
+        assert!(fs::read_to_string(&reason)
+            .unwrap()
+            .contains("payload: not kept (40975 bytes"));
+        assert!(!reason.with_extension("inventory").exists());
     }
 }

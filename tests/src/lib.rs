@@ -123,22 +123,28 @@ impl EmitEnv {
         let inventory_topic = unique(&format!("{name}-inventory"));
         let p = |f: &str| etc.join(f).display().to_string();
         let vars = vec![
-            ("PKGSTREAM__KAFKA__BROKERS".into(), brokers.to_owned()),
+            ("PKGSTREAM_EMIT__KAFKA__BROKERS".into(), brokers.to_owned()),
             (
-                "PKGSTREAM__SPOOL__DIR".into(),
+                "PKGSTREAM_EMIT__SPOOL__DIR".into(),
                 dir.path().join("spool").display().to_string(),
             ),
             (
-                "PKGSTREAM__TOPICS__CHANGES_RAW".into(),
+                "PKGSTREAM_EMIT__TOPICS__CHANGES_RAW".into(),
                 changes_topic.clone(),
             ),
             (
-                "PKGSTREAM__TOPICS__INVENTORY_RAW".into(),
+                "PKGSTREAM_EMIT__TOPICS__INVENTORY_RAW".into(),
                 inventory_topic.clone(),
             ),
-            ("PKGSTREAM__HOST__MACHINE_ID_FILE".into(), p("machine-id")),
-            ("PKGSTREAM__HOST__HOSTNAME_FILE".into(), p("hostname")),
-            ("PKGSTREAM__HOST__OS_RELEASE_FILE".into(), p("os-release")),
+            (
+                "PKGSTREAM_EMIT__HOST__MACHINE_ID_FILE".into(),
+                p("machine-id"),
+            ),
+            ("PKGSTREAM_EMIT__HOST__HOSTNAME_FILE".into(), p("hostname")),
+            (
+                "PKGSTREAM_EMIT__HOST__OS_RELEASE_FILE".into(),
+                p("os-release"),
+            ),
         ];
         EmitEnv {
             dir,

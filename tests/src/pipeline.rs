@@ -50,13 +50,13 @@ impl SimHost {
         std::fs::write(etc.join("machine-id"), format!("{machine_id}\n")).expect("write");
         std::fs::write(etc.join("hostname"), format!("{hostname}\n")).expect("write");
         env.vars
-            .retain(|(k, _)| !k.starts_with("PKGSTREAM__TOPICS__"));
+            .retain(|(k, _)| !k.starts_with("PKGSTREAM_EMIT__TOPICS__"));
         env.vars.push((
-            "PKGSTREAM__TOPICS__CHANGES_RAW".into(),
+            "PKGSTREAM_EMIT__TOPICS__CHANGES_RAW".into(),
             router.changes_raw.clone(),
         ));
         env.vars.push((
-            "PKGSTREAM__TOPICS__INVENTORY_RAW".into(),
+            "PKGSTREAM_EMIT__TOPICS__INVENTORY_RAW".into(),
             router.inventory_raw.clone(),
         ));
         env.changes_topic = router.changes_raw.clone();

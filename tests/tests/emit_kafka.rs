@@ -197,9 +197,10 @@ fn kafka_unreachable_record_is_fast_flush_fails_clearly_and_keeps_everything() {
     );
 
     // Same spool, real Kafka: the next flush ships all of it.
-    env.vars.retain(|(k, _)| k != "PKGSTREAM__KAFKA__BROKERS");
     env.vars
-        .push(("PKGSTREAM__KAFKA__BROKERS".into(), brokers.clone()));
+        .retain(|(k, _)| k != "PKGSTREAM_EMIT__KAFKA__BROKERS");
+    env.vars
+        .push(("PKGSTREAM_EMIT__KAFKA__BROKERS".into(), brokers.clone()));
     assert_ok("flush", &env.flush(&[]));
     let got = consume_all(&brokers, &env.changes_topic, 200, QUIET, LIMIT);
     assert_eq!(by_event_id(&got).len(), 200);
@@ -296,7 +297,7 @@ fn kafka_stopped_during_flush_loses_nothing_and_resends_only_unacknowledged() {
     let kafka = PrivateKafka::start();
     let mut env = EmitEnv::new(PrivateKafka::BROKERS, "stopped");
     env.vars
-        .push(("PKGSTREAM__FLUSH__BATCH_EVENTS".into(), "200".into()));
+        .push(("PKGSTREAM_EMIT__FLUSH__BATCH_EVENTS".into(), "200".into()));
     create_topics(
         PrivateKafka::BROKERS,
         &[&env.changes_topic, &env.inventory_topic],
@@ -377,7 +378,7 @@ fn spool_survives_repeated_kill_9_mid_flush_and_a_torn_tail() {
     let brokers = kafka_brokers();
     let mut env = EmitEnv::new(&brokers, "kill9");
     env.vars
-        .push(("PKGSTREAM__FLUSH__BATCH_EVENTS".into(), "200".into()));
+        .push(("PKGSTREAM_EMIT__FLUSH__BATCH_EVENTS".into(), "200".into()));
     create_topics(&brokers, &[&env.changes_topic, &env.inventory_topic]);
     let lines: Vec<String> = (0..30_000).map(|i| change_line(i, i % 100)).collect();
     assert_ok("record", &env.record(&lines));

@@ -266,7 +266,7 @@ fn kafka_down_during_the_transaction_dnf_succeeds_and_events_ship_later() {
     let mut env = EmitEnv::new("127.0.0.1:1", "hooks-kafkadown");
     create_topics(&brokers, &[&env.changes_topic, &env.inventory_topic]);
     env.vars
-        .push(("PKGSTREAM__FLUSH__TIMEOUT_SECS".into(), "2".into()));
+        .push(("PKGSTREAM_EMIT__FLUSH__TIMEOUT_SECS".into(), "2".into()));
     let mut h = HostRoot::new(env, BOTH);
     let started = Instant::now();
     ok(
@@ -288,10 +288,12 @@ fn kafka_down_during_the_transaction_dnf_succeeds_and_events_ship_later() {
     );
 
     // Kafka "comes back": the same spool now points at the real broker.
-    h.env.vars.retain(|(k, _)| k != "PKGSTREAM__KAFKA__BROKERS");
     h.env
         .vars
-        .push(("PKGSTREAM__KAFKA__BROKERS".into(), brokers));
+        .retain(|(k, _)| k != "PKGSTREAM_EMIT__KAFKA__BROKERS");
+    h.env
+        .vars
+        .push(("PKGSTREAM_EMIT__KAFKA__BROKERS".into(), brokers));
     let events = read_changes(&h.env, 3);
     let mut got: Vec<Seen> = events.iter().map(|e| e.seen.clone()).collect();
     got[0..2].sort();
