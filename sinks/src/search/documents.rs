@@ -197,6 +197,39 @@ pub fn package_key(machine_id: &str, p: &Package<'_>) -> String {
     format!("{machine_id}/{}.{}", p.name, p.arch)
 }
 
+/// The engine's limit on a document `_id`, in UTF-8 bytes: a longer one
+/// makes it refuse the whole bulk request (HTTP 400).
+pub const MAX_ID_BYTES: usize = 512;
+
+/// Why the documents of a host's `packages` cannot be indexed: a host or
+/// package-state `_id` longer than [`MAX_ID_BYTES`] (a machine id or a
+/// package name far too long). Checked before sending, so such an event
+/// goes to the DLQ without costing the batch a bisection.
+pub fn oversized_id<'p, 'q: 'p>(
+    machine_id: &str,
+    packages: impl IntoIterator<Item = &'p Package<'q>>,
+) -> Option<String> {
+    let too_long = |index: &str, id: &str| {
+        (id.len() > MAX_ID_BYTES).then(|| {
+            let mut cut = id.len().min(64);
+            while !id.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            format!(
+                "document _id of {} bytes in {index} is longer than the engine's {MAX_ID_BYTES}-byte _id limit: {}…",
+                id.len(),
+                &id[..cut]
+            )
+        })
+    };
+    if let Some(r) = too_long("the host index", machine_id) {
+        return Some(r);
+    }
+    packages
+        .into_iter()
+        .find_map(|p| too_long("the package index", &package_key(machine_id, p)))
+}
+
 /// Lower-case source name (`dnf`).
 pub fn source_name(s: Source) -> &'static str {
     match s {
@@ -831,6 +864,27 @@ mod tests {
         };
         assert!(evr_sort(&p("5.14.0", "9.el9")) < evr_sort(&p("5.14.0", "10.el9")));
         assert!(evr_sort(&p("1.10", "1")) > evr_sort(&p("1.9", "1")));
+    }
+
+    #[test]
+    fn ids_over_512_bytes_are_caught_before_sending() {
+        let c = sample::change(1);
+        assert_eq!(oversized_id(&c.host.machine_id, [&c.package]), None);
+        let mut p = c.package.clone();
+        // Exactly at the limit is fine, one byte more is not.
+        let room = MAX_ID_BYTES - package_key(&c.host.machine_id, &p).len() + p.name.len();
+        p.name = "n".repeat(room).into();
+        assert_eq!(package_key(&c.host.machine_id, &p).len(), MAX_ID_BYTES);
+        assert_eq!(oversized_id(&c.host.machine_id, [&p]), None);
+        p.name = "é".repeat(room).into();
+        let r = oversized_id(&c.host.machine_id, [&c.package, &p]).unwrap();
+        assert!(
+            r.contains("_id of") && r.contains("512-byte _id limit"),
+            "{r}"
+        );
+        assert!(r.len() < 300, "{r}");
+        let r = oversized_id(&"m".repeat(513), std::iter::empty()).unwrap();
+        assert!(r.contains("513 bytes in the host index"), "{r}");
     }
 
     #[test]

@@ -35,13 +35,16 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use serde_json::json;
 use tracing::{debug, info, info_span, warn};
 
-use super::client::{CallError, EngineClient};
+use super::client::{BulkAnswer, CallError, EngineClient};
 use super::documents::{
-    change_items, history_item, host_update, snapshot_items, IndexedPackage, Indices, ItemKind,
+    change_items, history_item, host_update, oversized_id, snapshot_items, IndexedPackage, Indices,
+    ItemKind,
 };
+use super::plan::{Answer, BulkPlan, ItemOutcome, Step};
 use super::retry::{backoff, item_verdict, ItemVerdict};
 use super::setup::{setup, setup_history};
 use crate::config::SearchSinkConfig;
+use crate::dlq::{elide, MAX_REASON_BYTES};
 use crate::dlq::{DeadLetter, Dlq};
 use crate::SinkError;
 
@@ -524,6 +527,10 @@ impl Lane {
                 b.note_items(start, &[ItemKind::Change], i);
             }
             Ok(c) => {
+                if let Some(reason) = oversized_id(&c.host.machine_id, [&c.package]) {
+                    b.rejected[i] = Some(("index_rejected", reason));
+                    return Ok(());
+                }
                 let start = b.body.len();
                 let kinds = change_items(&mut b.body, &self.idx, &c);
                 let host = b
@@ -546,28 +553,48 @@ impl Lane {
         Ok(())
     }
 
-    /// Replaces the host's package state with its snapshot's.
+    /// Replaces the host's package state with its snapshot's. An empty
+    /// snapshot is not believed (an installed system always has packages:
+    /// the host read the wrong rpmdb): the state is kept and the snapshot
+    /// goes to the DLQ (`empty_snapshot`).
     fn reconcile(&mut self, m: Msg) -> Result<(), LaneStop> {
         let i = self.batch.push_msg(m);
         let payload = std::mem::take(&mut self.batch.msgs[i].payload);
         let result = match decode_enriched_snapshot(&payload) {
-            Ok(s) => {
-                let indexed = self.with_retry(|lane| lane.indexed_packages(&s))?;
-                let start = self.batch.body.len();
-                let (n, facts) = snapshot_items(&mut self.batch.body, &self.idx, &s, &indexed);
-                let mut kinds = vec![ItemKind::Package; n];
-                kinds.push(ItemKind::Host);
-                self.batch.note_items(start, &kinds, i);
-                info!(host = %s.host.hostname, packages = facts.count, drift = facts.drift, "snapshot reconciled");
-                Ok(())
+            Ok(s) if s.packages.is_empty() => {
+                warn!(
+                    host = %s.host.hostname,
+                    machine_id = %s.host.machine_id,
+                    "empty inventory snapshot: the host's package state is kept, the snapshot goes to the DLQ"
+                );
+                Err((
+                    "empty_snapshot",
+                    format!(
+                        "inventory snapshot of host {} ({}) lists no package: its package state is kept \
+                         (an installed system always has packages: does the host read the right rpmdb?)",
+                        s.host.hostname, s.host.machine_id
+                    ),
+                ))
             }
-            Err(e) => Err(e.to_string()),
+            Ok(s) => match oversized_id(&s.host.machine_id, &s.packages) {
+                Some(reason) => Err(("index_rejected", reason)),
+                None => {
+                    let indexed = self.with_retry(|lane| lane.indexed_packages(&s))?;
+                    let start = self.batch.body.len();
+                    let (n, facts) = snapshot_items(&mut self.batch.body, &self.idx, &s, &indexed);
+                    let mut kinds = vec![ItemKind::Package; n];
+                    kinds.push(ItemKind::Host);
+                    self.batch.note_items(start, &kinds, i);
+                    info!(host = %s.host.hostname, packages = facts.count, drift = facts.drift, "snapshot reconciled");
+                    Ok(())
+                }
+            },
+            Err(e) => Err(("undecodable", e.to_string())),
         };
         self.batch.msgs[i].payload = payload;
-        if let Err(reason) = result {
-            self.batch.rejected[i] = Some(("undecodable", reason));
-        } else {
-            self.metrics.snapshots.inc();
+        match result {
+            Ok(()) => self.metrics.snapshots.inc(),
+            Err(rejected) => self.batch.rejected[i] = Some(rejected),
         }
         self.flush()
     }
@@ -629,12 +656,12 @@ impl Lane {
         loop {
             match f(self) {
                 Ok(v) => {
-                    self.metrics.engine_up.set(1);
+                    self.engine_answered(true);
                     return Ok(v);
                 }
                 Err(CallError::Fatal(e)) => return Err(LaneStop::Fatal(e)),
                 Err(CallError::Retry(why)) => {
-                    self.metrics.engine_up.set(0);
+                    self.engine_answered(false);
                     warn!(lane = self.id, attempt, error = %why, "search engine unavailable, retrying");
                 }
             }
@@ -643,6 +670,11 @@ impl Lane {
             }
             attempt += 1;
         }
+    }
+
+    /// Records whether the engine answered the lane's last request.
+    fn engine_answered(&self, up: bool) {
+        self.metrics.engine_up.set(i64::from(up));
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -680,58 +712,70 @@ impl Lane {
             }
         }
         let total = self.batch.items.len();
-        let mut pending: Vec<usize> = (0..total).collect();
+        let mut plan = BulkPlan::new(self.batch.items.iter().map(|it| it.target).collect());
         // Items of a request that failed as a whole (a timeout): the engine
         // may have applied them, so a later 409 may be our own write.
         let mut maybe_applied: HashSet<usize> = HashSet::new();
         let mut attempt = 0;
-        while !pending.is_empty() {
-            let body: Cow<'_, [u8]> = if pending.len() == total {
+        loop {
+            let sent = match plan.next_step() {
+                Step::Done => break,
+                Step::Send(sent) => sent,
+                Step::Backoff => {
+                    let retry = plan.take_deferred();
+                    self.metrics.items_retried.inc_by(retry);
+                    debug!(
+                        lane = self.id,
+                        retry, attempt, "items rejected for now, retrying them"
+                    );
+                    if !sleep_unless(&self.shutdown, self.backoff(attempt)) {
+                        return Err(LaneStop::Interrupted);
+                    }
+                    attempt += 1;
+                    continue;
+                }
+            };
+            let body: Cow<'_, [u8]> = if sent.len() == total {
                 Cow::Borrowed(&self.batch.body)
             } else {
                 let mut b = Vec::new();
-                for &i in &pending {
+                for &i in &sent {
                     let it = &self.batch.items[i];
                     b.extend_from_slice(&self.batch.body[it.start..it.end]);
                 }
                 Cow::Owned(b)
             };
             let t0 = Instant::now();
-            match self.client.bulk(&body) {
-                Ok(resp) => {
+            let answer = match self.client.send_bulk(&body) {
+                Ok(BulkAnswer::Items(resp)) => {
                     self.metrics
                         .bulk_seconds
                         .observe(t0.elapsed().as_secs_f64());
-                    self.metrics.engine_up.set(1);
+                    self.engine_answered(true);
                     if !resp.errors {
                         self.metrics.bulk_requests.with_label_values(&["ok"]).inc();
-                        pending.clear();
-                        break;
-                    }
-                    self.metrics
-                        .bulk_requests
-                        .with_label_values(&["partial"])
-                        .inc();
-                    if resp.items.len() != pending.len() {
+                        Answer::AllDone
+                    } else if resp.items.len() != sent.len() {
+                        self.metrics
+                            .bulk_requests
+                            .with_label_values(&["partial"])
+                            .inc();
                         warn!(
                             lane = self.id,
-                            sent = pending.len(),
+                            sent = sent.len(),
                             answered = resp.items.len(),
                             "bulk answer does not match the request, sending it again"
                         );
-                        maybe_applied.extend(pending.iter().copied());
+                        maybe_applied.extend(sent.iter().copied());
+                        Answer::Mismatch
                     } else {
-                        // An item sent again goes with every later item on the
-                        // same document, in order: the state scripts then see
-                        // the events in the order they happened.
-                        let mut next = Vec::new();
-                        let mut held: HashSet<u64> = HashSet::new();
-                        for (&i, item) in pending.iter().zip(&resp.items) {
+                        self.metrics
+                            .bulk_requests
+                            .with_label_values(&["partial"])
+                            .inc();
+                        let mut outcomes = Vec::with_capacity(sent.len());
+                        for (&i, item) in sent.iter().zip(&resp.items) {
                             let it = &self.batch.items[i];
-                            if held.contains(&it.target) {
-                                next.push(i);
-                                continue;
-                            }
                             let st = item.status();
                             if let (ItemKind::Change, 409, Mode::Audit { duplicates, .. }) =
                                 (it.kind, st.status, &mut self.mode)
@@ -740,50 +784,68 @@ impl Lane {
                                     *duplicates += 1;
                                 }
                             }
-                            match item_verdict(it.kind, st.status) {
-                                ItemVerdict::Done => {}
-                                ItemVerdict::Retry => {
-                                    held.insert(it.target);
-                                    next.push(i);
-                                }
+                            outcomes.push(match item_verdict(it.kind, st.status) {
+                                ItemVerdict::Done => ItemOutcome::Done,
+                                ItemVerdict::Retry => ItemOutcome::Retry,
                                 ItemVerdict::Reject => {
-                                    let slot = &mut self.batch.rejected[it.msg];
-                                    if slot.is_none() {
-                                        *slot = Some(("index_rejected", st.reason()));
-                                    }
+                                    ItemOutcome::Reject(elide(&st.reason(), MAX_REASON_BYTES))
                                 }
-                            }
+                            });
                         }
-                        self.metrics.items_retried.inc_by(next.len() as u64);
-                        if !next.is_empty() {
-                            debug!(
-                                lane = self.id,
-                                retry = next.len(),
-                                attempt,
-                                "items rejected for now, retrying them"
-                            );
-                        }
-                        pending = next;
-                        if pending.is_empty() {
-                            break;
-                        }
+                        Answer::Items(outcomes)
+                    }
+                }
+                Ok(BulkAnswer::Refused(reason)) => {
+                    self.engine_answered(true);
+                    self.metrics
+                        .bulk_requests
+                        .with_label_values(&["refused"])
+                        .inc();
+                    if sent.len() == total {
+                        warn!(
+                            lane = self.id,
+                            items = sent.len(),
+                            reason,
+                            "bulk refused as a whole, splitting it to find the items refused"
+                        );
+                    } else {
+                        debug!(
+                            lane = self.id,
+                            items = sent.len(),
+                            reason,
+                            "part of a bulk refused as a whole, splitting it"
+                        );
+                    }
+                    if sent.len() == 1 {
+                        Answer::Refused(format!("{reason} (this item alone: {} bytes)", body.len()))
+                    } else {
+                        Answer::Refused(reason)
                     }
                 }
                 Err(CallError::Retry(why)) => {
-                    maybe_applied.extend(pending.iter().copied());
+                    maybe_applied.extend(sent.iter().copied());
                     self.metrics
                         .bulk_requests
                         .with_label_values(&["failed"])
                         .inc();
-                    self.metrics.engine_up.set(0);
-                    warn!(lane = self.id, attempt, items = pending.len(), error = %why, "bulk failed, retrying");
+                    self.engine_answered(false);
+                    warn!(lane = self.id, attempt, items = sent.len(), error = %why, "bulk failed, retrying");
+                    plan.answered(sent, Answer::Unavailable);
+                    if !sleep_unless(&self.shutdown, self.backoff(attempt)) {
+                        return Err(LaneStop::Interrupted);
+                    }
+                    attempt += 1;
+                    continue;
                 }
                 Err(CallError::Fatal(e)) => return Err(LaneStop::Fatal(e)),
+            };
+            plan.answered(sent, answer);
+        }
+        for (i, reason) in plan.rejected() {
+            let slot = &mut self.batch.rejected[self.batch.items[*i].msg];
+            if slot.is_none() {
+                *slot = Some(("index_rejected", reason.clone()));
             }
-            if !sleep_unless(&self.shutdown, self.backoff(attempt)) {
-                return Err(LaneStop::Interrupted);
-            }
-            attempt += 1;
         }
         self.finish()
     }
