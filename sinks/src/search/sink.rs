@@ -613,7 +613,7 @@ impl Lane {
             let mut q = json!({
                 "size": 5000,
                 "query": {"term": {"host.id": s.host.machine_id}},
-                "_source": ["package.evr", "event_time_us"],
+                "_source": ["package.evr", "package.evr_sort", "event_time_us"],
                 "sort": [{"package.name": "asc"}, {"package.architecture": "asc"}]
             });
             if let Some(a) = &after {
@@ -635,6 +635,10 @@ impl Lane {
                         id.to_owned(),
                         IndexedPackage {
                             evr: evr.to_owned(),
+                            evr_sort: h["_source"]["package"]["evr_sort"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
                             event_time_us: t,
                         },
                     );
