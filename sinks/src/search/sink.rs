@@ -16,9 +16,10 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pkgstream_runtime::config::{KafkaConfig, TopicsConfig};
@@ -33,7 +34,7 @@ use prometheus::{
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use serde_json::json;
-use tracing::{debug, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 use super::client::{BulkAnswer, CallError, EngineClient};
 use super::documents::{
@@ -177,11 +178,15 @@ impl From<SinkError> for LaneStop {
 impl SearchSink {
     /// Sets the engine up (waiting while it is unreachable), then runs the
     /// loop until `shutdown`; on return every acknowledged batch's offsets
-    /// are committed.
+    /// are committed. Ready (`/readyz`) only while it can make progress:
+    /// Kafka answers, no lane is waiting for the engine, every lane runs.
+    /// A lane that dies (an error retrying cannot fix, or a panic) stops
+    /// the sink with that lane's error.
     pub fn run(&self, shutdown: &Shutdown) -> Result<(), SinkError> {
         let cfg = &self.config;
         let client = EngineClient::new(cfg)?;
         let idx = Indices::new(&cfg.index_prefix);
+        self.ready.set(false);
         let mut attempt = 0;
         let lifecycle = loop {
             match setup(&client, &idx, cfg) {
@@ -204,17 +209,24 @@ impl SearchSink {
         info!(?lifecycle, prefix = cfg.index_prefix, "indices ready");
 
         let brokers = &self.kafka.brokers;
+        let instance = cfg.effective_instance_id();
         let consumer: Arc<SinkConsumer> = Arc::new(
             ClientConfig::new()
                 .set("bootstrap.servers", brokers)
                 .set("group.id", &cfg.group_id)
+                // Static membership: a restarted instance takes its
+                // partitions back at once instead of after the session
+                // timeout (the old member is replaced, not waited for).
+                .set("group.instance.id", &instance)
+                // A static member that stops for good (scale-down) hands
+                // its partitions over after this long.
+                .set("session.timeout.ms", "10000")
                 .set("enable.auto.commit", "true")
                 .set("auto.commit.interval.ms", "1000")
                 .set("enable.auto.offset.store", "false")
                 .set("auto.offset.reset", "earliest")
                 .set("isolation.level", "read_committed")
                 .set("queued.max.messages.kbytes", "32768")
-                .set("session.timeout.ms", "30000")
                 .create_with_context(Ctx)
                 .map_err(|e| kafka_err(brokers, "creating the consumer", e))?,
         );
@@ -223,16 +235,16 @@ impl SearchSink {
             .subscribe(&[&topic])
             .map_err(|e| kafka_err(brokers, "subscribing", e))?;
         let dlq = Arc::new(Dlq::new(brokers, &self.topics.dlq)?);
-        let failure: Arc<Mutex<Option<SinkError>>> = Arc::default();
-        let lane_shutdown = shutdown.clone();
 
         // Bytes handed to lanes and not yet taken into a batch: with the
         // channels' message count, this bounds memory for large events
         // (inventory snapshots) as well as small ones.
         let queued = Arc::new(AtomicUsize::new(0));
         let budget = cfg.batch_bytes.saturating_mul(cfg.lanes);
+        let engine_down: Arc<[AtomicBool]> =
+            (0..cfg.lanes).map(|_| AtomicBool::new(false)).collect();
         let mut senders: Vec<SyncSender<Msg>> = Vec::new();
-        let mut handles = Vec::new();
+        let mut lanes = LaneSet::default();
         for id in 0..cfg.lanes {
             let (tx, rx) = sync_channel(cfg.batch_events.min(10_000));
             senders.push(tx);
@@ -247,39 +259,44 @@ impl SearchSink {
                     dlq: dlq.clone(),
                 },
                 metrics: self.metrics.clone(),
-                shutdown: lane_shutdown.clone(),
+                engine_down: engine_down.clone(),
+                shutdown: shutdown.clone(),
                 batch: Batch::default(),
                 queued: queued.clone(),
             };
-            let failure = failure.clone();
-            let sd = lane_shutdown.clone();
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("search-lane-{id}"))
-                    .spawn(move || {
-                        let _span = info_span!("lane", lane = id).entered();
-                        match lane.run(rx) {
-                            Ok(()) | Err(LaneStop::Interrupted) => {}
-                            Err(LaneStop::Fatal(e)) => {
-                                *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                                sd.request();
-                            }
-                        }
-                    })
-                    .map_err(|e| SinkError::Io(format!("spawning a lane thread: {e}")))?,
-            );
+            lanes.spawn(id, move || match lane.run(rx) {
+                Ok(()) | Err(LaneStop::Interrupted) => Ok(()),
+                Err(LaneStop::Fatal(e)) => Err(e),
+            })?;
         }
-        self.ready.set(true);
         info!(
             topic,
             group = cfg.group_id,
+            instance,
             lanes = cfg.lanes,
             "search sink running"
         );
 
+        let mut kafka = KafkaProbe::new(consumer.clone(), &topic);
+        let mut failure: Option<SinkError> = None;
         let mut held: VecDeque<Msg> = VecDeque::new();
         let mut paused = false;
         while !shutdown.requested() {
+            if let Some(e) = lanes.dead(shutdown) {
+                error!(error = %e, "a lane died: stopping the sink");
+                failure = Some(e);
+                break;
+            }
+            if let Some((code, reason)) = consumer.client().fatal_error() {
+                failure = Some(kafka_err(
+                    brokers,
+                    &format!("consuming as group.instance.id '{instance}'"),
+                    format!("{code:?}: {reason}"),
+                ));
+                break;
+            }
+            let waiting = engine_down.iter().any(|d| d.load(Ordering::Relaxed));
+            self.ready.set(kafka.reachable() && !waiting);
             while let Some(m) = held.pop_front() {
                 let len = m.payload.len();
                 let now = queued.load(Ordering::Relaxed);
@@ -292,11 +309,11 @@ impl SearchSink {
                     Ok(()) => {
                         queued.fetch_add(len, Ordering::Relaxed);
                     }
-                    Err(TrySendError::Full(m)) => {
+                    Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => {
+                        // A disconnected lane is dead: `lanes.dead` says why.
                         held.push_front(m);
                         break;
                     }
-                    Err(TrySendError::Disconnected(_)) => break,
                 }
             }
             if !held.is_empty() {
@@ -326,20 +343,154 @@ impl SearchSink {
                 None => {}
             }
         }
-        info!("shutting down: finishing the batches in hand");
         self.ready.set(false);
+        // Every lane stops: at SIGTERM after its batch in hand; after a
+        // lane died, at once if it waits for the engine.
+        shutdown.request();
+        info!("shutting down: finishing the batches in hand");
         drop(senders);
-        for h in handles {
-            let _ = h.join();
-        }
+        let joined = lanes.join(shutdown);
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             debug!(error = %e, "final commit (nothing stored since the last one?)");
         }
-        let failed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match failed {
+        match failure.or(joined) {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// Whether Kafka answers: the enriched topic's metadata, asked at most
+/// every 5 s (a broker that is down costs the poll loop up to 2 s per ask).
+struct KafkaProbe {
+    consumer: Arc<SinkConsumer>,
+    topic: String,
+    last: Option<Instant>,
+    ok: bool,
+}
+
+impl KafkaProbe {
+    fn new(consumer: Arc<SinkConsumer>, topic: &str) -> KafkaProbe {
+        KafkaProbe {
+            consumer,
+            topic: topic.to_owned(),
+            last: None,
+            ok: false,
+        }
+    }
+
+    fn reachable(&mut self) -> bool {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        {
+            return self.ok;
+        }
+        let first = self.last.is_none();
+        self.last = Some(Instant::now());
+        let answer = match self
+            .consumer
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(2))
+        {
+            Ok(md) => match md.topics().first() {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+                Some(t) => Err(format!("topic {}: {:?}", self.topic, t.error())),
+                None => Err(format!("topic {} not in the metadata", self.topic)),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match (&answer, self.ok) {
+            (Ok(()), false) => info!(topic = self.topic, "Kafka answers: ready"),
+            (Err(e), true) => {
+                warn!(error = %e, topic = self.topic, "Kafka does not answer: not ready")
+            }
+            (Err(e), false) if first => {
+                warn!(error = %e, topic = self.topic, "Kafka does not answer yet: not ready")
+            }
+            (Err(e), false) => {
+                debug!(error = %e, topic = self.topic, "Kafka still does not answer")
+            }
+            (Ok(()), true) => {}
+        }
+        self.ok = answer.is_ok();
+        self.ok
+    }
+}
+
+/// The lane threads, watched: a lane that stops while the sink runs is
+/// fatal (its partitions would go unindexed), whether it returned an error
+/// or panicked.
+#[derive(Default)]
+struct LaneSet {
+    handles: Vec<Option<JoinHandle<Result<(), SinkError>>>>,
+}
+
+impl LaneSet {
+    /// Starts lane `id` on its own thread.
+    fn spawn(
+        &mut self,
+        id: usize,
+        f: impl FnOnce() -> Result<(), SinkError> + Send + 'static,
+    ) -> Result<(), SinkError> {
+        let h = std::thread::Builder::new()
+            .name(format!("search-lane-{id}"))
+            .spawn(move || {
+                let _span = info_span!("lane", lane = id).entered();
+                f()
+            })
+            .map_err(|e| SinkError::Io(format!("spawning a lane thread: {e}")))?;
+        self.handles.push(Some(h));
+        Ok(())
+    }
+
+    /// A lane that has stopped (joined): its error, a panic as an error,
+    /// or — unless shutdown was requested — the fact that it stopped.
+    fn dead(&mut self, shutdown: &Shutdown) -> Option<SinkError> {
+        let lane = self
+            .handles
+            .iter()
+            .position(|h| h.as_ref().is_some_and(JoinHandle::is_finished))?;
+        let h = self.handles[lane].take()?;
+        lane_result(lane, h.join(), shutdown).err()
+    }
+
+    /// Waits for every lane; the first error.
+    fn join(self, shutdown: &Shutdown) -> Option<SinkError> {
+        let mut first = None;
+        for (lane, h) in self.handles.into_iter().enumerate() {
+            if let Some(h) = h {
+                if let Err(e) = lane_result(lane, h.join(), shutdown) {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first
+    }
+}
+
+fn lane_result(
+    lane: usize,
+    joined: std::thread::Result<Result<(), SinkError>>,
+    shutdown: &Shutdown,
+) -> Result<(), SinkError> {
+    match joined {
+        Ok(Ok(())) if shutdown.requested() => Ok(()),
+        Ok(Ok(())) => Err(SinkError::LaneDied {
+            lane,
+            reason: "stopped while the sink was running".into(),
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(panic) => Err(SinkError::LaneDied {
+            lane,
+            reason: format!(
+                "panicked: {}",
+                panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into())
+            ),
+        }),
     }
 }
 
@@ -471,6 +622,8 @@ struct Lane {
     topic: String,
     mode: Mode,
     metrics: Arc<SearchSinkMetrics>,
+    /// Per lane: waiting for the engine (its last request got no answer).
+    engine_down: Arc<[AtomicBool]>,
     shutdown: Shutdown,
     batch: Batch,
     /// Bytes queued for lanes (see `SearchSink::run`).
@@ -679,6 +832,9 @@ impl Lane {
     /// Records whether the engine answered the lane's last request.
     fn engine_answered(&self, up: bool) {
         self.metrics.engine_up.set(i64::from(up));
+        if let Some(d) = self.engine_down.get(self.id) {
+            d.store(!up, Ordering::Relaxed);
+        }
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -985,6 +1141,7 @@ impl AuditIndexer {
                     duplicates: 0,
                 },
                 metrics: Arc::new(SearchSinkMetrics::new()?),
+                engine_down: Arc::new([AtomicBool::new(false)]),
                 shutdown: shutdown.clone(),
                 batch: Batch::default(),
                 queued: Arc::default(),
@@ -1043,5 +1200,89 @@ fn interrupted(e: LaneStop, client: &EngineClient) -> SinkError {
                 "interrupted while the engine did not answer; the batch in hand was not written"
                     .into(),
         },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Polls `lanes.dead` for up to 10 s.
+    fn wait_dead(lanes: &mut LaneSet, sd: &Shutdown) -> Option<SinkError> {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Some(e) = lanes.dead(sd) {
+                return Some(e);
+            }
+            std::thread::sleep(ms(10));
+        }
+        None
+    }
+
+    fn until_shutdown(sd: Shutdown) -> impl FnOnce() -> Result<(), SinkError> {
+        move || {
+            while !sd.requested() {
+                std::thread::sleep(ms(10));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_lane_that_panics_is_a_fatal_error_naming_the_lane() {
+        let sd = Shutdown::default();
+        let mut lanes = LaneSet::default();
+        lanes.spawn(0, until_shutdown(sd.clone())).unwrap();
+        lanes
+            .spawn(1, || -> Result<(), SinkError> { panic!("boom in lane 1") })
+            .unwrap();
+        let e = wait_dead(&mut lanes, &sd).unwrap();
+        assert!(
+            matches!(&e, SinkError::LaneDied { lane: 1, reason } if reason == "panicked: boom in lane 1"),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "search sink lane 1 died: panicked: boom in lane 1"
+        );
+        // The others stop at shutdown, without an error of their own.
+        sd.request();
+        assert!(lanes.join(&sd).is_none());
+    }
+
+    #[test]
+    fn a_lane_error_is_the_sinks_error() {
+        let sd = Shutdown::default();
+        let mut lanes = LaneSet::default();
+        lanes.spawn(0, until_shutdown(sd.clone())).unwrap();
+        lanes
+            .spawn(1, || {
+                Err(SinkError::Engine {
+                    url: "http://e:9200".into(),
+                    what: "bulk".into(),
+                    reason: "HTTP 403: security_exception: no permissions".into(),
+                })
+            })
+            .unwrap();
+        let e = wait_dead(&mut lanes, &sd).unwrap();
+        assert!(e.to_string().contains("HTTP 403"), "{e}");
+        sd.request();
+        assert!(lanes.join(&sd).is_none());
+    }
+
+    #[test]
+    fn a_lane_that_stops_on_its_own_is_dead_unless_shutting_down() {
+        let sd = Shutdown::default();
+        let mut lanes = LaneSet::default();
+        lanes.spawn(0, || Ok(())).unwrap();
+        let e = wait_dead(&mut lanes, &sd).unwrap();
+        assert!(e.to_string().contains("lane 0 died: stopped"), "{e}");
+        let mut lanes = LaneSet::default();
+        lanes.spawn(0, || Ok(())).unwrap();
+        sd.request();
+        std::thread::sleep(ms(100));
+        assert!(lanes.dead(&sd).is_none());
+        assert!(lanes.join(&sd).is_none());
     }
 }
