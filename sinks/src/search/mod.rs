@@ -7,14 +7,19 @@
 //!   order, bisection of a bulk refused as a whole);
 //! - [`client`]: the engine's REST API (bulk, JSON calls);
 //! - [`setup`]: scripts, templates, indices, lifecycle at start-up;
-//! - [`sink`]: the Kafka loop, the lanes and their batches, and the audit
-//!   indexer that drives one lane for `pkgstream replay --format index`.
+//! - [`sink`]: the Kafka loop, readiness, lane supervision, metrics;
+//! - `lane`: one lane — batches, bulks, snapshots, DLQ, offsets;
+//! - [`audit`]: the audit indexer that drives one lane for `pkgstream
+//!   replay --format index`.
 
+pub mod audit;
 pub mod client;
 pub mod documents;
+mod lane;
 pub mod plan;
 pub mod retry;
 pub mod setup;
 pub mod sink;
 
-pub use sink::{AuditIndexer, AuditRejection, AuditReport, SearchSink, SearchSinkMetrics};
+pub use audit::{AuditIndexer, AuditRejection, AuditReport};
+pub use sink::{SearchSink, SearchSinkMetrics};
