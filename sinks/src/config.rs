@@ -39,6 +39,17 @@ pub struct SearchSinkConfig {
     /// Consumer group on the enriched topic.
     #[serde(default = "d_search_group")]
     pub group_id: String,
+    /// This instance's static membership in the group (Kafka's
+    /// `group.instance.id`): stable across the instance's restarts and
+    /// unique among the group's instances, so that a restarted instance
+    /// (after a crash or a `kill -9`) gets its partitions back at once
+    /// instead of after the session timeout. Empty (the default): the host
+    /// name and the port of `metrics_listen` (`<hostname>-<port>`; two
+    /// instances on one host listen on different ports), or, with port 0,
+    /// the host name and the process id (unique, not stable). Letters,
+    /// digits, `.`, `_`, `-`; at most 249 characters.
+    #[serde(default)]
+    pub instance_id: String,
     /// Parallel bulk lanes (requests in flight). Partition `p` always goes
     /// to lane `p % lanes`, so one host's events stay in order.
     #[serde(default = "d_lanes")]
@@ -166,6 +177,7 @@ impl Default for SearchSinkConfig {
             password: Secret::default(),
             index_prefix: d_index_prefix(),
             group_id: d_search_group(),
+            instance_id: String::new(),
             lanes: d_lanes(),
             batch_events: d_batch_events(),
             batch_bytes: d_batch_bytes(),
@@ -252,8 +264,47 @@ impl SearchSinkConfig {
         if self.shards == 0 {
             return Err(invalid("search_sink.shards", "must be at least 1"));
         }
+        let id = &self.instance_id;
+        if id.len() > 249 || !id.chars().all(instance_id_char) {
+            return Err(invalid(
+                "search_sink.instance_id",
+                format!("'{id}': letters, digits, '.', '_' and '-' only, at most 249 characters"),
+            ));
+        }
         Ok(())
     }
+
+    /// The `group.instance.id` this instance uses: `instance_id`, or one
+    /// derived from the host name and the `metrics_listen` port (see the
+    /// field).
+    pub fn effective_instance_id(&self) -> String {
+        if !self.instance_id.is_empty() {
+            return self.instance_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        let host: String = host
+            .chars()
+            .map(|c| if instance_id_char(c) { c } else { '-' })
+            .take(200)
+            .collect();
+        match self
+            .metrics_listen
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+        {
+            Some(port) if port != 0 => format!("{host}-{port}"),
+            _ => format!("{host}-pid{}", std::process::id()),
+        }
+    }
+}
+
+fn instance_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "._-".contains(c)
 }
 
 impl MetricsSinkConfig {
@@ -295,6 +346,28 @@ mod tests {
     }
 
     #[test]
+    fn the_instance_id_is_stable_and_differs_per_port() {
+        let a = SearchSinkConfig {
+            metrics_listen: "127.0.0.1:9110".into(),
+            ..Default::default()
+        };
+        let b = SearchSinkConfig {
+            metrics_listen: "0.0.0.0:9120".into(),
+            ..Default::default()
+        };
+        assert_eq!(a.effective_instance_id(), a.effective_instance_id());
+        assert!(a.effective_instance_id().ends_with("-9110"));
+        assert!(b.effective_instance_id().ends_with("-9120"));
+        assert!(a.effective_instance_id().chars().all(instance_id_char));
+        let c = SearchSinkConfig {
+            instance_id: "sink-a.1".into(),
+            ..Default::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.effective_instance_id(), "sink-a.1");
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let c = SearchSinkConfig {
             url: "localhost:9200".into(),
@@ -314,6 +387,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("index_prefix"));
+        let c = SearchSinkConfig {
+            instance_id: "sink search/1".into(),
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("search_sink.instance_id") && e.contains("sink search/1"),
+            "{e}"
+        );
         let c = MetricsSinkConfig {
             push_interval_secs: 0,
             ..Default::default()

@@ -11,6 +11,30 @@ use rdkafka::ClientConfig;
 
 use crate::SinkError;
 
+/// Longest reason kept in a dead letter's header (and in logs): an engine
+/// repeats the offending value, and a 100 KB package name must not make a
+/// 100 KB header. Longer reasons keep their start and end ([`elide`]).
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// `s` if it fits in `max` bytes, else its start and end around
+/// `…(N bytes)…`, cut on character boundaries.
+pub fn elide(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let marker = format!(" …({} bytes)… ", s.len());
+    let room = max.saturating_sub(marker.len());
+    let mut head = room * 2 / 3;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - (room - head);
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}{marker}{}", &s[..head], &s[tail..])
+}
+
 /// One event for the DLQ.
 pub struct DeadLetter<'a> {
     /// Topic it was read from.
@@ -23,7 +47,8 @@ pub struct DeadLetter<'a> {
     pub key: Option<&'a [u8]>,
     /// Its bytes, unchanged.
     pub payload: &'a [u8],
-    /// Machine-readable code (`index_rejected`, `undecodable`).
+    /// Machine-readable code (`index_rejected`, `undecodable`,
+    /// `empty_snapshot`).
     pub code: &'a str,
     /// What the engine or the decoder said.
     pub reason: &'a str,
@@ -58,8 +83,9 @@ impl Dlq {
 
     /// Queues one dead letter (waits while the local queue is full).
     pub fn send(&self, d: &DeadLetter<'_>) -> Result<(), SinkError> {
+        let reason = elide(d.reason, MAX_REASON_BYTES);
         let headers =
-            pkgstream_runtime::dlq::headers(d.code, d.reason, d.topic, d.partition, d.offset);
+            pkgstream_runtime::dlq::headers(d.code, &reason, d.topic, d.partition, d.offset);
         let mut record = BaseRecord::to(&self.topic)
             .payload(d.payload)
             .headers(headers);

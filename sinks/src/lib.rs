@@ -65,6 +65,16 @@ pub enum SinkError {
     /// Metrics registration failed (a bug).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// A search-sink lane stopped while the sink was running (a panic, or
+    /// a lane that ended on its own): its partitions would go unindexed,
+    /// so the sink stops.
+    #[error("search sink lane {lane} died: {reason}")]
+    LaneDied {
+        /// The lane.
+        lane: usize,
+        /// Its panic message or why it stopped.
+        reason: String,
+    },
     /// A local I/O failure (threads, sockets).
     #[error("{0}")]
     Io(String),

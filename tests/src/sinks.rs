@@ -778,3 +778,108 @@ fn proxy_bulk(
         serde_json::to_vec(&json!({"errors": errors, "items": merged})).expect("json"),
     )
 }
+
+/// What a [`GatewayProxy`] rule sees of one request: method, path and
+/// body length in bytes. The rule answers `Some((status, body))` itself,
+/// or `None` to forward the request to the engine unchanged.
+pub type GatewayRule = dyn Fn(&str, &str, usize) -> Option<(u16, Vec<u8>)> + Send + Sync;
+
+/// A proxy in front of the engine that forwards every request unchanged
+/// except those its rule answers itself, as a gateway in front of a
+/// cluster does (nginx's `client_max_body_size` answering 413, an auth
+/// proxy answering 403).
+pub struct GatewayProxy {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Requests the rule answered.
+    pub answered: Arc<AtomicU64>,
+    /// Requests forwarded.
+    pub forwarded: Arc<AtomicU64>,
+}
+
+impl GatewayProxy {
+    /// Listens on a free loopback port, forwarding to `upstream`.
+    pub fn start(upstream: &str, rule: Arc<GatewayRule>) -> GatewayProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let answered = Arc::new(AtomicU64::new(0));
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let (up, an, fw) = (upstream.to_owned(), answered.clone(), forwarded.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (up, an, fw, rule) = (up.clone(), an.clone(), fw.clone(), rule.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_gateway(stream, &up, &*rule, &an, &fw);
+                });
+            }
+        });
+        GatewayProxy {
+            url,
+            answered,
+            forwarded,
+        }
+    }
+}
+
+fn serve_gateway(
+    stream: TcpStream,
+    upstream: &str,
+    rule: &GatewayRule,
+    answered: &AtomicU64,
+    forwarded: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (
+            parts.next().unwrap_or("GET").to_owned(),
+            parts.next().unwrap_or("/").to_owned(),
+        );
+        let mut headers: HashMap<String, String> = HashMap::new();
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_lowercase(), v.trim().to_owned());
+            }
+        }
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body)?;
+        let (status, resp) = match rule(&method, &path, len) {
+            Some(answer) => {
+                answered.fetch_add(1, Ordering::Relaxed);
+                answer
+            }
+            None => {
+                forwarded.fetch_add(1, Ordering::Relaxed);
+                forward(
+                    upstream,
+                    &method,
+                    &path,
+                    (len > 0).then_some(&body[..]),
+                    headers.get("content-type"),
+                )
+            }
+        };
+        write!(
+            out,
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            resp.len()
+        )?;
+        out.write_all(&resp)?;
+        out.flush()?;
+    }
+}

@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use super::retry::{request_verdict, BulkResponse, RequestVerdict};
+use super::retry::{refusal_reason, request_verdict, BulkResponse, RequestVerdict};
 use crate::config::SearchSinkConfig;
 use crate::SinkError;
 
@@ -20,6 +20,16 @@ pub enum CallError {
     Retry(String),
     /// The engine refused the request itself: retrying cannot help.
     Fatal(SinkError),
+}
+
+/// The engine's answer to a bulk request.
+#[derive(Debug)]
+pub enum BulkAnswer {
+    /// Item by item.
+    Items(BulkResponse),
+    /// Refused as a whole for what it holds (400, 413, ...), with the
+    /// engine's reason: split it to find the items it refuses.
+    Refused(String),
 }
 
 /// A client of one cluster.
@@ -118,38 +128,56 @@ impl EngineClient {
                 "{method} {path}: HTTP {status}: {}",
                 text()
             ))),
-            RequestVerdict::Fatal => Err(CallError::Fatal(SinkError::Engine {
+            RequestVerdict::Refused | RequestVerdict::Fatal => {
+                Err(CallError::Fatal(SinkError::Engine {
+                    url: self.display_url(),
+                    what: format!("{method} {path}"),
+                    reason: format!("HTTP {status}: {}", text()),
+                }))
+            }
+        }
+    }
+
+    /// Posts one bulk body (NDJSON) and reads the per-item answer; a bulk
+    /// refused as a whole is a fatal error here (see [`Self::send_bulk`]).
+    pub fn bulk(&self, body: &[u8]) -> Result<BulkResponse, CallError> {
+        match self.send_bulk(body)? {
+            BulkAnswer::Items(r) => Ok(r),
+            BulkAnswer::Refused(reason) => Err(CallError::Fatal(SinkError::Engine {
                 url: self.display_url(),
-                what: format!("{method} {path}"),
-                reason: format!("HTTP {status}: {}", text()),
+                what: "bulk".into(),
+                reason,
             })),
         }
     }
 
-    /// Posts one bulk body (NDJSON) and reads the per-item answer.
-    pub fn bulk(&self, body: &[u8]) -> Result<BulkResponse, CallError> {
+    /// Posts one bulk body (NDJSON): the per-item answer, or the engine's
+    /// reason for refusing the request as a whole.
+    pub fn send_bulk(&self, body: &[u8]) -> Result<BulkAnswer, CallError> {
         const PATH: &str = "/_bulk?filter_path=errors,items.*.status,items.*.error";
         let (status, out) = self
             .call("POST", PATH, Some(("application/x-ndjson", body)))
             .map_err(|e| CallError::Retry(format!("{} unreachable: {e}", self.display_url())))?;
         match request_verdict(status) {
-            RequestVerdict::Items => serde_json::from_slice(&out).map_err(|e| {
-                CallError::Retry(format!(
-                    "bulk: unreadable answer ({e}): {}",
-                    String::from_utf8_lossy(&out[..out.len().min(500)])
-                ))
-            }),
+            RequestVerdict::Items => {
+                serde_json::from_slice(&out)
+                    .map(BulkAnswer::Items)
+                    .map_err(|e| {
+                        CallError::Retry(format!(
+                            "bulk: unreadable answer ({e}): {}",
+                            String::from_utf8_lossy(&out[..out.len().min(500)])
+                        ))
+                    })
+            }
             RequestVerdict::Retry => Err(CallError::Retry(format!(
                 "bulk: HTTP {status}: {}",
                 String::from_utf8_lossy(&out[..out.len().min(500)])
             ))),
+            RequestVerdict::Refused => Ok(BulkAnswer::Refused(refusal_reason(status, &out))),
             RequestVerdict::Fatal => Err(CallError::Fatal(SinkError::Engine {
                 url: self.display_url(),
                 what: "bulk".into(),
-                reason: format!(
-                    "HTTP {status}: {}",
-                    String::from_utf8_lossy(&out[..out.len().min(2000)])
-                ),
+                reason: refusal_reason(status, &out),
             })),
         }
     }

@@ -33,9 +33,13 @@ pub const SCRIPT_PACKAGE_UPSERT: &str = "pkgstream-package-upsert";
 pub const SCRIPT_PACKAGE_REMOVE: &str = "pkgstream-package-remove";
 /// Stored script: update a host document (last seen; snapshot facts).
 pub const SCRIPT_HOST: &str = "pkgstream-host";
+/// Stored script: rewrite a package document's `package.evr_sort` if it
+/// still holds the version the key was computed for (documents an older
+/// sink wrote with another key); creates nothing.
+pub const SCRIPT_PACKAGE_SORT_KEY: &str = "pkgstream-package-sort-key";
 
 /// The stored scripts (id, painless source), installed at start-up.
-pub const SCRIPTS: [(&str, &str); 3] = [
+pub const SCRIPTS: [(&str, &str); 4] = [
     (
         SCRIPT_PACKAGE_UPSERT,
         "if (ctx._source.event_time_us != null && ctx._source.event_time_us > params.d.event_time_us) { ctx.op = 'none' } \
@@ -52,6 +56,11 @@ pub const SCRIPTS: [(&str, &str); 3] = [
          if (s.last_seen_us == null || params.t >= s.last_seen_us) { s.last_seen_us = params.t; s.last_seen = params.ts; s.host = params.host; s.pkgstream = params.p; changed = true } \
          if (params.snap != null && (s.last_snapshot_us == null || params.t > s.last_snapshot_us)) { s.last_snapshot_us = params.t; s.last_snapshot = params.ts; s.package_count = params.snap.count; s.drift_count = params.snap.drift; changed = true } \
          if (!changed) { ctx.op = 'none' }",
+    ),
+    (
+        SCRIPT_PACKAGE_SORT_KEY,
+        "if (ctx._source.package == null || ctx._source.package.evr != params.evr || ctx._source.package.evr_sort == params.key) { ctx.op = 'none' } \
+         else { ctx._source.package.evr_sort = params.key }",
     ),
 ];
 
@@ -156,45 +165,121 @@ pub fn evr(p: &Package<'_>) -> String {
     format!("{}:{}-{}", p.epoch.unwrap_or(0), p.version, p.release)
 }
 
-/// A key that sorts like rpm versions in most real cases: the epoch and
-/// every run of digits zero-padded to 10 places (`1:5.14.0-427.el9` →
-/// `0000000001:0000000005.0000000014...`).
+/// A key that, compared bytewise (a `keyword` in the engine), orders
+/// packages exactly as rpm does (`pkgstream_schemas::rpmvercmp::evrcmp`):
+/// epoch, then version, then release, each compared like `rpmvercmp`.
+///
+/// A version is read as rpm reads it — separators (anything but ASCII
+/// letters, digits, `~` and `^`) skipped, runs of digits and runs of
+/// letters as segments — and each token written with a tag that sorts in
+/// rpm's order: `~` (`!`) < end of the version (`#`) < `^` (`%`) < a
+/// letter segment (`+letters,`) < a numeric segment (`.` then its length
+/// without leading zeros, itself prefixed by its digit count, then the
+/// digits). So `1.0~rc1` < `1.0` < `1.0^git1` < `1.0a` < `1.0.1`, `1.01` =
+/// `1.1`, and `10` > `9`. The epoch is a numeric segment (`-` and an
+/// offset for a negative one, which validation refuses anyway):
+/// `1:5.14.0-427.el9` → `.111:.115.1214.10#-.13427+el,.119#`.
 pub fn evr_sort(p: &Package<'_>) -> String {
-    let mut out = String::with_capacity(64);
-    pad_digits(&mut out, &p.epoch.unwrap_or(0).to_string());
+    let mut out = String::with_capacity(2 * (p.version.len() + p.release.len()) + 16);
+    let epoch = p.epoch.unwrap_or(0);
+    if epoch < 0 {
+        out.push('-');
+        out.push_str(&format!("{:010}", i64::from(epoch) - i64::from(i32::MIN)));
+    } else {
+        numeric_key(&mut out, epoch.to_string().as_bytes());
+    }
     out.push(':');
-    pad_digits(&mut out, &p.version);
+    version_key(&mut out, &p.version);
     out.push('-');
-    pad_digits(&mut out, &p.release);
+    version_key(&mut out, &p.release);
     out
 }
 
-fn pad_digits(out: &mut String, s: &str) {
-    let mut digits = String::new();
-    let flush = |out: &mut String, digits: &mut String| {
-        if !digits.is_empty() {
-            let trimmed = digits.trim_start_matches('0');
-            for _ in trimmed.len()..10 {
-                out.push('0');
+/// Appends the tokens of one version or release string and its end.
+fn version_key(out: &mut String, v: &str) {
+    let b = v.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'~' {
+            out.push('!');
+            i += 1;
+        } else if c == b'^' {
+            out.push('%');
+            i += 1;
+        } else if c.is_ascii_digit() {
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
             }
-            out.push_str(trimmed);
-            digits.clear();
-        }
-    };
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
+            numeric_key(out, &b[start..i]);
+        } else if c.is_ascii_alphabetic() {
+            let start = i;
+            while i < b.len() && b[i].is_ascii_alphabetic() {
+                i += 1;
+            }
+            out.push('+');
+            // ASCII letters only.
+            out.push_str(std::str::from_utf8(&b[start..i]).unwrap_or_default());
+            out.push(',');
         } else {
-            flush(out, &mut digits);
-            out.push(c);
+            i += 1;
         }
     }
-    flush(out, &mut digits);
+    out.push('#');
+}
+
+/// Appends a numeric segment (ASCII digits): `.`, the count of digits of
+/// its length, its length, its digits, leading zeros dropped.
+fn numeric_key(out: &mut String, digits: &[u8]) {
+    let start = digits
+        .iter()
+        .position(|d| *d != b'0')
+        .unwrap_or(digits.len());
+    let digits = &digits[start..];
+    let len = digits.len().to_string();
+    out.push('.');
+    out.push(char::from(b'0' + len.len() as u8));
+    out.push_str(&len);
+    out.push_str(std::str::from_utf8(digits).unwrap_or_default());
 }
 
 /// The `_id` of a package document: `<machine_id>/<name>.<arch>`.
 pub fn package_key(machine_id: &str, p: &Package<'_>) -> String {
     format!("{machine_id}/{}.{}", p.name, p.arch)
+}
+
+/// The engine's limit on a document `_id`, in UTF-8 bytes: a longer one
+/// makes it refuse the whole bulk request (HTTP 400).
+pub const MAX_ID_BYTES: usize = 512;
+
+/// Why the documents of a host's `packages` cannot be indexed: a host or
+/// package-state `_id` longer than [`MAX_ID_BYTES`] (a machine id or a
+/// package name far too long). Checked before sending, so such an event
+/// goes to the DLQ without costing the batch a bisection.
+pub fn oversized_id<'p, 'q: 'p>(
+    machine_id: &str,
+    packages: impl IntoIterator<Item = &'p Package<'q>>,
+) -> Option<String> {
+    let too_long = |index: &str, id: &str| {
+        (id.len() > MAX_ID_BYTES).then(|| {
+            let mut cut = id.len().min(64);
+            while !id.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            format!(
+                "document _id of {} bytes in {index} is longer than the engine's {MAX_ID_BYTES}-byte _id limit: {}…",
+                id.len(),
+                &id[..cut]
+            )
+        })
+    };
+    if let Some(r) = too_long("the host index", machine_id) {
+        return Some(r);
+    }
+    packages
+        .into_iter()
+        .find_map(|p| too_long("the package index", &package_key(machine_id, p)))
 }
 
 /// Lower-case source name (`dnf`).
@@ -679,6 +764,8 @@ pub fn snapshot_state<'a>(s: &'a EnrichedSnapshot<'a>) -> BTreeMap<String, &'a P
 pub struct IndexedPackage {
     /// `E:V-R`.
     pub evr: String,
+    /// Its `package.evr_sort` as indexed (empty when absent).
+    pub evr_sort: String,
     /// Event time (µs) of the event that wrote it.
     pub event_time_us: i64,
 }
@@ -687,8 +774,10 @@ pub struct IndexedPackage {
 /// for packages that are missing or at another version, and guarded
 /// deletes for documents the snapshot does not contain (in both cases only
 /// where the index holds nothing newer than the snapshot), then the host
-/// document update. Returns the number of package items appended and the
-/// facts written to the host document (drift = items appended, 0 for the
+/// document update. A document at the snapshot's version whose sort key is
+/// out of date (written by an older sink) gets its key rewritten, which is
+/// not drift. Returns the number of package items appended and the facts
+/// written to the host document (drift = upserts and deletes, 0 for the
 /// first snapshot of a host nothing was known about).
 pub fn snapshot_items(
     out: &mut Vec<u8>,
@@ -699,6 +788,7 @@ pub fn snapshot_items(
     let state = snapshot_state(s);
     let id = s.snapshot_id.to_hex();
     let mut items = 0;
+    let mut refreshed = 0;
     for (key, p) in &state {
         let stale = match indexed.get(key) {
             None => true,
@@ -717,6 +807,12 @@ pub fn snapshot_items(
                 &id,
             );
             items += 1;
+        } else if let Some(ix) = indexed.get(key) {
+            let sort = evr_sort(p);
+            if ix.evr == evr(p) && ix.evr_sort != sort {
+                sort_key_update(out, idx, key, &ix.evr, &sort);
+                refreshed += 1;
+            }
         }
     }
     for (key, ix) in indexed {
@@ -730,7 +826,24 @@ pub fn snapshot_items(
         drift: if indexed.is_empty() { 0 } else { items },
     };
     host_update(out, idx, &s.host, &s.enrichment, s.taken_at, Some(facts));
-    (items, facts)
+    (items + refreshed, facts)
+}
+
+/// Appends the guarded rewrite of a package document's sort key.
+fn sort_key_update(out: &mut Vec<u8>, idx: &Indices, key: &str, evr: &str, sort: &str) {
+    action_line(out, "update", idx.packages(), key, true);
+    #[derive(serde::Serialize)]
+    struct P<'a> {
+        evr: &'a str,
+        key: &'a str,
+    }
+    body_line(
+        out,
+        &ScriptedUpsert {
+            id: SCRIPT_PACKAGE_SORT_KEY,
+            params: P { evr, key: sort },
+        },
+    );
 }
 
 #[cfg(test)]
@@ -822,24 +935,134 @@ mod tests {
         }
     }
 
-    #[test]
-    fn evr_sort_orders_numerically() {
-        let p = |v: &str, r: &str| Package {
+    fn pkg(epoch: Option<i32>, v: &str, r: &str) -> Package<'static> {
+        Package {
+            epoch,
             version: v.to_owned().into(),
             release: r.to_owned().into(),
             ..sample::change(0).package
-        };
-        assert!(evr_sort(&p("5.14.0", "9.el9")) < evr_sort(&p("5.14.0", "10.el9")));
-        assert!(evr_sort(&p("1.10", "1")) > evr_sort(&p("1.9", "1")));
+        }
+    }
+
+    #[test]
+    fn evr_sort_orders_as_rpm_on_the_known_cases() {
+        let key = |v: &str| evr_sort(&pkg(None, v, "1"));
+        assert!(key("1.0~rc1") < key("1.0"), "a pre-release sorts first");
+        assert!(key("1.0") < key("1.0^git1"), "a snapshot after its base");
+        assert!(
+            key("1.0^git1") < key("1.0.1"),
+            "and before the next version"
+        );
+        assert!(key("1.0^git1") < key("1.01"));
+        assert!(key("1.0a") < key("1.0.1"), "letters before digits");
+        assert_eq!(key("1.01"), key("1.1"), "leading zeros");
+        assert_eq!(key("2_0"), key("2.0"), "separators");
+        assert!(key("1.9") < key("1.10"));
+        assert!(key("4.999.9") < key("5.0"));
+        assert!(evr_sort(&pkg(None, "5.14.0", "9.el9")) < evr_sort(&pkg(None, "5.14.0", "10.el9")));
+        assert!(evr_sort(&pkg(Some(1), "1.0", "1")) > evr_sort(&pkg(None, "9.0", "1")));
+        assert!(evr_sort(&pkg(Some(-1), "9", "1")) < evr_sort(&pkg(None, "1", "1")));
+        assert_eq!(
+            evr_sort(&pkg(Some(1), "5.14.0", "427.el9")),
+            ".111:.115.1214.10#-.13427+el,.119#"
+        );
+    }
+
+    mod evr_sort_vs_rpm {
+        use super::*;
+        use pkgstream_schemas::rpmvercmp::evrcmp;
+        use proptest::prelude::*;
+
+        /// Versions from the characters rpm treats differently: digits
+        /// (leading zeros too), letters of both cases, `~`, `^`, and
+        /// separators (ASCII and not).
+        fn version() -> impl Strategy<Value = String> {
+            let chars = prop::sample::select(vec![
+                '0', '0', '1', '2', '9', 'a', 'b', 'z', 'A', 'Z', '~', '~', '^', '^', '.', '.',
+                '_', '+', '-', 'é',
+            ]);
+            prop::collection::vec(chars, 0..10).prop_map(|c| c.into_iter().collect())
+        }
+
+        fn epoch() -> impl Strategy<Value = Option<i32>> {
+            prop::sample::select(vec![
+                None,
+                Some(0),
+                Some(1),
+                Some(2),
+                Some(10),
+                Some(i32::MAX),
+                Some(-1),
+                Some(i32::MIN),
+            ])
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(20_000))]
+            #[test]
+            fn the_key_orders_every_pair_as_evrcmp(
+                e1 in epoch(), v1 in version(), r1 in version(),
+                e2 in epoch(), v2 in version(), r2 in version(),
+            ) {
+                let (a, b) = (pkg(e1, &v1, &r1), pkg(e2, &v2, &r2));
+                prop_assert_eq!(
+                    evr_sort(&a).cmp(&evr_sort(&b)),
+                    evrcmp((e1, &v1, &r1), (e2, &v2, &r2)),
+                    "{:?} vs {:?}", evr_sort(&a), evr_sort(&b)
+                );
+            }
+
+            /// Same version strings in both: exercises the equal prefixes.
+            #[test]
+            fn close_versions_order_as_rpmvercmp(v in version(), tail1 in version(), tail2 in version()) {
+                let (x, y) = (format!("{v}{tail1}"), format!("{v}{tail2}"));
+                prop_assert_eq!(
+                    evr_sort(&pkg(None, &x, "1")).cmp(&evr_sort(&pkg(None, &y, "1"))),
+                    pkgstream_schemas::rpmvercmp::rpmvercmp(&x, &y)
+                );
+            }
+        }
+
+        #[test]
+        fn long_numbers_order_by_value() {
+            let big = "9".repeat(12);
+            let bigger = format!("1{}", "0".repeat(12));
+            assert!(evr_sort(&pkg(None, &big, "1")) < evr_sort(&pkg(None, &bigger, "1")));
+            assert_eq!(
+                evrcmp((None, &big, "1"), (None, &bigger, "1")),
+                std::cmp::Ordering::Less
+            );
+        }
+    }
+
+    #[test]
+    fn ids_over_512_bytes_are_caught_before_sending() {
+        let c = sample::change(1);
+        assert_eq!(oversized_id(&c.host.machine_id, [&c.package]), None);
+        let mut p = c.package.clone();
+        // Exactly at the limit is fine, one byte more is not.
+        let room = MAX_ID_BYTES - package_key(&c.host.machine_id, &p).len() + p.name.len();
+        p.name = "n".repeat(room).into();
+        assert_eq!(package_key(&c.host.machine_id, &p).len(), MAX_ID_BYTES);
+        assert_eq!(oversized_id(&c.host.machine_id, [&p]), None);
+        p.name = "é".repeat(room).into();
+        let r = oversized_id(&c.host.machine_id, [&c.package, &p]).unwrap();
+        assert!(
+            r.contains("_id of") && r.contains("512-byte _id limit"),
+            "{r}"
+        );
+        assert!(r.len() < 300, "{r}");
+        let r = oversized_id(&"m".repeat(513), std::iter::empty()).unwrap();
+        assert!(r.contains("513 bytes in the host index"), "{r}");
     }
 
     #[test]
     fn snapshot_reconciles_against_indexed_state() {
         let mut s = EnrichedSnapshot::new(sample::snapshot(1, 3), sample::enrichment(1));
         let t = s.taken_at;
-        let state: Vec<(String, String)> = snapshot_state(&s)
+        let state: Vec<(String, String, String)> = snapshot_state(&s)
             .iter()
-            .map(|(k, p)| (k.clone(), evr(p)))
+            .map(|(k, p)| (k.clone(), evr(p), evr_sort(p)))
             .collect();
         assert_eq!(state.len(), 3);
         let mut indexed = BTreeMap::new();
@@ -848,6 +1071,7 @@ mod tests {
             state[0].0.clone(),
             IndexedPackage {
                 evr: state[0].1.clone(),
+                evr_sort: state[0].2.clone(),
                 event_time_us: t - 1,
             },
         );
@@ -856,6 +1080,7 @@ mod tests {
             state[1].0.clone(),
             IndexedPackage {
                 evr: "0:9-9".into(),
+                evr_sort: String::new(),
                 event_time_us: t - 1,
             },
         );
@@ -865,6 +1090,7 @@ mod tests {
             "h/gone.x86_64".into(),
             IndexedPackage {
                 evr: "0:1-1".into(),
+                evr_sort: String::new(),
                 event_time_us: t - 1,
             },
         );
@@ -872,6 +1098,7 @@ mod tests {
             "h/new.x86_64".into(),
             IndexedPackage {
                 evr: "0:1-1".into(),
+                evr_sort: String::new(),
                 event_time_us: t + 1,
             },
         );
@@ -900,5 +1127,30 @@ mod tests {
         let (items, facts) =
             snapshot_items(&mut Vec::new(), &Indices::new("p"), &s, &BTreeMap::new());
         assert_eq!((items, facts.drift, facts.count), (2, 0, 2));
+        // A document at the snapshot's version with an older sink's key:
+        // its key is rewritten (guarded by the version), and it is not drift.
+        let old_key = IndexedPackage {
+            evr_sort: "0000000000:0000000001.0000000002-0000000003".into(),
+            ..indexed[&state[0].0].clone()
+        };
+        let indexed = BTreeMap::from([
+            (state[0].0.clone(), old_key),
+            (
+                state[1].0.clone(),
+                IndexedPackage {
+                    evr: state[1].1.clone(),
+                    evr_sort: state[1].2.clone(),
+                    event_time_us: t - 1,
+                },
+            ),
+        ]);
+        let mut out = Vec::new();
+        let (items, facts) = snapshot_items(&mut out, &Indices::new("p"), &s, &indexed);
+        assert_eq!((items, facts.drift), (1, 0));
+        let l = lines(&out);
+        assert_eq!(l[0]["update"]["_id"], state[0].0.as_str());
+        assert_eq!(l[1]["script"]["id"], SCRIPT_PACKAGE_SORT_KEY);
+        assert_eq!(l[1]["script"]["params"]["evr"], state[0].1.as_str());
+        assert_eq!(l[1]["script"]["params"]["key"], state[0].2.as_str());
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::documents::ItemKind;
+use crate::dlq::{elide, MAX_REASON_BYTES};
 
 /// What to do with one bulk item after the engine answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,14 +29,24 @@ pub fn item_verdict(kind: ItemKind, status: u16) -> ItemVerdict {
     }
 }
 
-/// What a whole request's HTTP status means.
+/// What a whole request's HTTP status means. This is the one place that
+/// tells retryable from fatal, for bulks and every other call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestVerdict {
     /// The engine answered; read the items.
     Items,
-    /// Overloaded, restarting or unreachable: send the whole request again.
+    /// Overloaded, restarting or unreachable (408, 429, 5xx): send the
+    /// whole request again.
     Retry,
-    /// Our request or credentials are wrong: retrying cannot help.
+    /// Refused for what it holds (400 — e.g. an `_id` over 512 bytes fails
+    /// the whole bulk's validation —, 413 too large, and any other 4xx that
+    /// is not about credentials or addressing): a bulk is split in halves
+    /// until the items the engine refuses alone are found; for any other
+    /// call it is fatal.
+    Refused,
+    /// Our credentials or address are wrong (401, 403, 404 on a missing
+    /// index or a wrong URL path, 405, 407, 3xx): retrying cannot help,
+    /// stop with the engine's reason.
     Fatal,
 }
 
@@ -44,8 +55,32 @@ pub fn request_verdict(status: u16) -> RequestVerdict {
     match status {
         200..=299 => RequestVerdict::Items,
         408 | 429 | 500..=599 => RequestVerdict::Retry,
+        401 | 403 | 404 | 405 | 407 => RequestVerdict::Fatal,
+        400..=499 => RequestVerdict::Refused,
         _ => RequestVerdict::Fatal,
     }
+}
+
+/// The engine's reason for refusing a whole request, from its answer:
+/// `HTTP 400: type: reason (caused by type: reason)`, or the body's text,
+/// shortened in the middle to [`MAX_REASON_BYTES`] (the end of an engine
+/// reason says the most: "... must be no longer than 512 bytes but was:
+/// 100040").
+pub fn refusal_reason(status: u16, body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let text = match parsed.as_ref().map(|v| &v["error"]) {
+        Some(e) if e.is_object() => ItemStatus {
+            status,
+            error: Some(e.clone()),
+        }
+        .reason(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        _ if body.is_empty() && status == 413 => {
+            "request entity too large (over the engine's http.max_content_length or a gateway's body limit)".into()
+        }
+        _ => String::from_utf8_lossy(&body[..body.len().min(4 * MAX_REASON_BYTES)]).into_owned(),
+    };
+    elide(&format!("HTTP {status}: {text}"), MAX_REASON_BYTES)
 }
 
 /// A bulk response, reduced by `filter_path` to what the sink reads.
@@ -189,8 +224,77 @@ mod tests {
         assert_eq!(request_verdict(200), RequestVerdict::Items);
         assert_eq!(request_verdict(429), RequestVerdict::Retry);
         assert_eq!(request_verdict(503), RequestVerdict::Retry);
+        assert_eq!(request_verdict(408), RequestVerdict::Retry);
         assert_eq!(request_verdict(401), RequestVerdict::Fatal);
-        assert_eq!(request_verdict(413), RequestVerdict::Fatal);
+        assert_eq!(request_verdict(403), RequestVerdict::Fatal);
+        assert_eq!(request_verdict(404), RequestVerdict::Fatal);
+        assert_eq!(request_verdict(301), RequestVerdict::Fatal);
+        assert_eq!(request_verdict(400), RequestVerdict::Refused);
+        assert_eq!(request_verdict(413), RequestVerdict::Refused);
+        assert_eq!(request_verdict(422), RequestVerdict::Refused);
+    }
+
+    /// As OpenSearch 2.19 answers a bulk with one `_id` over 512 bytes
+    /// (the whole request fails validation; the id is repeated in full).
+    #[test]
+    fn a_bulk_refused_for_a_long_id_is_split_and_the_reason_kept_short() {
+        let id = format!(
+            "0000000000000000000000005eed0002/{}.x86_64",
+            "p".repeat(100_000)
+        );
+        let body = format!(
+            r#"{{"error":{{"root_cause":[{{"type":"action_request_validation_exception","reason":"Validation Failed: 1: id [{id}] is too long, must be no longer than 512 bytes but was: {};"}}],"type":"action_request_validation_exception","reason":"Validation Failed: 1: id [{id}] is too long, must be no longer than 512 bytes but was: {};"}},"status":400}}"#,
+            id.len(),
+            id.len()
+        );
+        assert_eq!(request_verdict(400), RequestVerdict::Refused);
+        let r = refusal_reason(400, body.as_bytes());
+        assert!(r.len() <= MAX_REASON_BYTES, "{} bytes", r.len());
+        assert!(
+            r.starts_with("HTTP 400: action_request_validation_exception: Validation Failed: 1: id [0000000000000000000000005eed0002/ppp"),
+            "{r}"
+        );
+        assert!(
+            r.ends_with(&format!(
+                "must be no longer than 512 bytes but was: {};",
+                id.len()
+            )),
+            "{r}"
+        );
+    }
+
+    /// OpenSearch above http.max_content_length: 413 with an empty body.
+    #[test]
+    fn a_bulk_refused_as_too_large_is_split() {
+        assert_eq!(request_verdict(413), RequestVerdict::Refused);
+        let r = refusal_reason(413, b"");
+        assert!(r.starts_with("HTTP 413: request entity too large"), "{r}");
+        assert!(r.contains("http.max_content_length"), "{r}");
+    }
+
+    #[test]
+    fn credentials_and_addresses_are_fatal_with_the_engine_reason() {
+        let body = br#"{"error":{"root_cause":[{"type":"security_exception","reason":"missing authentication credentials for REST request [/_bulk]"}],"type":"security_exception","reason":"missing authentication credentials for REST request [/_bulk]"},"status":401}"#;
+        assert_eq!(request_verdict(401), RequestVerdict::Fatal);
+        assert_eq!(
+            refusal_reason(401, body),
+            "HTTP 401: security_exception: missing authentication credentials for REST request [/_bulk]"
+        );
+        let body = br#"{"error":{"root_cause":[{"type":"index_not_found_exception","reason":"no such index [p-packages]"}],"type":"index_not_found_exception","reason":"no such index [p-packages]","index":"p-packages"},"status":404}"#;
+        assert_eq!(request_verdict(404), RequestVerdict::Fatal);
+        assert!(refusal_reason(404, body).contains("no such index [p-packages]"));
+        // A rejected execution on the whole request is only "for now".
+        assert_eq!(request_verdict(429), RequestVerdict::Retry);
+    }
+
+    #[test]
+    fn elide_keeps_both_ends_on_char_boundaries() {
+        assert_eq!(elide("short", 10), "short");
+        let s = format!("début {} fin", "é".repeat(2000));
+        let e = elide(&s, 200);
+        assert!(e.len() <= 200, "{}", e.len());
+        assert!(e.starts_with("début ") && e.ends_with(" fin"), "{e}");
+        assert!(e.contains(&format!("({} bytes)", s.len())));
     }
 
     #[test]
