@@ -96,6 +96,10 @@ pub struct MetricsSinkConfig {
     /// Consumer group under which the sink records how far it counted.
     #[serde(default = "d_metrics_group")]
     pub group_id: String,
+    /// Seconds Kafka may go without answering, or pushes to
+    /// `remote_write_url` may keep failing, before `/readyz` says 503.
+    #[serde(default = "d_unready_after_secs")]
+    pub unready_after_secs: u64,
     /// Where `/metrics`, `/healthz` and `/readyz` listen.
     #[serde(default = "d_metrics_metrics_listen")]
     pub metrics_listen: String,
@@ -154,6 +158,9 @@ fn d_watch() -> Vec<String> {
 fn d_metrics_group() -> String {
     "pkgstream-sink-metrics".into()
 }
+fn d_unready_after_secs() -> u64 {
+    30
+}
 fn d_metrics_metrics_listen() -> String {
     "127.0.0.1:9111".into()
 }
@@ -188,6 +195,7 @@ impl Default for MetricsSinkConfig {
             push_interval_secs: d_push_interval_secs(),
             watch_packages: d_watch(),
             group_id: d_metrics_group(),
+            unready_after_secs: d_unready_after_secs(),
             metrics_listen: d_metrics_metrics_listen(),
         }
     }
@@ -265,6 +273,12 @@ impl MetricsSinkConfig {
         if self.push_interval_secs == 0 {
             return Err(invalid(
                 "metrics_sink.push_interval_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.unready_after_secs == 0 {
+            return Err(invalid(
+                "metrics_sink.unready_after_secs",
                 "must be at least 1",
             ));
         }
