@@ -106,6 +106,10 @@ impl MetricsSink {
     /// what waiting cannot fix (a consumer that cannot be created).
     pub fn run(&self, shutdown: &Shutdown) -> Result<(), SinkError> {
         self.ready.set(false);
+        self.metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_max_versions(self.config.max_versions_per_group);
         let topic = &self.topics.changes_enriched;
         let consumer: Arc<MetricsConsumer> = Arc::new(
             ClientConfig::new()
