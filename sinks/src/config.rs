@@ -107,6 +107,15 @@ pub struct MetricsSinkConfig {
     /// Consumer group under which the sink records how far it counted.
     #[serde(default = "d_metrics_group")]
     pub group_id: String,
+    /// At most this many version series per watched package and host
+    /// group (the versions most hosts run); hosts on any other version
+    /// count under `version="other"`, as do versions longer than 128 bytes.
+    #[serde(default = "d_max_versions")]
+    pub max_versions_per_group: usize,
+    /// Seconds Kafka may go without answering, or pushes to
+    /// `remote_write_url` may keep failing, before `/readyz` says 503.
+    #[serde(default = "d_unready_after_secs")]
+    pub unready_after_secs: u64,
     /// Where `/metrics`, `/healthz` and `/readyz` listen.
     #[serde(default = "d_metrics_metrics_listen")]
     pub metrics_listen: String,
@@ -165,6 +174,12 @@ fn d_watch() -> Vec<String> {
 fn d_metrics_group() -> String {
     "pkgstream-sink-metrics".into()
 }
+fn d_max_versions() -> usize {
+    crate::metrics::fleet::DEFAULT_MAX_VERSIONS
+}
+fn d_unready_after_secs() -> u64 {
+    30
+}
 fn d_metrics_metrics_listen() -> String {
     "127.0.0.1:9111".into()
 }
@@ -200,6 +215,8 @@ impl Default for MetricsSinkConfig {
             push_interval_secs: d_push_interval_secs(),
             watch_packages: d_watch(),
             group_id: d_metrics_group(),
+            max_versions_per_group: d_max_versions(),
+            unready_after_secs: d_unready_after_secs(),
             metrics_listen: d_metrics_metrics_listen(),
         }
     }
@@ -319,6 +336,18 @@ impl MetricsSinkConfig {
                 "must be at least 1",
             ));
         }
+        if !(1..=1000).contains(&self.max_versions_per_group) {
+            return Err(invalid(
+                "metrics_sink.max_versions_per_group",
+                "must be between 1 and 1000",
+            ));
+        }
+        if self.unready_after_secs == 0 {
+            return Err(invalid(
+                "metrics_sink.unready_after_secs",
+                "must be at least 1",
+            ));
+        }
         if self.watch_packages.len() > 100 {
             return Err(invalid(
                 "metrics_sink.watch_packages",
@@ -405,5 +434,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("push_interval_secs"));
+        for c in [
+            MetricsSinkConfig {
+                unready_after_secs: 0,
+                ..Default::default()
+            },
+            MetricsSinkConfig {
+                max_versions_per_group: 0,
+                ..Default::default()
+            },
+        ] {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("metrics_sink.unready_after_secs")
+                    || e.contains("metrics_sink.max_versions_per_group"),
+                "{e}"
+            );
+        }
     }
 }

@@ -18,25 +18,33 @@ use pkgstream_tests::sinks::*;
 const LIMIT: Duration = Duration::from_secs(180);
 const WATCHED: [&str; 2] = ["openssl-libs", "kernel-core"];
 
-/// (package, version, hostgroup) → hosts, computed from the scenario.
-fn expected_gauges(sc: &Scenario) -> BTreeMap<(String, String, String), i64> {
+/// (package, version, hostgroup) → hosts, computed from the scenario and
+/// then the changes of `later` (produced after it).
+fn expected_gauges(
+    sc: &Scenario,
+    later: Option<&Scenario>,
+) -> BTreeMap<(String, String, String), i64> {
     let mut per_host: BTreeMap<String, (String, BTreeMap<String, String>)> = BTreeMap::new();
-    for c in &sc.changes {
-        let h = per_host.entry(c.host.machine_id.to_string()).or_default();
-        h.0 = c.enrichment.hostgroup.to_string();
-        if !WATCHED.contains(&c.package.name.as_ref()) {
-            continue;
-        }
-        let v = format!("{}-{}", c.package.version, c.package.release);
-        match c.action {
-            Action::Remove | Action::Obsolete => {
-                h.1.remove(c.package.name.as_ref());
+    let apply = |per_host: &mut BTreeMap<String, (String, BTreeMap<String, String>)>,
+                 changes: &[pkgstream_schemas::EnrichedChange<'_>]| {
+        for c in changes {
+            let h = per_host.entry(c.host.machine_id.to_string()).or_default();
+            h.0 = c.enrichment.hostgroup.to_string();
+            if !WATCHED.contains(&c.package.name.as_ref()) {
+                continue;
             }
-            _ => {
-                h.1.insert(c.package.name.to_string(), v);
+            let v = format!("{}-{}", c.package.version, c.package.release);
+            match c.action {
+                Action::Remove | Action::Obsolete => {
+                    h.1.remove(c.package.name.as_ref());
+                }
+                _ => {
+                    h.1.insert(c.package.name.to_string(), v);
+                }
             }
         }
-    }
+    };
+    apply(&mut per_host, &sc.changes);
     for s in &sc.snapshots {
         let h = per_host.get_mut(s.host.machine_id.as_ref()).unwrap();
         h.1 = s
@@ -46,6 +54,9 @@ fn expected_gauges(sc: &Scenario) -> BTreeMap<(String, String, String), i64> {
             .map(|p| (p.name.to_string(), format!("{}-{}", p.version, p.release)))
             .collect();
     }
+    if let Some(later) = later {
+        apply(&mut per_host, &later.changes);
+    }
     let mut out = BTreeMap::new();
     for (group, pkgs) in per_host.values() {
         for (name, v) in pkgs {
@@ -54,6 +65,29 @@ fn expected_gauges(sc: &Scenario) -> BTreeMap<(String, String, String), i64> {
         }
     }
     out
+}
+
+/// The sink's `/metrics` text; panics when nothing answers, so that a 0
+/// read from it is a 0 the sink said, not an unreachable endpoint.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("/metrics answers");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read /metrics");
+    assert_eq!(body.split_whitespace().nth(1), Some("200"), "{body}");
+    body
+}
+
+/// One series' value in a scrape (0 when the sink has no such series).
+fn value(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn prom_gauges(tag: &str) -> BTreeMap<(String, String, String), i64> {
@@ -134,7 +168,7 @@ fn prometheus_holds_the_counters_and_drift_gauges_and_a_restart_counts_nothing_t
         )),
         count(&|c| c.enrichment.unexplained_rpm)
     );
-    let expected = expected_gauges(&sc);
+    let expected = expected_gauges(&sc, None);
     assert!(
         expected
             .keys()
@@ -163,9 +197,20 @@ fn prometheus_holds_the_counters_and_drift_gauges_and_a_restart_counts_nothing_t
     wait_for("the state rebuilt", LIMIT, || {
         sink.metric("pkgstream_metrics_sink_events_total{outcome=\"state_only\"}") == n
     });
+    let m = scrape(sink.port);
     assert_eq!(
-        sink.metric("pkgstream_metrics_sink_events_total{outcome=\"counted\"}"),
-        0.0
+        (
+            value(
+                &m,
+                "pkgstream_metrics_sink_events_total{outcome=\"state_only\"}"
+            ),
+            value(
+                &m,
+                "pkgstream_metrics_sink_events_total{outcome=\"counted\"}"
+            )
+        ),
+        (n, 0.0),
+        "every event read again, none counted again"
     );
     let more = scenario(&tag, 1, 5, 3, 0);
     env.produce(&more.records());
@@ -181,7 +226,15 @@ fn prometheus_holds_the_counters_and_drift_gauges_and_a_restart_counts_nothing_t
     wait_for("the new counts in Prometheus", LIMIT, || {
         prom_value(&series("dnf")) == 4.0 && prom_value(&series("rpm")) == 1.0
     });
-    // The gauges of the 60 hosts plus host 0's new state.
+    // The gauges of the 60 hosts plus host 0's new state, as the restarted
+    // sink pushed them (the pre-restart samples lack host 0's new state).
+    let after = expected_gauges(&sc, Some(&more));
+    assert_ne!(after, expected, "the new changes move a drift gauge");
+    wait_for(
+        "the restarted sink's drift gauges in Prometheus",
+        LIMIT,
+        || prom_gauges(&tag) == after,
+    );
     assert_eq!(
         prom_value(&format!("sum(pkgstream_fleet_hosts{{{g}}})")),
         60.0

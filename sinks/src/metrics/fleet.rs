@@ -29,7 +29,20 @@ pub struct FleetMetrics {
     pub pushes: IntCounterVec,
     watch: BTreeSet<String>,
     state: HashMap<String, HostState>,
+    max_versions: usize,
 }
+
+/// The version label of the hosts beyond a group's [`FleetMetrics::set_max_versions`]
+/// most common versions, and of versions longer than [`MAX_VERSION_LABEL`].
+/// No real label is `other`: those are `V-R`.
+pub const OTHER_VERSION: &str = "other";
+
+/// Longest version label, in bytes; a longer version (hostile or broken
+/// input, no real package) counts as [`OTHER_VERSION`].
+pub const MAX_VERSION_LABEL: usize = 128;
+
+/// Default of `metrics_sink.max_versions_per_group`.
+pub const DEFAULT_MAX_VERSIONS: usize = 20;
 
 #[derive(Default)]
 struct HostState {
@@ -40,12 +53,22 @@ struct HostState {
     packages: BTreeMap<String, String>,
 }
 
-/// The version label: `V-R`, with `E:` in front when the epoch is not 0.
+/// The version label: `V-R`, with `E:` in front when the epoch is not 0;
+/// [`OTHER_VERSION`] when that is longer than [`MAX_VERSION_LABEL`] bytes
+/// (so neither a label nor the per-host state grows with the input).
 pub fn version_label(p: &Package<'_>) -> String {
-    match p.epoch {
+    // Checked before formatting: a 100 KB version is not copied.
+    if p.version.len() + 1 + p.release.len() > MAX_VERSION_LABEL {
+        return OTHER_VERSION.to_owned();
+    }
+    let label = match p.epoch {
         Some(e) if e != 0 => format!("{e}:{}-{}", p.version, p.release),
         _ => format!("{}-{}", p.version, p.release),
+    };
+    if label.len() > MAX_VERSION_LABEL {
+        return OTHER_VERSION.to_owned();
     }
+    label
 }
 
 impl FleetMetrics {
@@ -123,7 +146,17 @@ impl FleetMetrics {
             pushes,
             watch: watch.iter().cloned().collect(),
             state: HashMap::new(),
+            max_versions: DEFAULT_MAX_VERSIONS,
         })
+    }
+
+    /// At most `n` (at least 1) version series per watched package and
+    /// host group: the `n` versions most hosts run; the hosts running any
+    /// other count under [`OTHER_VERSION`]. Bounds the series whatever
+    /// versions hosts report (a broken agent inventing one per host or per
+    /// report would otherwise make one series each, churning).
+    pub fn set_max_versions(&mut self, n: usize) {
+        self.max_versions = n.max(1);
     }
 
     fn host(&mut self, machine_id: &str, hostgroup: &str) -> &mut HostState {
@@ -193,19 +226,41 @@ impl FleetMetrics {
             .packages = packages;
     }
 
-    /// Recomputes the gauges from the state (series that fell to 0 vanish).
+    /// Recomputes the gauges from the state (series that fell to 0 vanish),
+    /// at most `max_versions` + 1 per package and host group.
     pub fn refresh_gauges(&self) {
-        let mut counts: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+        // (package, host group) → version → hosts.
+        let mut counts: BTreeMap<(&str, &str), BTreeMap<&str, i64>> = BTreeMap::new();
         let mut hosts: BTreeMap<&str, i64> = BTreeMap::new();
         for h in self.state.values() {
             *hosts.entry(&h.hostgroup).or_default() += 1;
             for (name, v) in &h.packages {
-                *counts.entry((name, v, &h.hostgroup)).or_default() += 1;
+                *counts
+                    .entry((name, &h.hostgroup))
+                    .or_default()
+                    .entry(v)
+                    .or_default() += 1;
             }
         }
         self.watched.reset();
-        for ((p, v, g), n) in counts {
-            self.watched.with_label_values(&[p, v, g]).set(n);
+        for ((p, g), versions) in counts {
+            let mut by_hosts: Vec<(&str, i64)> = versions.into_iter().collect();
+            // Most hosts first; equal counts in version-label order, so the
+            // cut is the same on every push.
+            by_hosts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            let mut other = 0;
+            for (i, (v, n)) in by_hosts.into_iter().enumerate() {
+                if i < self.max_versions && v != OTHER_VERSION {
+                    self.watched.with_label_values(&[p, v, g]).set(n);
+                } else {
+                    other += n;
+                }
+            }
+            if other > 0 {
+                self.watched
+                    .with_label_values(&[p, OTHER_VERSION, g])
+                    .set(other);
+            }
         }
         self.hosts.reset();
         for (g, n) in hosts {
@@ -326,6 +381,70 @@ mod tests {
             4
         );
         assert_eq!(m.hosts.with_label_values(&["web"]).get(), 3);
+    }
+
+    #[test]
+    fn versions_beyond_the_most_common_and_overlong_ones_count_as_other() {
+        let mut m = FleetMetrics::new(&["openssl".to_owned()]).unwrap();
+        m.set_max_versions(3);
+        // 1,000 hosts, each with a version of its own, except 30 hosts on
+        // 3.0.7-1, 20 on 3.0.7-2 and 10 on 3.0.8-1.
+        for h in 0..1000u64 {
+            let (version, release) = match h {
+                0..30 => ("3.0.7", "1".to_owned()),
+                30..50 => ("3.0.7", "2".to_owned()),
+                50..60 => ("3.0.8", "1".to_owned()),
+                _ => ("3.0.7", format!("x{h}")),
+            };
+            m.change(
+                &change(
+                    h,
+                    "openssl",
+                    (version, &release),
+                    Action::Install,
+                    None,
+                    "web",
+                ),
+                true,
+            );
+        }
+        // One more host with a 100 KB release: no copy, no series of its own.
+        let huge = "9".repeat(100_000);
+        m.change(
+            &change(
+                1000,
+                "openssl",
+                ("3.0.7", &huge),
+                Action::Install,
+                None,
+                "web",
+            ),
+            true,
+        );
+        m.refresh_gauges();
+        assert_eq!(
+            m.watched.collect()[0].get_metric().len(),
+            4,
+            "3 versions + other"
+        );
+        assert_eq!(gauge(&m, "openssl", "3.0.7-1", "web"), 30);
+        assert_eq!(gauge(&m, "openssl", "3.0.7-2", "web"), 20);
+        assert_eq!(gauge(&m, "openssl", "3.0.8-1", "web"), 10);
+        assert_eq!(gauge(&m, "openssl", OTHER_VERSION, "web"), 941);
+        let longest = m
+            .state
+            .values()
+            .flat_map(|h| h.packages.values())
+            .map(String::len)
+            .max();
+        assert!(longest <= Some(MAX_VERSION_LABEL));
+        // The cut is per host group: another group has its own three.
+        m.change(
+            &change(2000, "openssl", ("1", "x"), Action::Install, None, "db"),
+            true,
+        );
+        m.refresh_gauges();
+        assert_eq!(gauge(&m, "openssl", "1-x", "db"), 1);
     }
 
     #[test]

@@ -148,7 +148,8 @@ pub fn push(agent: &ureq::Agent, url: &str, req: &WriteRequest) -> Result<(), Si
     };
     match agent
         .post(url)
-        .timeout(Duration::from_secs(30))
+        // Short: the sink's loop (and SIGTERM) waits for the push.
+        .timeout(Duration::from_secs(10))
         .set("Content-Type", "application/x-protobuf")
         .set("Content-Encoding", "snappy")
         .set("X-Prometheus-Remote-Write-Version", "0.1.0")
