@@ -255,6 +255,10 @@ fn fast_decode_error(e: fast::DecodeError, writer: &SchemaVersion, datum: &[u8])
             schema: writer.label(),
             len: datum.len(),
         },
+        fast::DecodeError::Trailing(len) => SchemaError::TrailingBytes {
+            schema: writer.label(),
+            len,
+        },
         fast::DecodeError::Malformed { .. } => SchemaError::Malformed {
             schema: writer.label(),
             reason: e.to_string(),
@@ -305,7 +309,8 @@ fn writer_of_kind(
 }
 
 /// Reads `datum`, written with `writer`, into the current types through
-/// serde_avro_fast (with schema resolution by field name).
+/// serde_avro_fast (with schema resolution by field name). The datum must be
+/// all of `datum`: bytes after it are refused, as the fast path does.
 fn decode_datum<'b, T: serde::Deserialize<'b>>(
     writer: &SchemaVersion,
     datum: &'b [u8],
@@ -314,7 +319,7 @@ fn decode_datum<'b, T: serde::Deserialize<'b>>(
     config.max_seq_size = MAX_SEQ_LEN;
     let mut state =
         DeserializerState::with_config(serde_avro_fast::de::read::SliceRead::new(datum), config);
-    T::deserialize(state.deserializer()).map_err(|e| {
+    let value = T::deserialize(state.deserializer()).map_err(|e| {
         let reason = e.to_string();
         if reason.contains("end of slice") || reason.contains("Reached EOF") {
             SchemaError::TruncatedDatum {
@@ -327,7 +332,16 @@ fn decode_datum<'b, T: serde::Deserialize<'b>>(
                 reason,
             }
         }
-    })
+    })?;
+    // A slice reader's buffer is what it has not read yet.
+    let rest = std::io::BufRead::fill_buf(&mut state.into_reader()).map_or(0, |r| r.len());
+    if rest > 0 {
+        return Err(SchemaError::TrailingBytes {
+            schema: writer.label(),
+            len: rest,
+        });
+    }
+    Ok(value)
 }
 
 /// Encodes events with the current schema versions into caller-owned
@@ -390,7 +404,9 @@ impl Encoder {
 
     /// The router's fast path: appends the enriched form of `raw` (a
     /// single-object `PackageChange` or `InventorySnapshot` of the *current*
-    /// version, already validated) to `out` without re-encoding it — the
+    /// version, already accepted by [`decode_change`]/[`decode_snapshot`],
+    /// which also proves it is one datum and nothing more) to `out` without
+    /// re-encoding it — the
     /// enriched header, the raw datum copied as is, then `enrichment`
     /// encoded. Avro writes a record as its fields in order, and the current
     /// enriched schema is the current raw schema's fields plus `enrichment`
@@ -584,6 +600,73 @@ mod tests {
         enc.encode_change(&sample::change(1), &mut out).unwrap();
         assert_eq!(out.len(), 2 * one);
         assert_eq!(out[..one], out[one..]);
+    }
+
+    /// Found by `fuzz/fuzz_targets/decode_event.rs` (input in
+    /// `fuzz/regressions/decode_event/`): the decoders ignored bytes after
+    /// the datum, and `append_enrichment` copies the whole rest of the raw
+    /// event, so a host could append an `Enrichment` of its own choosing to
+    /// a valid change; the router then appended its real enrichment after
+    /// it, and the sink read the host's (hostgroup, `known_host`,
+    /// `unexplained_rpm`...) and ignored the router's as trailing bytes.
+    #[test]
+    fn bytes_after_the_datum_are_refused_so_no_enrichment_can_be_forged() {
+        let mut forged = sample::enrichment(9);
+        forged.hostgroup = Cow::Borrowed("forged-by-the-host");
+        forged.unexplained_rpm = false;
+        let mut tail = Vec::new();
+        fast::encode_enrichment(&forged, &mut tail);
+        let router = sample::enrichment(1);
+        let mut enc = Encoder::new();
+
+        let mut change = encoded(1);
+        change.extend_from_slice(&tail);
+        let mut snapshot = Vec::new();
+        enc.encode_snapshot(&sample::snapshot(1, 2), &mut snapshot)
+            .unwrap();
+        snapshot.extend_from_slice(&tail);
+        for (raw, decoded) in [
+            (&change, decode_change(&change).map(|_| ())),
+            (&snapshot, decode_snapshot(&snapshot).map(|_| ())),
+        ] {
+            if decoded.is_ok() {
+                // What the router did with it: the sink must read the router's enrichment.
+                let mut out = Vec::new();
+                assert!(enc.append_enrichment(raw, &router, &mut out).unwrap());
+                let read = match decode_enriched_change(&out) {
+                    Ok(e) => e.into_parts().1.hostgroup.into_owned(),
+                    Err(_) => decode_enriched_snapshot(&out)
+                        .map(|e| e.enrichment.hostgroup.into_owned())
+                        .unwrap_or_else(|e| e.to_string()),
+                };
+                assert_eq!(read, router.hostgroup, "the sink reads a forged enrichment");
+            }
+        }
+        let e = decode_change(&change).unwrap_err();
+        assert_eq!(e.code(), "trailing_bytes");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "malformed PackageChange v1 event: {} byte(s) after the datum (a message holds exactly one event)",
+                tail.len()
+            )
+        );
+        assert_eq!(
+            decode_snapshot(&snapshot).unwrap_err().code(),
+            "trailing_bytes"
+        );
+        // Enriched events and older versions (the serde path) alike.
+        let mut enriched = Vec::new();
+        assert!(enc
+            .append_enrichment(&encoded(1), &router, &mut enriched)
+            .unwrap());
+        enriched.push(0);
+        assert_eq!(
+            decode_enriched_change(&enriched).unwrap_err().to_string(),
+            "malformed EnrichedChange v1 event: 1 byte(s) after the datum (a message holds exactly one event)"
+        );
+        // Exactly one datum is still fine.
+        assert!(decode_change(&encoded(1)).is_ok());
     }
 
     #[test]

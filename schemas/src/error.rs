@@ -46,6 +46,17 @@ pub enum SchemaError {
         /// The decoder's reason.
         reason: String,
     },
+    /// A complete datum followed by more bytes. A message holds exactly one
+    /// event; what follows it is no part of the event, and passing it on
+    /// would let it be read as something else (the router appends its
+    /// enrichment right after the raw datum).
+    #[error("malformed {schema} event: {len} byte(s) after the datum (a message holds exactly one event)")]
+    TrailingBytes {
+        /// `Name vN` of the writer schema.
+        schema: String,
+        /// Bytes left after the datum.
+        len: usize,
+    },
     /// Schema-valid but semantically impossible (empty name, negative size...).
     #[error("invalid {kind}: {field} {reason}")]
     Invalid {
@@ -75,6 +86,7 @@ impl SchemaError {
             SchemaError::UnknownFingerprint { .. } => "unknown_schema",
             SchemaError::WrongKind { .. } => "wrong_kind",
             SchemaError::Malformed { .. } => "malformed",
+            SchemaError::TrailingBytes { .. } => "trailing_bytes",
             SchemaError::Invalid { .. } => "invalid",
             SchemaError::Encode { .. } => "encode",
         }

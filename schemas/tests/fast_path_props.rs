@@ -38,7 +38,8 @@ fn serde_encode<T: serde::Serialize>(value: &T, kind: Kind) -> Vec<u8> {
     out
 }
 
-/// `decode_change` through serde_avro_fast, as before the fast path.
+/// `decode_change` through serde_avro_fast, as before the fast path (plus
+/// the one-datum rule: bytes after the datum are refused).
 fn serde_decode(bytes: &[u8]) -> Result<PackageChange<'_>, SchemaError> {
     let (writer, datum) = Registry::get().writer_of(bytes)?;
     if writer.kind != Kind::PackageChange {
@@ -47,8 +48,12 @@ fn serde_decode(bytes: &[u8]) -> Result<PackageChange<'_>, SchemaError> {
             found: writer.label(),
         });
     }
-    let change: PackageChange<'_> = serde_avro_fast::from_datum_slice(datum, &writer.schema)
-        .map_err(|e| {
+    let mut state = serde_avro_fast::de::DeserializerState::new(
+        serde_avro_fast::de::read::SliceRead::new(datum),
+        &writer.schema,
+    );
+    let change: PackageChange<'_> =
+        serde::Deserialize::deserialize(state.deserializer()).map_err(|e| {
             let reason = e.to_string();
             if reason.contains("end of slice") || reason.contains("Reached EOF") {
                 SchemaError::TruncatedDatum {
@@ -62,6 +67,13 @@ fn serde_decode(bytes: &[u8]) -> Result<PackageChange<'_>, SchemaError> {
                 }
             }
         })?;
+    let rest = std::io::BufRead::fill_buf(&mut state.into_reader()).map_or(0, |r| r.len());
+    if rest > 0 {
+        return Err(SchemaError::TrailingBytes {
+            schema: writer.label(),
+            len: rest,
+        });
+    }
     validate::change(&change)?;
     Ok(change)
 }
@@ -267,9 +279,15 @@ fn varint_and_length_edges_are_judged_alike() {
         cut.extend_from_slice(tail);
         agree(&cut).unwrap();
     }
-    // Trailing bytes after a complete datum are ignored by both.
+    // Trailing bytes after a complete datum are refused by both.
     let mut trailing = good.clone();
     trailing.extend_from_slice(b"junk");
-    assert!(decode_change(&trailing).is_ok());
+    assert_eq!(
+        decode_change(&trailing),
+        Err(SchemaError::TrailingBytes {
+            schema: "PackageChange v1".into(),
+            len: 4
+        })
+    );
     agree(&trailing).unwrap();
 }

@@ -22,7 +22,9 @@
 //! The decoder borrows every string from the input (`Cow::Borrowed`),
 //! validates UTF-8, bounds-checks every read and never panics: it returns
 //! [`DecodeError`], which the caller turns into a [`SchemaError`] naming the
-//! writer schema. Like the serde path, it ignores bytes after the datum.
+//! writer schema. Like the serde path, it refuses bytes after the datum: a
+//! message is exactly one datum, which `append_enrichment` relies on when it
+//! copies the raw datum.
 //!
 //! **If `PackageChange` (or `EnrichedChange`) gets a new version, this file
 //! must be updated with it**: the `fast_path_matches_the_current_schema`
@@ -264,6 +266,8 @@ fn package(w: &mut Vec<u8>, p: &Package<'_>) {
 pub(crate) enum DecodeError {
     /// The datum ended before the schema was satisfied.
     Truncated,
+    /// A complete datum followed by this many more bytes.
+    Trailing(usize),
     /// Bytes that do not follow the schema, at `field`.
     Malformed {
         /// Path of the field being read, e.g. `package.repo`.
@@ -314,6 +318,7 @@ impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DecodeError::Truncated => f.write_str("datum ends early"),
+            DecodeError::Trailing(n) => write!(f, "{n} byte(s) after the datum"),
             DecodeError::Malformed { field, problem } => write!(f, "{field}: {problem}"),
         }
     }
@@ -533,7 +538,8 @@ fn unzigzag(z: u64) -> i64 {
 }
 
 /// Reads a `PackageChange` v1 datum (no header), borrowing strings from
-/// `datum`. Does not validate the semantics: the caller does.
+/// `datum`, which must hold that datum and nothing else. Does not validate
+/// the semantics: the caller does.
 pub(crate) fn decode_change(datum: &[u8]) -> Result<PackageChange<'_>> {
     let mut r = Reader { rest: datum };
     let event_id = r.event_id()?;
@@ -569,6 +575,9 @@ pub(crate) fn decode_change(datum: &[u8]) -> Result<PackageChange<'_>> {
         login_user: r.opt_str("transaction.login_user")?,
         start_time: r.opt_long("transaction.start_time")?,
     };
+    if !r.rest.is_empty() {
+        return Err(DecodeError::Trailing(r.rest.len()));
+    }
     Ok(PackageChange {
         event_id,
         event_time,
