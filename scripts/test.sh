@@ -9,6 +9,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/bootstrap.sh
 
+echo "[test] formatting (cargo fmt --check)" >&2
+cargo fmt --all --check
+
 echo "[test] building (binaries and test targets)" >&2
 cargo build --workspace --bins --locked
 cargo test --workspace --no-run --locked
