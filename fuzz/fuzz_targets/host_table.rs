@@ -1,7 +1,7 @@
 //! The router's host-table parsers (`router/src/hosts.rs`): the CSV file
 //! reader `read_hosts_file`, the JSON `HostMeta` record of the compacted
-//! hosts topic (as the router's topic reader decodes it with
-//! `serde_json::from_slice`), and the maintenance windows (`Window::parse`,
+//! hosts topic (as the router's topic reader decodes it, with
+//! `HostMeta::from_topic_value`), and the maintenance windows (`Window::parse`,
 //! `Window::contains`, `HostMeta::outside_maintenance`) both carry.
 //!
 //! Input: one mode byte, then bytes. Mode bit 0 clear: the bytes are a
@@ -86,7 +86,7 @@ fn hosts_file(bytes: &[u8]) {
 }
 
 fn topic_record(bytes: &[u8]) {
-    let Ok(meta) = serde_json::from_slice::<HostMeta>(bytes) else {
+    let Ok(Some(meta)) = HostMeta::from_topic_value(bytes) else {
         return;
     };
     windows_hold(&meta.maintenance);

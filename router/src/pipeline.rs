@@ -700,10 +700,7 @@ fn start_host_sources(
                     match consumer.poll(Duration::from_millis(200)) {
                         Some(Ok(m)) => {
                             let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
-                            let value = match m.payload() {
-                                None | Some([]) => Ok(None),
-                                Some(v) => serde_json::from_slice::<HostMeta>(v).map(Some),
-                            };
+                            let value = HostMeta::from_topic_value(m.payload().unwrap_or_default());
                             match value {
                                 Ok(v) => {
                                     hosts.apply_topic_record(&key, v);
