@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use pkgstream_router::hosts::{read_hosts_file, HostMeta, HostTable, Window};
-use pkgstream_router::process::{HostDefaults, Lane, Processor};
+use pkgstream_router::process::{HostDefaults, Lane, Processor, RawEvent};
 use pkgstream_schemas::{decode_enriched_change, sample, Encoder};
 
 /// Event times at which every window is asked: Saturday 2026-11-28 02:30,
@@ -137,7 +137,13 @@ fn enriches(table: &HostTable, host: &str, meta: &HostMeta, by_hostname: bool) {
         },
     );
     let now = 1_800_000_000_000_000;
-    let out = p.process(Lane::Changes, &raw, now).unwrap_or_else(|e| {
+    let event = |lane, bytes| RawEvent {
+        lane,
+        partition: 0,
+        bytes,
+        timestamp: None,
+    };
+    let out = p.process(&event(Lane::Changes, &raw), now).unwrap_or_else(|e| {
         panic!("accepted host metadata {meta:?} makes the host's change poison: {e}")
     });
     assert_eq!(out.len(), 1);
@@ -152,7 +158,7 @@ fn enriches(table: &HostTable, host: &str, meta: &HostMeta, by_hostname: bool) {
         enrichment.outside_maintenance_window,
         meta.outside_maintenance(change.event_time)
     );
-    p.process(Lane::Inventory, &raw_snapshot, now)
+    p.process(&event(Lane::Inventory, &raw_snapshot), now)
         .unwrap_or_else(|e| {
             panic!("accepted host metadata {meta:?} makes the host's snapshot poison: {e}")
         });
