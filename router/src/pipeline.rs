@@ -45,6 +45,9 @@ use crate::output::{bounded_reason, is_too_large, Deliveries, Out, Raw, TooLarge
 use crate::process::{HostDefaults, Lane, Processor, RawEvent};
 use crate::RouterError;
 
+/// librdkafka's default `batch.size`, the most a record batch holds.
+const BATCH_BYTES: usize = 1_000_000;
+
 /// Timeout of the transaction calls that do not wait for deliveries.
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -192,26 +195,7 @@ impl Router {
         committed: &mut bool,
         shutdown: &Shutdown,
     ) -> Result<(), RouterError> {
-        let producer: BaseProducer<Deliveries> = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.brokers)
-            .set("transactional.id", &self.config.transactional_id)
-            .set("enable.idempotence", "true")
-            .set("compression.type", "zstd")
-            .set("linger.ms", "5")
-            .set(
-                "transaction.timeout.ms",
-                self.config.transaction_timeout_ms.to_string(),
-            )
-            // Right after a commit the broker answers the next transaction's
-            // first AddPartitionsToTxn with CONCURRENT_TRANSACTIONS until the
-            // markers are written; the default 100 ms retry backoff would
-            // then idle every transaction for 100 ms.
-            .set("retry.backoff.ms", "5")
-            .create_with_context(Deliveries::default())
-            .map_err(|e| RouterError::KafkaClient(e.to_string()))?;
-        producer
-            .init_transactions(TXN_CALL_TIMEOUT)
-            .map_err(self.kafka_err("init transactions"))?;
+        let mut producer = self.transactional_producer()?;
         let consumer: BaseConsumer<RebalanceLog> = ClientConfig::new()
             .set("bootstrap.servers", &self.kafka.brokers)
             .set("group.id", &self.config.group_id)
@@ -262,11 +246,62 @@ impl Router {
                     slot.insert(self.rebuild_window(p)?);
                 }
             }
-            self.transact(&producer, &consumer, processor, &mut windows, known, batch)?;
+            self.transact(
+                &mut producer,
+                &consumer,
+                processor,
+                &mut windows,
+                known,
+                batch,
+            )?;
             *committed = true;
             self.ready.set(true);
         }
         Ok(())
+    }
+
+    /// A transactional producer, initialized (which fences an earlier
+    /// producer of this transactional id and aborts its open transaction).
+    fn transactional_producer(&self) -> Result<BaseProducer<Deliveries>, RouterError> {
+        // A record batch must fit the smallest limit of the output topics: a
+        // broker refuses a whole batch above its topic's max.message.bytes,
+        // though each record in it fits. (librdkafka still sends a single
+        // record larger than batch.size, alone: only that one is refused.)
+        let limit = pkgstream_runtime::topics::max_message_bytes(
+            &self.kafka.brokers,
+            &[&self.topics.changes_enriched, &self.topics.dlq],
+        )
+        .unwrap_or_else(|e| {
+            debug!(error = %e, "topic limits unknown; records refused in a batch are sent again alone");
+            Vec::new()
+        })
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(BATCH_BYTES)
+        .min(BATCH_BYTES);
+        let producer: BaseProducer<Deliveries> = ClientConfig::new()
+            .set("batch.size", limit.max(1024).to_string())
+            .set("bootstrap.servers", &self.kafka.brokers)
+            .set("transactional.id", &self.config.transactional_id)
+            .set("enable.idempotence", "true")
+            .set("compression.type", "zstd")
+            .set("linger.ms", "5")
+            .set(
+                "transaction.timeout.ms",
+                self.config.transaction_timeout_ms.to_string(),
+            )
+            // Right after a commit the broker answers the next transaction's
+            // first AddPartitionsToTxn with CONCURRENT_TRANSACTIONS until the
+            // markers are written; the default 100 ms retry backoff would
+            // then idle every transaction for 100 ms.
+            .set("retry.backoff.ms", "5")
+            .create_with_context(Deliveries::default())
+            .map_err(|e| RouterError::KafkaClient(e.to_string()))?;
+        producer
+            .init_transactions(TXN_CALL_TIMEOUT)
+            .map_err(self.kafka_err("init transactions"))?;
+        Ok(producer)
     }
 
     fn txn_timeout(&self) -> Duration {
@@ -444,7 +479,7 @@ impl Router {
     /// new attempt instead.
     fn transact(
         &self,
-        producer: &BaseProducer<Deliveries>,
+        producer: &mut BaseProducer<Deliveries>,
         consumer: &BaseConsumer<RebalanceLog>,
         processor: &mut Processor,
         windows: &mut HashMap<i32, DedupeWindow>,
@@ -536,10 +571,18 @@ impl Router {
                     }
                     match attempt {
                         Attempt::Refused => {
+                            // A record the broker refused leaves a gap in the
+                            // idempotent producer's sequence numbers that the
+                            // abort does not close (the next attempt would
+                            // fail on OUT_OF_ORDER_SEQUENCE_NUMBER): a fresh
+                            // producer starts a new epoch.
                             debug!(
                                 attempts,
                                 "outputs refused as too large; trying again without them"
-                            )
+                            );
+                            *producer = self
+                                .transactional_producer()
+                                .inspect_err(|_| processor.abort())?;
                         }
                         Attempt::Failed(e) => {
                             processor.abort();
@@ -611,6 +654,13 @@ impl Router {
             .begin_transaction()
             .map_err(self.kafka_err("begin transaction"))?;
         self.produce_all(producer, outs, raws)?;
+        // Every delivery is known before the offsets go in: a refused
+        // record makes the transaction abortable, and the offsets would
+        // fail on it.
+        producer
+            .flush(self.txn_timeout())
+            .map_err(self.kafka_err("flush"))?;
+        self.check_deliveries(producer, outs, raws)?;
         let produced = started.elapsed();
         let mut tpl = TopicPartitionList::new();
         for ((lane, partition), offset) in offsets {
@@ -631,12 +681,6 @@ impl Router {
         producer
             .send_offsets_to_transaction(&tpl, &group, TXN_CALL_TIMEOUT)
             .map_err(self.kafka_err("send offsets to transaction"))?;
-        // Wait for the deliveries here: librdkafka's own flush inside
-        // commit_transaction sleeps in 100 ms steps on a BaseProducer.
-        producer
-            .flush(self.txn_timeout())
-            .map_err(self.kafka_err("flush"))?;
-        self.check_deliveries(producer, outs, raws)?;
         let offsets_sent = started.elapsed();
         producer
             .commit_transaction(self.txn_timeout())
@@ -663,14 +707,31 @@ impl Router {
         if failed.is_empty() {
             return Ok(());
         }
-        if let Some((_, e)) = failed.iter().find(|(_, e)| !is_too_large(e)) {
+        // A refused record makes the transaction abortable, and librdkafka
+        // then purges the records still queued: those are sent again as they
+        // are in the next attempt.
+        let (too_large, other): (Vec<_>, Vec<_>) =
+            failed.into_iter().partition(|(_, e)| is_too_large(e));
+        if too_large.is_empty() {
             return Err(Attempt::Failed(RouterError::Kafka {
                 brokers: self.kafka.brokers.clone(),
                 what: "deliver",
-                reason: format!("{} of the batch's records failed, e.g.: {e}", failed.len()),
+                reason: format!(
+                    "{} of the batch's records failed, e.g.: {}",
+                    other.len(),
+                    other
+                        .first()
+                        .map(|(_, e)| e.to_string())
+                        .unwrap_or_default()
+                ),
             }));
         }
-        for (i, e) in failed {
+        debug!(
+            refused = too_large.len(),
+            purged_or_failed = other.len(),
+            "records refused as too large"
+        );
+        for (i, e) in too_large {
             self.refused(outs, raws, i, &e.to_string())?;
         }
         Err(Attempt::Refused)
@@ -751,6 +812,17 @@ impl Router {
                         }
                         // Refused by the client itself: the record is too large.
                         self.refused(outs, raws, i, &msg)?;
+                    }
+                    // A delivery failed meanwhile (the transaction must be
+                    // aborted): stop here; the caller learns which record
+                    // failed from its delivery report.
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::State)) => {
+                        debug!(
+                            sent = i,
+                            of = outs.len(),
+                            "transaction failed while producing"
+                        );
+                        return Ok(());
                     }
                     Err(e) => {
                         return Err(RouterError::Kafka {
