@@ -17,6 +17,10 @@
 //! - [`inventory`]: lost changes inferred from consecutive snapshots;
 //! - [`config`], [`metrics`], and [`RouterError`].
 
+// `Instant::now() - d` panics where the clock started less than `d` ago
+// (a machine just booted, on platforms whose Instant cannot go below zero).
+#![deny(clippy::unchecked_time_subtraction)]
+
 pub mod config;
 pub mod dedupe;
 pub mod hosts;

@@ -220,7 +220,9 @@ impl Router {
         // None: never (an Instant in the past may not exist on a machine up
         // for less than the interval).
         let mut last_lag: Option<Instant> = None;
-        let mut broker_answers = false;
+        // Total lag from the committed offsets at the last refresh (None:
+        // unknown, the broker did not answer or nothing is assigned).
+        let mut lag: Option<i64> = None;
         let mut generation = consumer.context().generation();
         while !shutdown.requested() {
             let batch = self.collect_batch(&consumer, shutdown, &mut generation)?;
@@ -229,16 +231,23 @@ impl Router {
                 // inventory state is kept only where it is still current.
                 windows.clear();
                 self.reconcile_inventory(&consumer, processor, known)?;
+                last_lag = None;
             }
             let batch = batch.messages;
             if last_lag.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                broker_answers = self.update_lag(&consumer);
+                lag = self.update_lag(&consumer);
                 last_lag = Some(Instant::now());
             }
             if batch.is_empty() {
-                // Idle: ready while assigned and the broker answers.
-                self.ready
-                    .set(broker_answers && consumer.assignment().is_ok_and(|a| a.count() > 0));
+                // Idle: not ready when the broker does not answer; ready
+                // when everything assigned is committed; else as the last
+                // transaction left it (a restart after a failure with a
+                // backlog stays not ready until it commits).
+                match lag {
+                    None if last_lag.is_some() => self.ready.set(false),
+                    Some(0) => self.ready.set(true),
+                    _ => {}
+                }
                 continue;
             }
             for p in batch.iter().map(|r| r.partition).collect::<HashSet<_>>() {
@@ -687,8 +696,8 @@ impl Router {
             .map_err(self.kafka_err("commit transaction"))?;
         debug!(
             produce_ms = produced.as_millis() as u64,
-            offsets_ms = (offsets_sent - produced).as_millis() as u64,
-            commit_ms = (started.elapsed() - offsets_sent).as_millis() as u64,
+            offsets_ms = offsets_sent.saturating_sub(produced).as_millis() as u64,
+            commit_ms = started.elapsed().saturating_sub(offsets_sent).as_millis() as u64,
             "transaction phases"
         );
         Ok(())
@@ -977,30 +986,35 @@ impl Router {
     /// Sets the lag gauge of every assigned raw partition from the group's
     /// committed offsets (what a restart would resume from, so a router that
     /// reads but cannot commit shows its lag); returns whether the broker
-    /// answered.
-    fn update_lag(&self, consumer: &BaseConsumer<RebalanceLog>) -> bool {
-        let Ok(assignment) = consumer.assignment() else {
-            return false;
-        };
-        let Ok(committed) = consumer.committed_offsets(assignment, Duration::from_secs(5)) else {
-            return false;
-        };
+    /// answered: the total lag, `None` when it did not or nothing is
+    /// assigned.
+    fn update_lag(&self, consumer: &BaseConsumer<RebalanceLog>) -> Option<i64> {
+        let assignment = consumer.assignment().ok()?;
+        if assignment.count() == 0 {
+            return None;
+        }
+        let committed = consumer
+            .committed_offsets(assignment, Duration::from_secs(5))
+            .ok()?;
+        let mut total = 0;
         for e in committed.elements() {
             let Ok((low, high)) =
                 consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
             else {
-                return false;
+                return None;
             };
             let from = match e.offset() {
                 Offset::Offset(o) => o,
                 _ => low,
             };
+            let lag = (high - from).max(0);
+            total += lag;
             self.metrics
                 .consumer_lag
                 .with_label_values(&[e.topic(), &e.partition().to_string()])
-                .set((high - from).max(0));
+                .set(lag);
         }
-        true
+        Some(total)
     }
 }
 

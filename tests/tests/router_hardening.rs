@@ -5,26 +5,29 @@
 //! gauge tell the truth while a transaction cannot commit, and SIGTERM ends
 //! a retry backoff at once; host clocks far ahead go to the DLQ with code
 //! `clock_ahead`; host metadata that would make a host's events poison is
-//! refused; and the router starts on a machine up for less than a minute.
+//! refused. (The `Instant` underflow of item #10 is kept out by
+//! `clippy::unchecked_time_subtraction`, denied in the router crate: Rust's
+//! `Instant` on Linux does not panic below zero, so no run here shows it.)
 //!
-//! A transaction that cannot commit is made with `min.insync.replicas=2` on
-//! the test's own enriched topic of the single test broker: every produce
-//! fails (`NOT_ENOUGH_REPLICAS`) until the test sets it back to 1.
+//! A transaction that cannot commit is made with
+//! `message.timestamp.before.max.ms=1` on the test's own enriched topic:
+//! the broker refuses every record (`INVALID_TIMESTAMP`) until the test sets
+//! it back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use pkgstream_schemas::{
-    decode_enriched_change, decode_enriched_snapshot, sample, Action, Encoder, EnrichedChange,
+    decode_enriched_change, decode_enriched_snapshot, sample, Encoder, EnrichedChange,
     InventorySnapshot, Kind, PackageChange, Registry, Source,
 };
 use pkgstream_tests::router::{read_all, send, RouterEnv, WithHeaders};
-use pkgstream_tests::{binary, kafka_brokers, set_topic_config};
+use pkgstream_tests::{kafka_brokers, set_topic_config};
 use rdkafka::producer::BaseProducer;
 use rdkafka::ClientConfig;
 
@@ -113,22 +116,17 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// An env whose transactions time out after 5 s (so a wedge shows fast).
-fn env_with_short_transactions(name: &str) -> RouterEnv {
-    let mut env = RouterEnv::new(&kafka_brokers(), name);
-    env.vars.push((
-        "PKGSTREAM__ROUTER__TRANSACTION_TIMEOUT_MS".into(),
-        "5000".into(),
-    ));
-    env
-}
-
-/// Makes every produce to `env`'s enriched topic fail (or work again).
+/// Makes every produce to `env`'s enriched topic fail (or work again): the
+/// broker refuses records whose timestamp is more than 1 ms older than its
+/// clock (INVALID_TIMESTAMP), which every record is by the time it arrives.
 fn wedge(env: &RouterEnv, on: bool) {
     set_topic_config(
         &env.brokers,
         &env.enriched,
-        &[("min.insync.replicas", if on { "2" } else { "1" })],
+        &[(
+            "message.timestamp.before.max.ms",
+            if on { "1" } else { "9223372036854775807" },
+        )],
     );
 }
 
@@ -147,7 +145,7 @@ impl Drop for Router {
 
 #[test]
 fn an_aborted_transaction_loses_no_synthetic_inventory_change() {
-    let env = env_with_short_transactions("abort-inventory");
+    let env = RouterEnv::new(&kafka_brokers(), "abort-inventory");
     let producer = env.producer();
     let _router = Router(env.start());
     env.wait_ready(Duration::from_secs(60));
@@ -339,9 +337,9 @@ fn outputs_too_large_for_kafka_go_to_the_dlq_and_the_rest_flows() {
 
 #[test]
 fn readyz_and_lag_tell_the_truth_while_a_transaction_cannot_commit_and_sigterm_ends_the_backoff() {
-    let env = env_with_short_transactions("wedged");
+    let env = RouterEnv::new(&kafka_brokers(), "wedged");
     let producer = env.producer();
-    let mut router = env.start();
+    let mut router = Router(env.start());
     env.wait_ready(Duration::from_secs(60));
     wedge(&env, true);
     let good: Vec<PackageChange<'static>> = (0..50).map(|i| change(i, i % 7)).collect();
@@ -352,6 +350,9 @@ fn readyz_and_lag_tell_the_truth_while_a_transaction_cannot_commit_and_sigterm_e
     );
 
     wait_until("a failed transaction", LIMIT, || aborted(&env) >= 1.0);
+    wait_until("not ready", Duration::from_secs(10), || {
+        readyz(env.metrics_port) == Some(503)
+    });
     // From the first failure on, while wedged: never ready, and the lag
     // counts every event not committed.
     let watch = Instant::now();
@@ -398,18 +399,18 @@ fn readyz_and_lag_tell_the_truth_while_a_transaction_cannot_commit_and_sigterm_e
     // Right after a failure the router is in its backoff.
     let signalled = Instant::now();
     let status = Command::new("kill")
-        .args(["-TERM", &router.id().to_string()])
+        .args(["-TERM", &router.0.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
     loop {
-        if let Some(s) = router.try_wait().expect("wait") {
+        if let Some(s) = router.0.try_wait().expect("wait") {
             assert!(s.success(), "exit status {s:?}");
             break;
         }
         assert!(
             signalled.elapsed() < Duration::from_secs(7),
-            "SIGTERM did not end the retry backoff (5 s transaction timeout + 2 s)"
+            "SIGTERM did not end the retry backoff within 7 s"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -533,57 +534,4 @@ fn host_metadata_that_would_poison_a_host_is_refused_and_its_events_flow() {
         seen, want,
         "refused metadata leaves the host unknown; its events are routed, not poison"
     );
-}
-
-#[test]
-fn the_router_runs_on_a_machine_up_for_less_than_a_minute() {
-    // A time namespace whose monotonic clock started 20 s ago.
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
-        .expect("/proc/uptime")
-        .split(' ')
-        .next()
-        .and_then(|v| v.parse().ok())
-        .expect("uptime");
-    let offset = -(uptime as i64 - 20);
-    let env = RouterEnv::new(&kafka_brokers(), "fresh-boot");
-    let probe = Command::new("unshare")
-        .args(["--time", &format!("--monotonic={offset}"), "true"])
-        .status()
-        .expect("unshare (util-linux)");
-    assert!(
-        probe.success(),
-        "this test needs time namespaces (root, Linux 5.6+)"
-    );
-    let child = Command::new("unshare")
-        .args(["--time", &format!("--monotonic={offset}")])
-        .arg(binary("pkgstream"))
-        .arg("router")
-        .env_remove("PKGSTREAM_CONFIG")
-        .envs(env.vars.iter().map(|(k, v)| (k, v)))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the router in a time namespace");
-    let mut router = Router(child);
-    let c = change(7, 7);
-    send(&env.producer(), &env.changes_raw, &[keyed(&c)]);
-    let started = Instant::now();
-    let got = loop {
-        let got = read_all(
-            &env.brokers,
-            &env.enriched,
-            1,
-            Duration::ZERO,
-            Duration::from_secs(2),
-        );
-        if !got.is_empty() {
-            break got;
-        }
-        let exited = router.0.try_wait().expect("wait");
-        assert!(exited.is_none(), "the router exited: {exited:?}");
-        assert!(started.elapsed() < LIMIT, "nothing routed");
-    };
-    assert_eq!(enriched_changes(&got)[0].event_id, c.event_id);
-    assert_eq!(enriched_changes(&got)[0].action, Action::Upgrade);
 }
