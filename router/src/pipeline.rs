@@ -330,6 +330,12 @@ impl Router {
         let assignment = consumer
             .assignment()
             .map_err(self.kafka_err("assignment"))?;
+        if assignment.count() == 0 {
+            // Between a revoke and the next assignment nothing is processed:
+            // decide when the assignment is known (stale state is caught
+            // then by its offsets).
+            return Ok(());
+        }
         let committed = consumer
             .committed_offsets(assignment, TXN_CALL_TIMEOUT)
             .map_err(self.kafka_err("committed offsets"))?;
