@@ -249,7 +249,7 @@ fn kafka_stopped_during_flush_loses_nothing_and_resends_only_unacknowledged() {
         stderr(&out)
     );
     assert!(
-        stderr(&out).contains("Kafka at 127.0.0.1:19092 unreachable"),
+        stderr(&out).contains(&format!("Kafka at {} unreachable", kafka.brokers())),
         "{}",
         stderr(&out)
     );
