@@ -34,5 +34,8 @@ fi
 command -v cargo >/dev/null || die "cargo not found: install Rust >= 1.89 (rustup) first"
 rust_minor=$(cargo --version | sed -E 's/^cargo 1\.([0-9]+).*/\1/')
 [[ "$rust_minor" =~ ^[0-9]+$ ]] && ((rust_minor >= 89)) || die "cargo $(cargo --version) is too old: pkgstream needs Rust >= 1.89"
+for component in fmt clippy; do
+  cargo "$component" --version >/dev/null 2>&1 || die "cargo $component not found: the suite checks formatting and lints (rustup component add rustfmt clippy)"
+done
 java_major=$(java -XshowSettings:properties -version 2>&1 | sed -n -E 's/^ *java\.specification\.version = ([0-9]+).*/\1/p')
 [[ "$java_major" =~ ^[0-9]+$ ]] && ((java_major >= 17)) || die "Java ${java_major:-?} found: the Kafka 4 broker needs Java 17+ (set JAVA_HOME or install openjdk-17)"
