@@ -16,6 +16,12 @@ echo "[test] building (binaries and test targets)" >&2
 cargo build --workspace --bins --locked
 cargo test --workspace --no-run --locked
 
+# The Helm chart, offline (helm lint/template, kubernetes-validate, promtool,
+# pkgstream config check on the rendered ConfigMap): before any service.
+echo "[test] the Helm chart (helm/check.sh)" >&2
+rc=0
+bash helm/check.sh || rc=$?
+
 started=()
 stop_started() {
   for s in "${started[@]}"; do bash scripts/services.sh stop "$s" || true; done
@@ -30,7 +36,6 @@ ensure_running() {
 for s in kafka opensearch prometheus; do ensure_running "$s"; done
 
 echo "[test] running the suite" >&2
-rc=0
 cargo test --workspace --locked --no-fail-fast || rc=$?
 
 # The search sink suite again, against Elasticsearch 7.10 OSS (the second

@@ -1,0 +1,303 @@
+"""Offline checks of the pkgstream chart (run by helm/check.sh, which puts
+the tools in place; see helm/README.md, "Validation").
+
+Each check prints one line; any failure makes the run exit 1 after all
+checks ran. What is checked:
+  - `helm lint --strict` with the default, minimal and production values;
+  - every manifest of each values file, rendered for the oldest and newest
+    Kubernetes version the chart supports, against that version's OpenAPI
+    schemas (`kubernetes-validate --strict`); the prometheus-operator
+    objects (no schema shipped) structurally, and their rules by promtool;
+  - the ConfigMap's TOML accepted by `pkgstream config check`;
+  - every key of config/pkgstream.example.toml reachable through `config:`
+    (rendered from the example itself, parsed back equal), and the schema's
+    `config` keys equal to the example's;
+  - the PrometheusRule's groups equal to sinks/prometheus/alerts.yml, and
+    `promtool check rules` on them;
+  - each file of helm/tests/refused/ refused with the message it expects;
+  - NOTES.txt warns exactly when router replicas exceed raw partitions;
+  - and that the comparisons themselves can fail (a changed alert, an
+    unknown manifest field, a changed TOML value are caught).
+"""
+
+import argparse
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import yaml
+
+# Keys of config/pkgstream.example.toml the chart sets itself, so `config:`
+# refuses them (values.schema.json): the value they get instead.
+CHART_OWNED = {
+    ("router", "transactional_id"): "the pod name (PKGSTREAM__ROUTER__TRANSACTIONAL_ID)",
+    ("router", "metrics_listen"): "0.0.0.0:<router.port>",
+    ("search_sink", "metrics_listen"): "0.0.0.0:<searchSink.port>",
+    ("metrics_sink", "metrics_listen"): "0.0.0.0:<metricsSink.port>",
+    ("search_sink", "instance_id"): "derived from the pod name (empty default)",
+    ("search_sink", "password"): "secrets.env (PKGSTREAM__SEARCH_SINK__PASSWORD)",
+}
+PORTS = {"router": 9108, "search_sink": 9110, "metrics_sink": 9111}
+
+failures = []
+
+
+def report(ok, what, detail=""):
+    print(f"[helm-check] {'ok  ' if ok else 'FAIL'} {what}" + (f": {detail}" if detail and not ok else ""))
+    if not ok:
+        failures.append(what)
+    return ok
+
+
+class Tools:
+    def __init__(self, args):
+        self.helm = args.helm
+        self.validate = args.kubernetes_validate
+        self.promtool = args.promtool
+        self.pkgstream = args.pkgstream
+        self.chart = Path(args.chart)
+        self.repo = Path(args.repo)
+        self.kube_versions = args.kube_versions.split(",")
+
+    def template(self, values_files=(), sets=(), kube=None, extra=()):
+        cmd = [self.helm, "template", "t", str(self.chart), "--namespace", "pkgstream",
+               "--kube-version", kube or self.kube_versions[-1]]
+        for f in values_files:
+            cmd += ["-f", str(f)]
+        for s in sets:
+            cmd += ["--set", s]
+        return subprocess.run(cmd + list(extra), capture_output=True, text=True)
+
+
+def docs(rendered):
+    return [d for d in yaml.safe_load_all(rendered) if d]
+
+
+def by_kind(manifests, kind):
+    return [d for d in manifests if d.get("kind") == kind]
+
+
+def config_toml(manifests):
+    (cm,) = by_kind(manifests, "ConfigMap")
+    return cm["data"]["pkgstream.toml"]
+
+
+def config_check(t, toml_text, what):
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(toml_text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PKGSTREAM__")}
+    r = subprocess.run([t.pkgstream, "config", "check", f.name], capture_output=True, text=True, env=env)
+    os.unlink(f.name)
+    return report(r.returncode == 0, f"{what}: pkgstream config check accepts the ConfigMap", r.stderr.strip())
+
+
+def kube_validate(t, rendered, kube, what):
+    """kubernetes-validate --strict; True when every object passed."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(rendered)
+    r = subprocess.run([t.validate, "--strict", "--quiet", "-k", kube, f.name], capture_output=True, text=True)
+    os.unlink(f.name)
+    out = (r.stdout + r.stderr).strip()
+    # The only tolerated warnings: the two prometheus-operator kinds (no schema shipped; checked below).
+    lines = [l for l in out.splitlines() if l.strip()]
+    unexpected = [l for l in lines if not re.search(r"Couldn't find schema for kind (PrometheusRule|ServiceMonitor) ", l)]
+    return r.returncode == 0 and not unexpected, "\n".join(unexpected)
+
+
+def check_operator_objects(manifests, what):
+    for sm in by_kind(manifests, "ServiceMonitor"):
+        spec = sm.get("spec", {})
+        ok = (sm.get("apiVersion") == "monitoring.coreos.com/v1"
+              and spec.get("selector", {}).get("matchLabels")
+              and spec.get("endpoints") and all(e.get("port") == "metrics" for e in spec["endpoints"]))
+        report(bool(ok), f"{what}: ServiceMonitor selects the metrics ports", json.dumps(spec))
+    for pr in by_kind(manifests, "PrometheusRule"):
+        groups = pr.get("spec", {}).get("groups") or []
+        ok = pr.get("apiVersion") == "monitoring.coreos.com/v1" and groups and all(
+            g.get("name") and g.get("rules") and all(("alert" in r) != ("record" in r) and r.get("expr") for r in g["rules"])
+            for g in groups)
+        report(bool(ok), f"{what}: PrometheusRule is well-formed", json.dumps(groups)[:300])
+
+
+def rules_equal_alerts(manifests, alerts_path):
+    """The PrometheusRule's groups are alerts.yml's, exactly (parsed)."""
+    (pr,) = by_kind(manifests, "PrometheusRule")
+    source = yaml.safe_load(Path(alerts_path).read_text())
+    return pr["spec"]["groups"] == source["groups"]
+
+
+def promtool_rules(t, manifests, what):
+    (pr,) = by_kind(manifests, "PrometheusRule")
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
+        yaml.safe_dump({"groups": pr["spec"]["groups"]}, f)
+    r = subprocess.run([t.promtool, "check", "rules", f.name], capture_output=True, text=True)
+    os.unlink(f.name)
+    report(r.returncode == 0, f"{what}: promtool check rules on the PrometheusRule", (r.stdout + r.stderr).strip())
+
+
+def values_case(t, name, values_files, sets=()):
+    """Lint, render for each Kubernetes version, validate, config check."""
+    r = subprocess.run([t.helm, "lint", "--strict", str(t.chart), "--kube-version", t.kube_versions[-1]]
+                       + [a for f in values_files for a in ("-f", str(f))]
+                       + [a for s in sets for a in ("--set", s)], capture_output=True, text=True)
+    report(r.returncode == 0, f"{name}: helm lint --strict", (r.stdout + r.stderr).strip()[-800:])
+    manifests = None
+    for kube in t.kube_versions:
+        r = t.template(values_files, sets, kube)
+        if not report(r.returncode == 0, f"{name}: helm template (Kubernetes {kube})", r.stderr.strip()):
+            continue
+        ok, detail = kube_validate(t, r.stdout, kube, name)
+        report(ok, f"{name}: kubernetes-validate --strict -k {kube}", detail)
+        manifests = docs(r.stdout)
+    if manifests is not None:
+        config_check(t, config_toml(manifests), name)
+        check_operator_objects(manifests, name)
+    return manifests
+
+
+def example_keys(text):
+    """(section, key) of the example TOML, commented-out keys included."""
+    keys, section = set(), None
+    for line in text.splitlines():
+        m = re.match(r"^\[([a-z_.]+)\]\s*$", line)
+        if m:
+            section = m.group(1)
+            continue
+        m = re.match(r"^#?\s?([a-z_]+) = ", line)
+        if m and section:
+            keys.add((section, m.group(1)))
+    return keys
+
+
+def schema_keys(schema):
+    out = set()
+    for section, s in schema["properties"]["config"]["properties"].items():
+        for key in s["properties"]:
+            out.add((section, key))
+    return out
+
+
+def every_setting(t, work):
+    """The example TOML through `config:` and back: every key reachable, values intact."""
+    example_path = t.repo / "config/pkgstream.example.toml"
+    example = tomllib.loads(example_path.read_text())
+    wanted = copy.deepcopy(example)
+    wanted["router"]["hosts_file"] = "/etc/pkgstream/hosts/hosts.csv"  # commented out in the example
+    values = copy.deepcopy(wanted)
+    for (section, key) in CHART_OWNED:
+        values[section].pop(key, None)
+    vf = work / "every-setting.yaml"
+    vf.write_text(yaml.safe_dump({"config": values}))
+    manifests = values_case(t, "every setting of config/pkgstream.example.toml", [vf])
+    if manifests is None:
+        return
+    rendered = tomllib.loads(config_toml(manifests))
+    expected = copy.deepcopy(values)
+    for section, port in PORTS.items():
+        expected[section]["metrics_listen"] = f"0.0.0.0:{port}"
+    report(rendered == expected, "every setting: the ConfigMap's TOML equals the values given (plus metrics_listen)",
+           json.dumps({"rendered": rendered, "expected": expected})[:1200])
+    # The same comparison must catch a change.
+    changed = copy.deepcopy(rendered)
+    changed["router"]["batch_events"] += 1
+    report(changed != expected, "every setting: the TOML comparison catches a changed value")
+
+    schema = json.loads((t.chart / "values.schema.json").read_text())
+    ex_keys = example_keys(example_path.read_text())
+    missing = sorted(ex_keys - set(CHART_OWNED) - schema_keys(schema))
+    extra = sorted(schema_keys(schema) - ex_keys)
+    report(not missing and not extra,
+           "values.schema.json `config` keys = config/pkgstream.example.toml keys minus the chart-owned ones",
+           f"add to values.schema.json: {missing}; not in the example: {extra}")
+
+
+def refused_cases(t):
+    files = sorted((t.repo / "helm/tests/refused").glob("*.yaml"))
+    report(len(files) > 0, "refused values files exist")
+    for f in files:
+        first = f.read_text().splitlines()[0]
+        m = re.match(r"^# expect: (.+)$", first)
+        if not report(bool(m), f"refused/{f.name}: has an '# expect: TEXT' first line"):
+            continue
+        r = t.template([f])
+        report(r.returncode != 0 and m.group(1) in r.stderr,
+               f"refused/{f.name}: helm template refuses it, naming '{m.group(1)}'",
+               f"exit {r.returncode}: {r.stderr.strip()[:400]}")
+
+
+def notes_cases(t, work):
+    # `helm install --dry-run` needs a cluster: render NOTES.txt through a
+    # copy of the chart where a template passes it to `tpl`.
+    chart = work / "notes-chart"
+    subprocess.run(["cp", "-rL", str(t.chart), str(chart)], check=True)
+    (chart / "files").mkdir(exist_ok=True)
+    (chart / "templates/NOTES.txt").rename(chart / "files/notes.txt")
+    (chart / "templates/notes-preview.yaml").write_text('notes: {{ tpl (.Files.Get "files/notes.txt") . | toJson }}\n')
+
+    def notes(sets):
+        r = subprocess.run([t.helm, "template", "t", str(chart), "--namespace", "pkgstream",
+                            "--kube-version", t.kube_versions[-1], "--show-only", "templates/notes-preview.yaml"]
+                           + [a for s in sets for a in ("--set", s)], capture_output=True, text=True)
+        if r.returncode != 0:
+            return None, r.stderr
+        return yaml.safe_load(r.stdout)["notes"], ""
+    ok_notes, err = notes(["router.replicas=3", "router.rawPartitions=3"])
+    report(ok_notes is not None and "WARNING" not in ok_notes and "transactional ids t-pkgstream-router-0..2" in ok_notes,
+           "NOTES.txt: 3 replicas over 3 partitions, no warning, names the transactional ids", err or ok_notes)
+    warn_notes, err = notes(["router.replicas=4", "router.rawPartitions=3"])
+    report(warn_notes is not None and "router.replicas (4) > router.rawPartitions (3)" in warn_notes,
+           "NOTES.txt: 4 replicas over 3 partitions warns", err or warn_notes)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    for a in ["helm", "kubernetes-validate", "promtool", "pkgstream", "chart", "repo", "kube-versions"]:
+        p.add_argument("--" + a, required=True)
+    t = Tools(p.parse_args())
+    tests = t.repo / "helm/tests"
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        values_case(t, "default values", [])
+        values_case(t, "minimal", [tests / "minimal.yaml"])
+        prod = values_case(t, "production", [tests / "production.yaml"])
+        if prod is not None:
+            report(len(by_kind(prod, "PrometheusRule")) == 1 and len(by_kind(prod, "ServiceMonitor")) == 1
+                   and len(by_kind(prod, "NetworkPolicy")) == 3,
+                   "production: one PrometheusRule, one ServiceMonitor, three NetworkPolicies")
+            (sts,) = by_kind(prod, "StatefulSet")
+            env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+            report(sts["spec"]["replicas"] == 3
+                   and env["PKGSTREAM__ROUTER__TRANSACTIONAL_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name",
+                   "production: 3 router replicas, transactional id from the pod name")
+            secret_text = "\n".join(json.dumps(d) for d in by_kind(prod, "ConfigMap"))
+            report("secretKeyRef" not in secret_text and "pkgstream-engine" not in secret_text,
+                   "production: no secret reference in the ConfigMap")
+            alerts = t.repo / "sinks/prometheus/alerts.yml"
+            report(rules_equal_alerts(prod, alerts), "production: PrometheusRule groups equal sinks/prometheus/alerts.yml")
+            promtool_rules(t, prod, "production")
+            # The comparison must catch a change of the source.
+            mutated = work / "alerts.yml"
+            mutated.write_text(alerts.read_text().replace("for: 6h", "for: 7h", 1))
+            report(mutated.read_text() != alerts.read_text() and not rules_equal_alerts(prod, mutated),
+                   "the PrometheusRule comparison catches a changed alerts.yml")
+            # kubernetes-validate must catch an unknown field (strict mode is on).
+            bad = copy.deepcopy(sts)
+            bad["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGett"] = {"path": "/"}
+            ok, _ = kube_validate(t, yaml.safe_dump(bad), t.kube_versions[0], "mutated")
+            report(not ok, "kubernetes-validate --strict refuses an unknown field")
+        every_setting(t, work)
+        refused_cases(t)
+        notes_cases(t, work)
+    n = len(failures)
+    print(f"[helm-check] {'all checks passed' if not n else f'{n} check(s) failed: ' + '; '.join(failures)}")
+    return 1 if n else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
