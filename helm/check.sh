@@ -10,6 +10,8 @@
 #   pkgstream   target/debug/pkgstream (cargo build -p pkgstream if missing)
 # then runs helm/tests/check.py (what it checks: its docstring, helm/README.md).
 #
+# PKGSTREAM_RELEASE_BUILD=1 also runs the Containerfile's build step (the
+# release binary, minutes) and checks the ConfigMaps with that binary.
 # Environment: HELM_VERSION (default v3.22.0), KUBERNETES_VALIDATE_VERSION
 # (default 1.37.0), HELM_KUBE_VERSIONS (default 1.25.0,1.37.0: the oldest
 # and newest Kubernetes the chart supports), PKGSTREAM_HOME (~/.cache/pkgstream).
@@ -61,7 +63,8 @@ t0=$SECONDS
   --pkgstream "$pkgstream" \
   --chart helm/pkgstream \
   --repo . \
-  --kube-versions "$HELM_KUBE_VERSIONS"
+  --kube-versions "$HELM_KUBE_VERSIONS" \
+  ${PKGSTREAM_RELEASE_BUILD:+--release-build}
 rc=$?
 log "chart checks took $((SECONDS - t0))s"
 exit "$rc"

@@ -21,6 +21,7 @@ checks ran. What is checked:
 """
 
 import argparse
+import concurrent.futures
 import copy
 import json
 import os
@@ -46,12 +47,12 @@ CHART_OWNED = {
 PORTS = {"router": 9108, "search_sink": 9110, "metrics_sink": 9111}
 
 failures = []
+passed = []
 
 
 def report(ok, what, detail=""):
     print(f"[helm-check] {'ok  ' if ok else 'FAIL'} {what}" + (f": {detail}" if detail and not ok else ""))
-    if not ok:
-        failures.append(what)
+    (passed if ok else failures).append(what)
     return ok
 
 
@@ -220,12 +221,14 @@ def every_setting(t, work):
 def refused_cases(t):
     files = sorted((t.repo / "helm/tests/refused").glob("*.yaml"))
     report(len(files) > 0, "refused values files exist")
+    expects = {f: re.match(r"^# expect: (.+)$", f.read_text().splitlines()[0]) for f in files}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        runs = dict(zip(files, pool.map(lambda f: t.template([f]), files)))
     for f in files:
-        first = f.read_text().splitlines()[0]
-        m = re.match(r"^# expect: (.+)$", first)
+        m = expects[f]
         if not report(bool(m), f"refused/{f.name}: has an '# expect: TEXT' first line"):
             continue
-        r = t.template([f])
+        r = runs[f]
         report(r.returncode != 0 and m.group(1) in r.stderr,
                f"refused/{f.name}: helm template refuses it, naming '{m.group(1)}'",
                f"exit {r.returncode}: {r.stderr.strip()[:400]}")
@@ -255,12 +258,40 @@ def notes_cases(t, work):
            "NOTES.txt: 4 replicas over 3 partitions warns", err or warn_notes)
 
 
+def containerfile_case(t, values):
+    """The image recipe agrees with the chart: the binary it builds is the one
+    it copies and the pods run, its user is the chart's non-root uid."""
+    text = (t.repo / "Containerfile").read_text()
+    froms = re.findall(r"^FROM (\S+)(?: AS (\S+))?$", text, re.M)
+    report(len(froms) >= 2 and froms[0][1], "Containerfile: multi-stage (a named build stage, then the runtime)", str(froms))
+    build = re.search(r"cargo build --release --locked --bin (\S+)", text)
+    copy_ = re.search(r"^COPY --from=\S+ /src/target/release/(\S+) (\S+)$", text, re.M)
+    entry = re.search(r'^ENTRYPOINT \["([^"]+)"\]$', text, re.M)
+    report(bool(build and copy_ and entry) and build.group(1) == copy_.group(1) == "pkgstream"
+           and copy_.group(2) == entry.group(1),
+           "Containerfile: builds, copies and runs the pkgstream binary",
+           f"build {build and build.group(0)}, copy {copy_ and copy_.group(0)}, entrypoint {entry and entry.group(1)}")
+    user = re.findall(r"^USER (\d+):(\d+)$", text, re.M)
+    psc = values["podSecurityContext"]
+    report(len(user) == 1 and user[0][0] != "0" and int(user[0][0]) == psc["runAsUser"] and int(user[0][1]) == psc["runAsGroup"],
+           "Containerfile: a numeric non-root USER, the chart's runAsUser/runAsGroup", f"USER {user}, chart {psc}")
+    return build.group(0) if build else None
+
+
 def main():
     p = argparse.ArgumentParser()
     for a in ["helm", "kubernetes-validate", "promtool", "pkgstream", "chart", "repo", "kube-versions"]:
         p.add_argument("--" + a, required=True)
-    t = Tools(p.parse_args())
+    p.add_argument("--release-build", action="store_true",
+                   help="also run the Containerfile's cargo build and check the ConfigMaps with that binary")
+    args = p.parse_args()
+    t = Tools(args)
     tests = t.repo / "helm/tests"
+    build_cmd = containerfile_case(t, yaml.safe_load((t.chart / "values.yaml").read_text()))
+    if args.release_build and build_cmd:
+        r = subprocess.run(build_cmd.split(), cwd=t.repo)
+        if report(r.returncode == 0, f"the Containerfile's build step: {build_cmd}"):
+            t.pkgstream = str(t.repo / "target/release/pkgstream")
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         values_case(t, "default values", [])
@@ -295,7 +326,9 @@ def main():
         refused_cases(t)
         notes_cases(t, work)
     n = len(failures)
-    print(f"[helm-check] {'all checks passed' if not n else f'{n} check(s) failed: ' + '; '.join(failures)}")
+    if n:
+        print(f"[helm-check] failed: {'; '.join(failures)}")
+    print(f"helm-check: {len(passed)} passed, {n} failed")
     return 1 if n else 0
 
 
