@@ -66,6 +66,12 @@ class Tools:
         self.repo = Path(args.repo)
         self.kube_versions = args.kube_versions.split(",")
 
+    def run(self, cmd):
+        """Runs helm; its notice about files/alerts.yml being a link is dropped from stderr."""
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        r.stderr = "\n".join(l for l in r.stderr.splitlines() if "found symbolic link in path" not in l)
+        return r
+
     def template(self, values_files=(), sets=(), kube=None, extra=()):
         cmd = [self.helm, "template", "t", str(self.chart), "--namespace", "pkgstream",
                "--kube-version", kube or self.kube_versions[-1]]
@@ -73,7 +79,7 @@ class Tools:
             cmd += ["-f", str(f)]
         for s in sets:
             cmd += ["--set", s]
-        return subprocess.run(cmd + list(extra), capture_output=True, text=True)
+        return self.run(cmd + list(extra))
 
 
 def docs(rendered):
@@ -144,9 +150,9 @@ def promtool_rules(t, manifests, what):
 
 def values_case(t, name, values_files, sets=()):
     """Lint, render for each Kubernetes version, validate, config check."""
-    r = subprocess.run([t.helm, "lint", "--strict", str(t.chart), "--kube-version", t.kube_versions[-1]]
-                       + [a for f in values_files for a in ("-f", str(f))]
-                       + [a for s in sets for a in ("--set", s)], capture_output=True, text=True)
+    r = t.run([t.helm, "lint", "--strict", str(t.chart), "--kube-version", t.kube_versions[-1]]
+              + [a for f in values_files for a in ("-f", str(f))]
+              + [a for s in sets for a in ("--set", s)])
     report(r.returncode == 0, f"{name}: helm lint --strict", (r.stdout + r.stderr).strip()[-800:])
     manifests = None
     for kube in t.kube_versions:
@@ -176,10 +182,15 @@ def example_keys(text):
     return keys
 
 
-def schema_keys(schema):
+def schema_keys(schema, section=None):
+    """(section, key) of the schema's `config`; sub-tables as "search_sink.tls"."""
     out = set()
-    for section, s in schema["properties"]["config"]["properties"].items():
-        for key in s["properties"]:
+    for key, s in schema["properties"].items():
+        if section is None:
+            out |= schema_keys(s, key)
+        elif s.get("type") == "object" and "properties" in s:
+            out |= schema_keys(s, f"{section}.{key}")
+        else:
             out.add((section, key))
     return out
 
@@ -188,6 +199,14 @@ def every_setting(t, work):
     """The example TOML through `config:` and back: every key reachable, values intact."""
     example_path = t.repo / "config/pkgstream.example.toml"
     example = tomllib.loads(example_path.read_text())
+    schema = json.loads((t.chart / "values.schema.json").read_text())
+    ex_keys = example_keys(example_path.read_text())
+    in_schema = schema_keys(schema["properties"]["config"])
+    missing = sorted(ex_keys - set(CHART_OWNED) - in_schema)
+    extra = sorted(in_schema - ex_keys)
+    report(not missing and not extra,
+           "values.schema.json `config` keys = config/pkgstream.example.toml keys minus the chart-owned ones",
+           f"add to values.schema.json: {missing}; not in the example: {extra}")
     wanted = copy.deepcopy(example)
     wanted["router"]["hosts_file"] = "/etc/pkgstream/hosts/hosts.csv"  # commented out in the example
     values = copy.deepcopy(wanted)
@@ -208,14 +227,6 @@ def every_setting(t, work):
     changed = copy.deepcopy(rendered)
     changed["router"]["batch_events"] += 1
     report(changed != expected, "every setting: the TOML comparison catches a changed value")
-
-    schema = json.loads((t.chart / "values.schema.json").read_text())
-    ex_keys = example_keys(example_path.read_text())
-    missing = sorted(ex_keys - set(CHART_OWNED) - schema_keys(schema))
-    extra = sorted(schema_keys(schema) - ex_keys)
-    report(not missing and not extra,
-           "values.schema.json `config` keys = config/pkgstream.example.toml keys minus the chart-owned ones",
-           f"add to values.schema.json: {missing}; not in the example: {extra}")
 
 
 def refused_cases(t):
@@ -244,9 +255,9 @@ def notes_cases(t, work):
     (chart / "templates/notes-preview.yaml").write_text('notes: {{ tpl (.Files.Get "files/notes.txt") . | toJson }}\n')
 
     def notes(sets):
-        r = subprocess.run([t.helm, "template", "t", str(chart), "--namespace", "pkgstream",
-                            "--kube-version", t.kube_versions[-1], "--show-only", "templates/notes-preview.yaml"]
-                           + [a for s in sets for a in ("--set", s)], capture_output=True, text=True)
+        r = t.run([t.helm, "template", "t", str(chart), "--namespace", "pkgstream",
+                   "--kube-version", t.kube_versions[-1], "--show-only", "templates/notes-preview.yaml"]
+                  + [a for s in sets for a in ("--set", s)])
         if r.returncode != 0:
             return None, r.stderr
         return yaml.safe_load(r.stdout)["notes"], ""
@@ -276,6 +287,25 @@ def containerfile_case(t, values):
     report(len(user) == 1 and user[0][0] != "0" and int(user[0][0]) == psc["runAsUser"] and int(user[0][1]) == psc["runAsGroup"],
            "Containerfile: a numeric non-root USER, the chart's runAsUser/runAsGroup", f"USER {user}, chart {psc}")
     return build.group(0) if build else None
+
+
+def value_paths(d, prefix=""):
+    """Documented value paths of values.yaml: leaves, and maps that are one
+    value (config, resources, the security contexts, empty maps)."""
+    whole = {"config", "podSecurityContext", "securityContext"}
+    for k, v in d.items():
+        path = prefix + k
+        if isinstance(v, dict) and v and path not in whole and not path.endswith(".resources"):
+            yield from value_paths(v, path + ".")
+        else:
+            yield path
+
+
+def readme_case(t):
+    values = yaml.safe_load((t.chart / "values.yaml").read_text())
+    readme = (t.repo / "helm/README.md").read_text()
+    missing = [p for p in value_paths(values) if f"`{p}`" not in readme]
+    report(not missing, "helm/README.md documents every value of values.yaml", f"missing: {missing}")
 
 
 def main():
@@ -323,6 +353,7 @@ def main():
             ok, _ = kube_validate(t, yaml.safe_dump(bad), t.kube_versions[0], "mutated")
             report(not ok, "kubernetes-validate --strict refuses an unknown field")
         every_setting(t, work)
+        readme_case(t)
         refused_cases(t)
         notes_cases(t, work)
     n = len(failures)
