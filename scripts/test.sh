@@ -21,8 +21,14 @@ echo "[test] building (binaries and test targets)" >&2
 cargo build --workspace --bins --locked
 cargo test --workspace --no-run --locked
 
+rc=0
 echo "[test] fast tier: unit, property and schema tests (no services)" >&2
-cargo test --workspace --exclude pkgstream-tests --locked
+cargo test --workspace --exclude pkgstream-tests --locked --no-fail-fast || rc=$?
+
+# The Helm chart, offline (helm lint/template, kubernetes-validate, promtool,
+# pkgstream config check on the rendered ConfigMap): before any service.
+echo "[test] the Helm chart (helm/check.sh)" >&2
+bash helm/check.sh || rc=$?
 
 started=()
 stop_started() {
@@ -38,7 +44,6 @@ ensure_running() {
 for s in kafka opensearch prometheus; do ensure_running "$s"; done
 
 echo "[test] service tier: against the real services" >&2
-rc=0
 cargo test -p pkgstream-tests --locked --no-fail-fast || rc=$?
 
 # The search sink suite again, against Elasticsearch 7.10 OSS (the second
