@@ -8,6 +8,11 @@ use std::time::Duration;
 use prometheus::proto::MetricType;
 use prost::Message;
 
+use crate::config::{MetricsSinkConfig, Secret};
+use crate::http::{basic_auth, secret_value};
+use crate::search::retry::{
+    request_verdict, transport_reason, transport_verdict, Contact, RequestVerdict,
+};
 use crate::SinkError;
 
 /// `prometheus.WriteRequest`.
@@ -139,28 +144,95 @@ pub fn encode(req: &WriteRequest) -> Result<Vec<u8>, SinkError> {
         .map_err(|e| SinkError::Io(format!("snappy: {e}")))
 }
 
-/// Pushes one request; a non-2xx answer is an error with Prometheus' reason.
-pub fn push(agent: &ureq::Agent, url: &str, req: &WriteRequest) -> Result<(), SinkError> {
-    let body = encode(req)?;
-    let err = |reason: String| SinkError::RemoteWrite {
-        url: url.to_owned(),
-        reason,
-    };
-    match agent
-        .post(url)
+/// Why a push failed.
+#[derive(Debug)]
+pub enum PushError {
+    /// Unreachable, 5xx, 429, or a sample Prometheus refused (400): the
+    /// next push carries the same counters.
+    Retry(SinkError),
+    /// Our credentials, the TLS set-up or the URL are wrong (401, 403, 404,
+    /// an untrusted certificate): retrying cannot help.
+    Fatal(SinkError),
+}
+
+/// A remote-write client: the endpoint, its TLS settings and credentials.
+pub struct RemoteWriter {
+    agent: ureq::Agent,
+    url: String,
+    /// `Authorization` header (basic or bearer), never in the URL.
+    auth: Option<Secret>,
+}
+
+impl RemoteWriter {
+    /// The client `cfg` asks for (reads the password, token, CA and
+    /// certificate files).
+    pub fn new(cfg: &MetricsSinkConfig) -> Result<RemoteWriter, SinkError> {
+        let token = secret_value(
+            "metrics_sink.remote_write_bearer_token",
+            &cfg.remote_write_bearer_token,
+            &cfg.remote_write_bearer_token_file,
+        )?;
+        let auth = if !token.is_empty() {
+            Some(Secret(format!("Bearer {}", token.0)))
+        } else if !cfg.remote_write_username.is_empty() {
+            let pw = secret_value(
+                "metrics_sink.remote_write_password",
+                &cfg.remote_write_password,
+                &cfg.remote_write_password_file,
+            )?;
+            Some(basic_auth(&cfg.remote_write_username, &pw))
+        } else {
+            None
+        };
         // Short: the sink's loop (and SIGTERM) waits for the push.
-        .timeout(Duration::from_secs(10))
-        .set("Content-Type", "application/x-protobuf")
-        .set("Content-Encoding", "snappy")
-        .set("X-Prometheus-Remote-Write-Version", "0.1.0")
-        .send_bytes(&body)
-    {
-        Ok(_) => Ok(()),
-        Err(ureq::Error::Status(code, r)) => Err(err(format!(
-            "HTTP {code}: {}",
-            r.into_string().unwrap_or_default().trim()
-        ))),
-        Err(ureq::Error::Transport(t)) => Err(err(t.to_string())),
+        let agent = cfg.remote_write_tls.agent(
+            "metrics_sink.remote_write_tls",
+            Duration::from_secs(5),
+            Duration::from_secs(10),
+        )?;
+        Ok(RemoteWriter {
+            agent,
+            url: cfg.remote_write_url.clone(),
+            auth,
+        })
+    }
+
+    /// Pushes one request; a non-2xx answer is an error with Prometheus'
+    /// reason, judged by the sinks' one retry-vs-fatal decision
+    /// ([`crate::search::retry`]).
+    pub fn push(&self, req: &WriteRequest) -> Result<(), PushError> {
+        let body = encode(req).map_err(PushError::Retry)?;
+        let err = |reason: String| SinkError::RemoteWrite {
+            url: self.url.clone(),
+            reason,
+        };
+        let mut r = self
+            .agent
+            .post(&self.url)
+            .set("Content-Type", "application/x-protobuf")
+            .set("Content-Encoding", "snappy")
+            .set("X-Prometheus-Remote-Write-Version", "0.1.0");
+        if let Some(auth) = &self.auth {
+            r = r.set("Authorization", &auth.0);
+        }
+        match r.send_bytes(&body) {
+            Ok(_) => Ok(()),
+            Err(ureq::Error::Status(code, r)) => {
+                let text = r.into_string().unwrap_or_default();
+                let e = err(format!("HTTP {code}: {}", text.trim()));
+                match request_verdict(code) {
+                    RequestVerdict::Fatal => Err(PushError::Fatal(e)),
+                    _ => Err(PushError::Retry(e)),
+                }
+            }
+            Err(ureq::Error::Transport(t)) => {
+                let e = err(transport_reason(&t));
+                match transport_verdict(&t, Contact::Running) {
+                    RequestVerdict::Fatal => Err(PushError::Fatal(e)),
+                    _ => Err(PushError::Retry(e)),
+                }
+            }
+        }
     }
 }
 
