@@ -5,8 +5,9 @@
 #   scripts/services.sh {install|start|stop|restart|status|check|wipe} [SERVICE...] [--wipe]
 #
 # SERVICE defaults to the default services: kafka, opensearch, prometheus (in
-# that order; stop goes in reverse). elasticsearch is optional: accepted only
-# when named (`start elasticsearch`), never part of the default, so a bare
+# that order; stop goes in reverse). elasticsearch, opensearch-secure and
+# prometheus-secure are optional: accepted only when named
+# (`start elasticsearch`), never part of the default, so a bare
 # `stop` or `status` leaves it out. Scripts that need one service name it
 # (scripts/test.sh: `start kafka`). Each service is a set of functions named
 # <service>_<action>, its name listed in ALL_SERVICES (the default set) or
@@ -25,6 +26,17 @@
 #   prometheus  Debian's prometheus package (2.42; promtool comes with it),
 #               run directly (never via systemd/init) with the remote-write
 #               receiver on, http://127.0.0.1:9090 (/api/v1/write)
+#   opensearch-secure
+#               (optional) OpenSearch 2.19.4 with its security plugin: TLS,
+#               basic auth, client certificates, pkgstream's roles, on
+#               https://localhost:9250 (transport 9350); test CA, certificates
+#               and passwords under $PKGSTREAM_RUN_DIR/opensearch-secure
+#               (see its section)
+#   prometheus-secure
+#               (optional) the same Prometheus behind --web.config.file (TLS
+#               and basic auth), remote-write receiver on,
+#               https://localhost:9098; CA and password under
+#               $PKGSTREAM_RUN_DIR/prometheus-secure
 #
 # Actions:
 #   install   fetch the service into the cache (no-op when already there);
@@ -78,7 +90,12 @@
 #   ELASTICSEARCH_START_TIMEOUT seconds to wait for green/yellow health
 #                           (default 120)
 #   ELASTICSEARCH_STOP_TIMEOUT seconds to wait after SIGTERM (default 30)
+#   OPENSEARCH_SECURE_PORT  HTTPS port, 2 to 9299 (default 9250)
+#   OPENSEARCH_SECURE_TRANSPORT_PORT transport port (default 9350)
+#   OPENSEARCH_SECURE_HEAP_OPTS JVM heap flags (default "-Xms768m -Xmx768m")
+#   OPENSEARCH_SECURE_START_TIMEOUT seconds to wait for health (default 150)
 #   PROMETHEUS_PORT         listen port (default 9090)
+#   PROMETHEUS_SECURE_PORT  listen port of prometheus-secure (default 9098)
 #   PROMETHEUS_START_TIMEOUT seconds to wait for /-/ready (default 60)
 #   PROMETHEUS_STOP_TIMEOUT seconds to wait after SIGTERM (default 30)
 #   JAVA                    java binary (default $JAVA_HOME/bin/java or java)
@@ -1058,6 +1075,8 @@ pkgstream_nowrite:
   users: ["pkgstream-nowrite"]
 YML
   printf '_meta: {type: "audit", config_version: 2}\nconfig: {enabled: false}\n' >"$sec/audit.yml"
+  # The plugin warns about (and one day refuses) a config readable by others.
+  chmod -R go-rwx "$conf"
 }
 
 opensearch-secure_start() {
@@ -1322,6 +1341,181 @@ prometheus_check() {
   [[ "$out" == *'"job":"prometheus"'* ]] ||
     die "prometheus: check: query 'up' has no sample for job=prometheus after 30s: $out"
   log "prometheus: check: OK (up: $out)"
+}
+
+# ------------------------------------------------------ prometheus-secure ---
+
+# A second Prometheus (the same Debian package) behind --web.config.file: TLS
+# with a certificate of its own test CA and basic auth, remote-write receiver
+# on, for the metrics sink's remote-write security. Not in ALL_SERVICES: only
+# started when named. First start makes, under PROMETHEUS_SECURE_RUN (default
+# $PKGSTREAM_RUN_DIR/prometheus-secure): tls/ca.pem (clients trust it),
+# tls/server.{pem,key} (CN=localhost, SAN localhost + 127.0.0.1),
+# users/pkgstream-metrics.password (random, 0600; web.yml holds its bcrypt
+# hash, made with htpasswd from apache2-utils) and client.curlrc (curl -K:
+# CA + credentials).
+PROMETHEUS_SECURE_HOST=127.0.0.1
+PROMETHEUS_SECURE_PORT="${PROMETHEUS_SECURE_PORT:-9098}"
+PROMETHEUS_SECURE_RUN="${PROMETHEUS_SECURE_RUN:-$RUN_DIR/prometheus-secure}"
+PROMETHEUS_SECURE_DATA="$PROMETHEUS_SECURE_RUN/data"
+PROMETHEUS_SECURE_CONFIG="$PROMETHEUS_SECURE_RUN/prometheus.yml"
+PROMETHEUS_SECURE_WEB="$PROMETHEUS_SECURE_RUN/web.yml"
+PROMETHEUS_SECURE_PID="$PROMETHEUS_SECURE_RUN/prometheus.pid"
+PROMETHEUS_SECURE_LOG="$PROMETHEUS_SECURE_RUN/prometheus.log"
+PROMETHEUS_SECURE_URL="https://localhost:$PROMETHEUS_SECURE_PORT"
+PROMETHEUS_SECURE_USER=pkgstream-metrics
+
+prometheus_secure_credentials() {
+  local tls="$PROMETHEUS_SECURE_RUN/tls" users="$PROMETHEUS_SECURE_RUN/users"
+  command -v openssl >/dev/null 2>&1 || die "openssl not found; install it (e.g. apt-get install -y openssl)"
+  if [[ ! -f "$tls/.done" ]]; then
+    log "prometheus-secure: making a test CA and a server certificate in $tls"
+    rm -rf "$tls"
+    mkdir -p "$tls"
+    chmod 700 "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 \
+      -subj "/O=pkgstream/OU=pkgstream-test/CN=pkgstream prometheus test CA" \
+      -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null ||
+      die "prometheus-secure: openssl could not make the test CA"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$tls/server.key" 2>/dev/null
+    openssl req -new -key "$tls/server.key" -subj "/O=pkgstream/CN=localhost" -out "$tls/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$tls/server.ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+      -days 3650 -sha256 -extfile "$tls/server.ext" -out "$tls/server.pem" 2>/dev/null ||
+      die "prometheus-secure: openssl could not sign the server certificate"
+    rm -f "$tls/server.csr" "$tls/server.ext"
+    touch "$tls/.done"
+  fi
+  if [[ ! -f "$users/.done" ]]; then
+    rm -rf "$users"
+    mkdir -p "$users"
+    chmod 700 "$users"
+    (umask 077 && printf 'pw-prom-%s\n' "$(openssl rand -hex 16)" >"$users/$PROMETHEUS_SECURE_USER.password")
+    touch "$users/.done"
+  fi
+  (umask 077 && printf 'cacert = "%s"\nuser = "%s:%s"\n' "$tls/ca.pem" "$PROMETHEUS_SECURE_USER" \
+    "$(cat "$users/$PROMETHEUS_SECURE_USER.password")" >"$PROMETHEUS_SECURE_RUN/client.curlrc")
+}
+
+prometheus_secure_write_config() {
+  local run="$PROMETHEUS_SECURE_RUN" hash
+  mkdir -p "$run" "$PROMETHEUS_SECURE_DATA"
+  prometheus_secure_credentials
+  apt_install apache2-utils htpasswd
+  hash="$(bcrypt_file "$run/users/$PROMETHEUS_SECURE_USER.password")"
+  [[ "$hash" == '$2'* ]] || die "prometheus-secure: htpasswd made no bcrypt hash"
+  (umask 077 && cat >"$PROMETHEUS_SECURE_WEB" <<YML
+# generated by pkgstream scripts/services.sh -- rewritten on every start
+tls_server_config:
+  cert_file: $run/tls/server.pem
+  key_file: $run/tls/server.key
+basic_auth_users:
+  $PROMETHEUS_SECURE_USER: '$hash'
+YML
+  )
+  (umask 077 && cat >"$PROMETHEUS_SECURE_CONFIG" <<YML
+# generated by pkgstream scripts/services.sh -- rewritten on every start
+global:
+  scrape_interval: 5s
+  evaluation_interval: 5s
+scrape_configs:
+  - job_name: prometheus
+    scheme: https
+    tls_config:
+      ca_file: $run/tls/ca.pem
+    basic_auth:
+      username: $PROMETHEUS_SECURE_USER
+      password_file: $run/users/$PROMETHEUS_SECURE_USER.password
+    static_configs:
+      - targets: ['localhost:$PROMETHEUS_SECURE_PORT']
+YML
+  )
+}
+
+prometheus-secure_install() { prometheus_install; apt_install apache2-utils htpasswd; }
+
+prometheus-secure_start() {
+  local pid
+  if pid="$(pid_alive "$PROMETHEUS_SECURE_PID" "$PROMETHEUS_SECURE_CONFIG")"; then
+    log "prometheus-secure: already running (pid $pid) on $PROMETHEUS_SECURE_URL"
+    return 0
+  fi
+  rm -f "$PROMETHEUS_SECURE_PID"
+  prometheus-secure_install
+  require_curl
+  if ! [[ "$PROMETHEUS_SECURE_PORT" =~ ^[0-9]+$ ]] || ((PROMETHEUS_SECURE_PORT < 1 || PROMETHEUS_SECURE_PORT > 65535)); then
+    die "prometheus-secure: invalid port '$PROMETHEUS_SECURE_PORT' (PROMETHEUS_SECURE_PORT)"
+  fi
+  ! tcp_open "$PROMETHEUS_SECURE_HOST" "$PROMETHEUS_SECURE_PORT" ||
+    die "prometheus-secure: port $PROMETHEUS_SECURE_HOST:$PROMETHEUS_SECURE_PORT is already in use by another process (set PROMETHEUS_SECURE_PORT)"
+  prometheus_secure_write_config
+  promtool check config "$PROMETHEUS_SECURE_CONFIG" >"$PROMETHEUS_SECURE_RUN/promtool.log" 2>&1 &&
+    promtool check web-config "$PROMETHEUS_SECURE_WEB" >>"$PROMETHEUS_SECURE_RUN/promtool.log" 2>&1 || {
+    cat "$PROMETHEUS_SECURE_RUN/promtool.log" >&2
+    die "prometheus-secure: promtool rejected $PROMETHEUS_SECURE_CONFIG or $PROMETHEUS_SECURE_WEB"
+  }
+  log "prometheus-secure: starting $(prometheus_version) on $PROMETHEUS_SECURE_URL (TLS + basic auth; log: $PROMETHEUS_SECURE_LOG)"
+  [[ -f "$PROMETHEUS_SECURE_LOG" ]] && mv -f "$PROMETHEUS_SECURE_LOG" "$PROMETHEUS_SECURE_LOG.1"
+  local t0=$SECONDS
+  nohup prometheus --config.file="$PROMETHEUS_SECURE_CONFIG" \
+    --web.config.file="$PROMETHEUS_SECURE_WEB" \
+    --storage.tsdb.path="$PROMETHEUS_SECURE_DATA" \
+    --web.listen-address="$PROMETHEUS_SECURE_HOST:$PROMETHEUS_SECURE_PORT" \
+    --web.enable-remote-write-receiver \
+    </dev/null >"$PROMETHEUS_SECURE_LOG" 2>&1 9>&- &
+  pid=$!
+  echo "$pid" >"$PROMETHEUS_SECURE_PID"
+  local deadline=$((SECONDS + PROMETHEUS_START_TIMEOUT)) why=""
+  while :; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      why="the prometheus process exited"
+      break
+    fi
+    if curl -sf -m 5 -K "$PROMETHEUS_SECURE_RUN/client.curlrc" "$PROMETHEUS_SECURE_URL/-/ready" >/dev/null 2>&1; then
+      log "prometheus-secure: ready on $PROMETHEUS_SECURE_URL (pid $pid) after $((SECONDS - t0))s"
+      return 0
+    fi
+    if ((SECONDS >= deadline)); then
+      why="$PROMETHEUS_SECURE_URL/-/ready did not answer within ${PROMETHEUS_START_TIMEOUT}s"
+      break
+    fi
+    sleep 0.5
+  done
+  log "prometheus-secure: failed to start: $why"
+  tail -n 30 "$PROMETHEUS_SECURE_LOG" >&2 2>/dev/null || true
+  stop_pid prometheus-secure "$PROMETHEUS_SECURE_PID" "$PROMETHEUS_SECURE_CONFIG" 10 || true
+  exit 1
+}
+
+prometheus-secure_stop() {
+  stop_pid prometheus-secure "$PROMETHEUS_SECURE_PID" "$PROMETHEUS_SECURE_CONFIG" "$PROMETHEUS_STOP_TIMEOUT"
+  if ((WIPE)); then
+    log "prometheus-secure: wiping $PROMETHEUS_SECURE_DATA"
+    rm -rf "$PROMETHEUS_SECURE_DATA"
+  fi
+}
+prometheus-secure_wipe() { WIPE=1 prometheus-secure_stop; }
+
+prometheus-secure_status() {
+  local pid
+  if pid="$(pid_alive "$PROMETHEUS_SECURE_PID" "$PROMETHEUS_SECURE_CONFIG")"; then
+    log "prometheus-secure: running (pid $pid), $PROMETHEUS_SECURE_URL"
+    return 0
+  fi
+  log "prometheus-secure: stopped (would listen on $PROMETHEUS_SECURE_URL)"
+  return 3
+}
+
+prometheus-secure_check() {
+  prometheus-secure_status >/dev/null 2>&1 || die "prometheus-secure: not running; run '$0 start prometheus-secure' first"
+  local code
+  code="$(curl -s -m 10 -o /dev/null -w '%{http_code}' --cacert "$PROMETHEUS_SECURE_RUN/tls/ca.pem" "$PROMETHEUS_SECURE_URL/-/ready")" || true
+  [[ "$code" == 401 ]] || die "prometheus-secure: check: without credentials /-/ready answered HTTP $code, not 401"
+  code="$(curl -s -m 10 -o /dev/null -w '%{http_code}' -K "$PROMETHEUS_SECURE_RUN/client.curlrc" -X POST \
+    -H 'Content-Type: application/x-protobuf' -H 'Content-Encoding: snappy' "$PROMETHEUS_SECURE_URL/api/v1/write")" || true
+  [[ "$code" != 404 && "$code" != 401 && "$code" =~ ^[2-5][0-9][0-9]$ ]] ||
+    die "prometheus-secure: check: $PROMETHEUS_SECURE_URL/api/v1/write answered HTTP $code"
+  log "prometheus-secure: check: OK (401 without credentials; remote-write receiver answers with them)"
 }
 
 # ------------------------------------------------------------------- main ---

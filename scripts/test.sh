@@ -27,7 +27,9 @@ ensure_running() {
     started+=("$1")
   fi
 }
-for s in kafka opensearch prometheus; do ensure_running "$s"; done
+# opensearch-secure and prometheus-secure: the TLS + authentication targets of
+# tests/tests/engine_security.rs.
+for s in kafka opensearch prometheus opensearch-secure prometheus-secure; do ensure_running "$s"; done
 
 echo "[test] running the suite" >&2
 rc=0

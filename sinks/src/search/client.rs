@@ -254,3 +254,105 @@ impl EngineClient {
 fn path_only(path: &str) -> &str {
     path.split('?').next().unwrap_or(path)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// Serves one request with `answer` and returns its request line and
+    /// headers.
+    fn one_request(answer: &'static str) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut lines = Vec::new();
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                lines.push(line.trim().to_owned());
+            }
+            (&s).write_all(answer.as_bytes()).unwrap();
+            lines
+        });
+        (url, t)
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+
+    #[test]
+    fn an_api_key_is_an_authorization_header() {
+        let (url, t) = one_request(OK);
+        let c = EngineClient::new(&SearchSinkConfig {
+            url: url.clone(),
+            api_key: Secret("VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        c.first_contact().unwrap();
+        let lines = t.join().unwrap();
+        assert_eq!(lines[0], "GET / HTTP/1.1");
+        assert!(
+            lines.contains(
+                &"Authorization: ApiKey VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="
+                    .to_owned()
+            ),
+            "{lines:?}"
+        );
+        assert_eq!(c.display_url(), url);
+    }
+
+    #[test]
+    fn basic_auth_is_a_header_and_never_in_the_url_or_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "Pw-In-A-File-7781\n").unwrap();
+        let (url, t) = one_request(OK);
+        let cfg = SearchSinkConfig {
+            url,
+            username: "sink".into(),
+            password_file: pw.display().to_string(),
+            ..Default::default()
+        };
+        let c = EngineClient::new(&cfg).unwrap();
+        c.first_contact().unwrap();
+        let lines = t.join().unwrap();
+        let want = basic_auth("sink", &Secret("Pw-In-A-File-7781".into())).0;
+        assert!(
+            lines.contains(&format!("Authorization: {want}")),
+            "{lines:?}"
+        );
+        assert!(!c.display_url().contains("Pw-In"));
+        // Unreachable now: the error names the engine, never the password.
+        let e = match c.first_contact() {
+            Err(CallError::Retry(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert!(e.contains(&c.display_url()) && !e.contains("Pw-In"), "{e}");
+    }
+
+    #[test]
+    fn plaintext_to_a_server_that_closes_at_once_is_fatal_at_first_contact() {
+        // What a TLS port does with a plaintext request: close, no answer.
+        let (url, t) = one_request("");
+        let c = EngineClient::new(&SearchSinkConfig {
+            url,
+            ..Default::default()
+        })
+        .unwrap();
+        let e = match c.first_contact() {
+            Err(CallError::Fatal(e)) => e.to_string(),
+            other => panic!("{other:?}"),
+        };
+        t.join().unwrap();
+        assert!(e.contains("is this a TLS port? use https://"), "{e}");
+    }
+}

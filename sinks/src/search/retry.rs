@@ -314,6 +314,27 @@ mod tests {
         );
     }
 
+    /// As OpenSearch 2.19.4's security plugin answers a bulk from a user
+    /// who may not write the indices: HTTP 200, every item 403.
+    #[test]
+    fn items_refused_for_privileges_stop_the_sink_instead_of_the_dlq() {
+        let body = r#"{"errors":true,"items":[{"create":{"status":403,"error":{"type":"security_exception","reason":"no permissions for [indices:data/write/bulk[s], indices:data/write/index] and User [name=pkgstream-nowrite, backend_roles=[], requestedTenant=null]"}}},{"update":{"status":403,"error":{"type":"security_exception","reason":"no permissions for [indices:data/write/bulk[s], indices:data/write/update] and User [name=pkgstream-nowrite, backend_roles=[], requestedTenant=null]"}}}]}"#;
+        let r: BulkResponse = serde_json::from_str(body).unwrap();
+        let v: Vec<ItemVerdict> = r
+            .items
+            .iter()
+            .map(|i| item_verdict(ItemKind::Change, i.status().status))
+            .collect();
+        assert_eq!(v, [ItemVerdict::Fatal, ItemVerdict::Fatal]);
+        assert_eq!(item_verdict(ItemKind::Package, 401), ItemVerdict::Fatal);
+        assert!(r.items[0]
+            .status()
+            .reason()
+            .starts_with("security_exception: no permissions for [indices:data/write/bulk[s], indices:data/write/index] and User [name=pkgstream-nowrite"));
+        // A mapping error is still the item's own fault.
+        assert_eq!(item_verdict(ItemKind::Change, 400), ItemVerdict::Reject);
+    }
+
     #[test]
     fn an_all_good_response_without_items() {
         let r: BulkResponse = serde_json::from_str(r#"{"errors":false}"#).unwrap();
