@@ -93,12 +93,24 @@ fn closed_without_answer(t: &ureq::Transport) -> bool {
     false
 }
 
-/// The rustls error under a transport error, if the TLS layer failed.
+/// The rustls error under a transport error, if the TLS layer failed
+/// (rustls' errors reach ureq inside an `io::Error`, whose `source()`
+/// skips the error it wraps: look inside with `get_ref`).
 fn tls_error(t: &ureq::Transport) -> Option<&rustls::Error> {
     let mut source = std::error::Error::source(t);
     while let Some(e) = source {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls);
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+            source = Some(inner);
+            continue;
         }
         source = e.source();
     }
