@@ -268,6 +268,92 @@ mod tests {
         assert_eq!(WriteRequest::decode(&raw[..]).unwrap(), req);
     }
 
+    /// Serves one request with `status`; returns its header lines.
+    fn one_request(status: u16) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/api/v1/write", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut lines = Vec::new();
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let line = line.trim().to_owned();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.strip_prefix("Content-Length: ") {
+                    len = v.parse().unwrap();
+                }
+                lines.push(line);
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let answer = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: 12\r\nConnection: close\r\n\r\nUnauthorized"
+            );
+            (&s).write_all(answer.as_bytes()).unwrap();
+            lines
+        });
+        (url, t)
+    }
+
+    #[test]
+    fn a_bearer_token_from_a_file_is_a_header_and_a_401_is_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("token");
+        std::fs::write(&tok, "tok-Sekret-991\n").unwrap();
+        let (url, t) = one_request(401);
+        let w = RemoteWriter::new(&MetricsSinkConfig {
+            remote_write_url: url.clone(),
+            remote_write_bearer_token_file: tok.display().to_string(),
+            ..Default::default()
+        })
+        .unwrap();
+        let e = match w.push(&WriteRequest::default()) {
+            Err(PushError::Fatal(e)) => e.to_string(),
+            other => panic!("{other:?}"),
+        };
+        let lines = t.join().unwrap();
+        assert!(
+            lines.contains(&"Authorization: Bearer tok-Sekret-991".to_owned()),
+            "{lines:?}"
+        );
+        assert_eq!(
+            e,
+            format!("Prometheus remote write to {url}: HTTP 401: Unauthorized")
+        );
+        // Unreachable now: retried, and the token is nowhere in the error.
+        match w.push(&WriteRequest::default()) {
+            Err(PushError::Retry(e)) => assert!(!e.to_string().contains("Sekret"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_server_error_is_retried() {
+        let (url, t) = one_request(503);
+        let w = RemoteWriter::new(&MetricsSinkConfig {
+            remote_write_url: url,
+            remote_write_username: "m".into(),
+            remote_write_password: Secret("pw".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(matches!(
+            w.push(&WriteRequest::default()),
+            Err(PushError::Retry(_))
+        ));
+        let lines = t.join().unwrap();
+        assert!(
+            lines.contains(&"Authorization: Basic bTpwdw==".to_owned()),
+            "{lines:?}"
+        );
+    }
+
     #[test]
     fn a_vanished_series_ends_with_a_staleness_marker_once() {
         let r = prometheus::Registry::new();
