@@ -93,7 +93,7 @@
 #   OPENSEARCH_SECURE_PORT  HTTPS port, 2 to 9299 (default 9250)
 #   OPENSEARCH_SECURE_TRANSPORT_PORT transport port (default 9350)
 #   OPENSEARCH_SECURE_HEAP_OPTS JVM heap flags (default "-Xms768m -Xmx768m")
-#   OPENSEARCH_SECURE_START_TIMEOUT seconds to wait for health (default 150)
+#   OPENSEARCH_SECURE_START_TIMEOUT seconds to wait for health (default 240)
 #   PROMETHEUS_PORT         listen port (default 9090)
 #   PROMETHEUS_SECURE_PORT  listen port of prometheus-secure (default 9098)
 #   PROMETHEUS_START_TIMEOUT seconds to wait for /-/ready (default 60)
@@ -807,7 +807,7 @@ opensearch_check() { search_check opensearch OPENSEARCH; }
   OPENSEARCH_SECURE_PORT="${OPENSEARCH_SECURE_PORT:-9250}"
   OPENSEARCH_SECURE_TRANSPORT_PORT="${OPENSEARCH_SECURE_TRANSPORT_PORT:-9350}"
   OPENSEARCH_SECURE_HEAP_OPTS="${OPENSEARCH_SECURE_HEAP_OPTS:--Xms768m -Xmx768m}"
-  OPENSEARCH_SECURE_START_TIMEOUT="${OPENSEARCH_SECURE_START_TIMEOUT:-150}"
+  OPENSEARCH_SECURE_START_TIMEOUT="${OPENSEARCH_SECURE_START_TIMEOUT:-240}"
   OPENSEARCH_SECURE_STOP_TIMEOUT="${OPENSEARCH_SECURE_STOP_TIMEOUT:-30}"
   OPENSEARCH_SECURE_HOME_DIR="$PKGSTREAM_HOME/opensearch-secure-$OPENSEARCH_SECURE_ENGINE_VERSION"
   OPENSEARCH_SECURE_LIB="$OPENSEARCH_SECURE_HOME_DIR/lib"
@@ -868,7 +868,7 @@ opensearch-secure_install() {
     tail -n 40 "$fetch/mvn.log" >&2 || true
     die "opensearch-secure: Maven could not fetch the security plugin (log: $fetch/mvn.log)"
   fi
-  command -v unzip >/dev/null 2>&1 || die "unzip not found; install it (e.g. apt-get install -y unzip)"
+  apt_install unzip unzip
   unzip -q -o "$fetch/opensearch-security-$v.zip" -d "$plugin" ||
     die "opensearch-secure: cannot unpack $fetch/opensearch-security-$v.zip"
   # Jar hell: drop every plugin jar whose artifact the runner's classpath has.
