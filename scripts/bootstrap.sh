@@ -22,6 +22,11 @@ command -v dnf >/dev/null || missing+=(dnf)
 [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import dnf' 2>/dev/null || missing+=(python3-dnf)
 command -v createrepo_c >/dev/null || missing+=(createrepo-c)
 command -v systemd-analyze >/dev/null || missing+=(systemd)   # verifies the shipped units
+# The secured engine and Prometheus (services.sh opensearch-secure, prometheus-secure):
+# test certificates, the security plugin's zip, bcrypt password hashes.
+command -v openssl >/dev/null || missing+=(openssl)
+command -v unzip >/dev/null || missing+=(unzip)
+command -v htpasswd >/dev/null || missing+=(apache2-utils)
 
 if ((${#missing[@]})); then
   command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"

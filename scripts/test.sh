@@ -41,7 +41,9 @@ ensure_running() {
     started+=("$1")
   fi
 }
-for s in kafka opensearch prometheus; do ensure_running "$s"; done
+# opensearch-secure and prometheus-secure: the TLS + authentication targets of
+# tests/tests/engine_security.rs.
+for s in kafka opensearch prometheus opensearch-secure prometheus-secure; do ensure_running "$s"; done
 
 echo "[test] service tier: against the real services" >&2
 cargo test -p pkgstream-tests --locked --no-fail-fast || rc=$?
