@@ -50,6 +50,9 @@ CHART_OWNED = {
 # values.schema.json); its `*_file` sibling goes into the schema.
 SECRET_KEYS = {
     ("search_sink", "password"): "secrets.env (PKGSTREAM__SEARCH_SINK__PASSWORD)",
+    ("search_sink", "api_key"): "secrets.env (PKGSTREAM__SEARCH_SINK__API_KEY) or search_sink.api_key_file",
+    ("metrics_sink", "remote_write_password"): "secrets.env (PKGSTREAM__METRICS_SINK__REMOTE_WRITE_PASSWORD) or remote_write_password_file",
+    ("metrics_sink", "remote_write_bearer_token"): "secrets.env (PKGSTREAM__METRICS_SINK__REMOTE_WRITE_BEARER_TOKEN) or remote_write_bearer_token_file",
 }
 NOT_IN_CONFIG = {**CHART_OWNED, **SECRET_KEYS}
 PORTS = {"router": 9108, "search_sink": 9110, "metrics_sink": 9111}
