@@ -14,7 +14,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pkgstream_router::dedupe::DedupeWindow;
 use pkgstream_router::hosts::{HostMeta, HostTable, Window};
-use pkgstream_router::process::{HostDefaults, Lane, Processor};
+use pkgstream_router::process::{HostDefaults, Lane, Processor, RawEvent};
 use pkgstream_schemas::{sample, Encoder, EventId};
 
 fn host_table(hosts: u64) -> HostTable {
@@ -67,7 +67,15 @@ fn bench_router_path(c: &mut Criterion) {
             let raw = &events[i % events.len()];
             i += 1;
             let out = processor
-                .process(Lane::Changes, black_box(raw), now)
+                .process(
+                    &RawEvent {
+                        lane: Lane::Changes,
+                        partition: 0,
+                        bytes: black_box(raw),
+                        timestamp: None,
+                    },
+                    now,
+                )
                 .unwrap();
             let record = &out[0];
             // A fresh id each time (as in production most are new), so the

@@ -1,7 +1,7 @@
 //! The router's host-table parsers (`router/src/hosts.rs`): the CSV file
 //! reader `read_hosts_file`, the JSON `HostMeta` record of the compacted
-//! hosts topic (as the router's topic reader decodes it with
-//! `serde_json::from_slice`), and the maintenance windows (`Window::parse`,
+//! hosts topic (as the router's topic reader decodes it, with
+//! `HostMeta::from_topic_value`), and the maintenance windows (`Window::parse`,
 //! `Window::contains`, `HostMeta::outside_maintenance`) both carry.
 //!
 //! Input: one mode byte, then bytes. Mode bit 0 clear: the bytes are a
@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use pkgstream_router::hosts::{read_hosts_file, HostMeta, HostTable, Window};
-use pkgstream_router::process::{HostDefaults, Lane, Processor};
+use pkgstream_router::process::{HostDefaults, Lane, Processor, RawEvent};
 use pkgstream_schemas::{decode_enriched_change, sample, Encoder};
 
 /// Event times at which every window is asked: Saturday 2026-11-28 02:30,
@@ -86,7 +86,7 @@ fn hosts_file(bytes: &[u8]) {
 }
 
 fn topic_record(bytes: &[u8]) {
-    let Ok(meta) = serde_json::from_slice::<HostMeta>(bytes) else {
+    let Ok(Some(meta)) = HostMeta::from_topic_value(bytes) else {
         return;
     };
     windows_hold(&meta.maintenance);
@@ -137,7 +137,13 @@ fn enriches(table: &HostTable, host: &str, meta: &HostMeta, by_hostname: bool) {
         },
     );
     let now = 1_800_000_000_000_000;
-    let out = p.process(Lane::Changes, &raw, now).unwrap_or_else(|e| {
+    let event = |lane, bytes| RawEvent {
+        lane,
+        partition: 0,
+        bytes,
+        timestamp: None,
+    };
+    let out = p.process(&event(Lane::Changes, &raw), now).unwrap_or_else(|e| {
         panic!("accepted host metadata {meta:?} makes the host's change poison: {e}")
     });
     assert_eq!(out.len(), 1);
@@ -152,7 +158,7 @@ fn enriches(table: &HostTable, host: &str, meta: &HostMeta, by_hostname: bool) {
         enrichment.outside_maintenance_window,
         meta.outside_maintenance(change.event_time)
     );
-    p.process(Lane::Inventory, &raw_snapshot, now)
+    p.process(&event(Lane::Inventory, &raw_snapshot), now)
         .unwrap_or_else(|e| {
             panic!("accepted host metadata {meta:?} makes the host's snapshot poison: {e}")
         });

@@ -39,6 +39,18 @@ pub struct RouterConfig {
     /// Where `/metrics`, `/healthz` and `/readyz` listen.
     #[serde(default = "d_metrics_listen")]
     pub metrics_listen: String,
+    /// Kafka transaction timeout in milliseconds: the broker aborts a
+    /// transaction open longer than this, and the router gives up waiting
+    /// for a transaction's deliveries and commit after this long.
+    #[serde(default = "d_transaction_timeout_ms")]
+    pub transaction_timeout_ms: u64,
+    /// How far ahead of its Kafka record's timestamp (or of the router's
+    /// clock, if that is earlier) an event's time may be, in seconds.
+    /// Events further ahead come from a host whose clock is wrong: they go to
+    /// the DLQ with code `clock_ahead` (package state is ordered by event
+    /// time, so one such event would freeze the host's state).
+    #[serde(default = "d_max_clock_ahead_secs")]
+    pub max_clock_ahead_secs: u64,
 }
 
 fn d_group_id() -> String {
@@ -65,6 +77,12 @@ fn d_default_group() -> String {
 fn d_default_env() -> String {
     "unknown".into()
 }
+fn d_transaction_timeout_ms() -> u64 {
+    60_000
+}
+fn d_max_clock_ahead_secs() -> u64 {
+    crate::process::DEFAULT_MAX_CLOCK_AHEAD_SECS
+}
 fn d_metrics_listen() -> String {
     "127.0.0.1:9108".into()
 }
@@ -89,6 +107,11 @@ impl RouterConfig {
         if self.default_hostgroup.is_empty() || self.default_environment.is_empty() {
             return Err(
                 "router.default_hostgroup and router.default_environment must not be empty".into(),
+            );
+        }
+        if !(1_000..=900_000).contains(&self.transaction_timeout_ms) {
+            return Err(
+                "router.transaction_timeout_ms must be between 1000 and 900000 (the broker's default transaction.max.timeout.ms)".into(),
             );
         }
         if self.transactional_id.is_empty() || self.group_id.is_empty() {

@@ -8,7 +8,11 @@
 //!    `maintenance` is `DAYS HH:MM-HH:MM[; ...]` in UTC (`sat,sun 02:00-04:00`,
 //!    `daily 22:00-02:00`);
 //! 2. the compacted topic `pkgstream.hosts`: key = machine id, value = a
-//!    JSON [`HostMeta`], empty value = delete.
+//!    JSON object [`HostMeta`] ([`HostMeta::from_topic_value`]), empty
+//!    value = delete.
+//!
+//! Both sources go through one check, [`HostMeta::validated`]: what either
+//! accepts, the router can put on every event of the host.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -137,6 +141,55 @@ impl Window {
 }
 
 impl HostMeta {
+    /// The one check both sources apply: text fields trimmed, `hostgroup`
+    /// and `environment` not empty (every enriched event carries them), an
+    /// empty `owner` or `datacenter` is none, tag keys not empty. The error
+    /// names the field.
+    pub fn validated(mut self) -> Result<HostMeta, String> {
+        let trim = |s: &mut String| {
+            let t = s.trim();
+            if t.len() != s.len() {
+                *s = t.to_owned();
+            }
+        };
+        trim(&mut self.hostgroup);
+        trim(&mut self.environment);
+        if self.hostgroup.is_empty() {
+            return Err("hostgroup is empty".into());
+        }
+        if self.environment.is_empty() {
+            return Err("environment is empty".into());
+        }
+        for opt in [&mut self.owner, &mut self.datacenter] {
+            if let Some(v) = opt.as_mut() {
+                trim(v);
+            }
+            if opt.as_deref().is_some_and(str::is_empty) {
+                *opt = None;
+            }
+        }
+        if self.tags.keys().any(|k| k.trim().is_empty()) {
+            return Err("tags: a tag key is empty".into());
+        }
+        Ok(self)
+    }
+
+    /// Parses one value of the hosts topic: empty = delete (`None`), else a
+    /// JSON object (not an array: a positional form would silently take
+    /// fields in declaration order), checked by [`HostMeta::validated`].
+    pub fn from_topic_value(bytes: &[u8]) -> Result<Option<HostMeta>, String> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+        if !value.is_object() {
+            return Err("host metadata must be a JSON object".into());
+        }
+        let meta: HostMeta = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        meta.validated().map(Some)
+    }
+
     /// Whether the event at `micros` is outside every window; false when the
     /// host has no windows (nothing to be outside of).
     pub fn outside_maintenance(&self, micros: i64) -> bool {
@@ -239,10 +292,8 @@ pub fn read_hosts_file(path: &Path) -> Result<HashMap<String, Arc<HostMeta>>, Ro
         };
         let host = field(Some(host_col)).ok_or_else(|| bad(line, "host is empty".into()))?;
         let mut meta = HostMeta {
-            hostgroup: field(Some(group_col))
-                .ok_or_else(|| bad(line, "hostgroup is empty".into()))?,
-            environment: field(Some(env_col))
-                .ok_or_else(|| bad(line, "environment is empty".into()))?,
+            hostgroup: field(Some(group_col)).unwrap_or_default(),
+            environment: field(Some(env_col)).unwrap_or_default(),
             owner: field(col("owner")),
             datacenter: field(col("datacenter")),
             ..HostMeta::default()
@@ -265,6 +316,7 @@ pub fn read_hosts_file(path: &Path) -> Result<HashMap<String, Arc<HostMeta>>, Ro
             meta.maintenance
                 .push(Window::parse(w).map_err(|e| bad(line, e))?);
         }
+        let meta = meta.validated().map_err(|e| bad(line, e))?;
         out.insert(host, Arc::new(meta));
     }
     Ok(out)
@@ -357,6 +409,44 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("hostgroup"));
+    }
+
+    #[test]
+    fn both_sources_share_one_check() {
+        for bad in [
+            r#"{"hostgroup":"","environment":"prod"}"#,
+            r#"{"hostgroup":"web","environment":"  "}"#,
+            r#"["web",""]"#,
+            r#"["","prod"]"#,
+            r#"{"hostgroup":"web","environment":"prod","tags":{"":"x"}}"#,
+            "null",
+        ] {
+            assert!(
+                HostMeta::from_topic_value(bad.as_bytes()).is_err(),
+                "{bad} accepted"
+            );
+        }
+        assert_eq!(HostMeta::from_topic_value(b"").unwrap(), None);
+        let meta =
+            HostMeta::from_topic_value(br#"{"hostgroup":" web ","environment":"prod","owner":""}"#)
+                .unwrap()
+                .unwrap();
+        assert_eq!((meta.hostgroup.as_str(), meta.owner), ("web", None));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts.csv");
+        std::fs::write(
+            &path,
+            "host,hostgroup,environment,tags\nweb-1,web,prod,=x\n",
+        )
+        .unwrap();
+        let err = read_hosts_file(&path).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("tag key"), "{err}");
+        std::fs::write(&path, "host,hostgroup,environment\nweb-1,,prod\n").unwrap();
+        let err = read_hosts_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("line 2") && err.contains("hostgroup is empty"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`pipeline`]: the Kafka loop (transactions, rebalances, window rebuild,
 //!   host table sources);
 //! - [`process`]: the per-event work, I/O free;
+//! - `output`: what a transaction produces, delivery tracking, and outputs
+//!   too large for Kafka turned into dead letters;
 //! - [`hosts`]: the host table (CSV file + compacted topic) and maintenance windows;
 //! - [`dedupe`]: the bounded dedupe window;
 //! - [`inventory`]: lost changes inferred from consecutive snapshots;
@@ -20,6 +22,7 @@ pub mod dedupe;
 pub mod hosts;
 pub mod inventory;
 pub mod metrics;
+mod output;
 pub mod pipeline;
 pub mod process;
 

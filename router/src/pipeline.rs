@@ -11,7 +11,15 @@
 //!
 //! One thread runs the loop; more throughput comes from more partitions and
 //! more instances. On any Kafka error the transaction is aborted and the
-//! loop restarts from the committed offsets with fresh clients.
+//! loop restarts from the committed offsets with fresh clients; what the
+//! aborted batch taught the inventory tracker is dropped with it. An output
+//! Kafka refuses as too large goes to the DLQ instead (see [`crate::output`])
+//! and the rest of the batch is committed.
+//!
+//! Readiness means progress: `/readyz` is 200 after a committed transaction,
+//! or while idle with the broker answering, and 503 from a failed
+//! transaction until the next commit. The lag gauge counts from the
+//! committed offsets, so a wedged router shows its lag.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -25,6 +33,7 @@ use pkgstream_schemas::{EventId, Kind, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::Timestamp;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{debug, info, info_span, warn};
 
@@ -32,10 +41,16 @@ use crate::config::RouterConfig;
 use crate::dedupe::DedupeWindow;
 use crate::hosts::{read_hosts_file, HostMeta, HostTable};
 use crate::metrics::RouterMetrics;
-use crate::process::{Enriched, HostDefaults, Lane, Processor};
+use crate::output::{bounded_reason, is_too_large, Deliveries, Out, Raw, TooLarge};
+use crate::process::{HostDefaults, Lane, Processor, RawEvent};
 use crate::RouterError;
 
-const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Timeout of the transaction calls that do not wait for deliveries.
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The committed offset (next to read) of each raw partition, as the
+/// inventory tracker's state reflects it; -1 for none.
+type KnownOffsets = HashMap<(Lane, i32), i64>;
 
 /// Everything the router loop needs.
 pub struct Router {
@@ -82,15 +97,6 @@ impl RebalanceLog {
     }
 }
 
-/// A raw message, copied out of the consumer.
-struct Raw {
-    lane: Lane,
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-}
-
 /// What one round of polling collected.
 #[derive(Default)]
 struct Batch {
@@ -99,17 +105,19 @@ struct Batch {
     rebalanced: bool,
 }
 
-/// One record to produce in the current transaction.
-enum Out {
-    Enriched {
-        partition: i32,
-        record: Enriched,
-    },
-    Dlq {
-        raw: Raw,
-        code: &'static str,
-        reason: String,
-    },
+/// How one attempt at a batch's transaction ended, short of a commit.
+enum Attempt {
+    /// Kafka refused some outputs for their size: they were replaced
+    /// (isolated or made dead letters); abort and try again.
+    Refused,
+    /// Anything else: abort and restart with fresh clients.
+    Failed(RouterError),
+}
+
+impl From<RouterError> for Attempt {
+    fn from(e: RouterError) -> Attempt {
+        Attempt::Failed(e)
+    }
 }
 
 impl Router {
@@ -134,16 +142,24 @@ impl Router {
                 hostgroup: self.config.default_hostgroup.clone(),
                 environment: self.config.default_environment.clone(),
             },
-        );
+        )
+        .with_max_clock_ahead(self.config.max_clock_ahead_secs);
+        let mut known = KnownOffsets::new();
         let mut backoff = Duration::from_millis(500);
         while !shutdown.requested() {
-            match self.run_clients(&mut processor, shutdown) {
+            let mut committed = false;
+            match self.run_clients(&mut processor, &mut known, &mut committed, shutdown) {
                 Ok(()) => break,
                 Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => {
+                    if committed {
+                        backoff = Duration::from_millis(500);
+                    }
                     warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "router loop failed; restarting from the committed offsets");
                     self.ready.set(false);
-                    std::thread::sleep(backoff);
+                    if shutdown.sleep(backoff) {
+                        break;
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
@@ -172,24 +188,29 @@ impl Router {
     fn run_clients(
         &self,
         processor: &mut Processor,
+        known: &mut KnownOffsets,
+        committed: &mut bool,
         shutdown: &Shutdown,
     ) -> Result<(), RouterError> {
-        let producer: BaseProducer = ClientConfig::new()
+        let producer: BaseProducer<Deliveries> = ClientConfig::new()
             .set("bootstrap.servers", &self.kafka.brokers)
             .set("transactional.id", &self.config.transactional_id)
             .set("enable.idempotence", "true")
             .set("compression.type", "zstd")
             .set("linger.ms", "5")
-            .set("transaction.timeout.ms", "60000")
+            .set(
+                "transaction.timeout.ms",
+                self.config.transaction_timeout_ms.to_string(),
+            )
             // Right after a commit the broker answers the next transaction's
             // first AddPartitionsToTxn with CONCURRENT_TRANSACTIONS until the
             // markers are written; the default 100 ms retry backoff would
             // then idle every transaction for 100 ms.
             .set("retry.backoff.ms", "5")
-            .create()
+            .create_with_context(Deliveries::default())
             .map_err(|e| RouterError::KafkaClient(e.to_string()))?;
         producer
-            .init_transactions(TXN_TIMEOUT)
+            .init_transactions(TXN_CALL_TIMEOUT)
             .map_err(self.kafka_err("init transactions"))?;
         let consumer: BaseConsumer<RebalanceLog> = ClientConfig::new()
             .set("bootstrap.servers", &self.kafka.brokers)
@@ -212,23 +233,28 @@ impl Router {
             .map_err(self.kafka_err("subscribe"))?;
 
         let mut windows: HashMap<i32, DedupeWindow> = HashMap::new();
-        let mut last_lag = Instant::now() - Duration::from_secs(60);
+        // None: never (an Instant in the past may not exist on a machine up
+        // for less than the interval).
+        let mut last_lag: Option<Instant> = None;
+        let mut broker_answers = false;
         let mut generation = consumer.context().generation();
         while !shutdown.requested() {
             let batch = self.collect_batch(&consumer, shutdown, &mut generation)?;
             if batch.rebalanced {
-                // Partitions may have moved: windows are rebuilt on demand.
+                // Partitions may have moved: windows are rebuilt on demand,
+                // inventory state is kept only where it is still current.
                 windows.clear();
+                self.reconcile_inventory(&consumer, processor, known)?;
             }
             let batch = batch.messages;
-            if consumer.assignment().is_ok_and(|a| a.count() > 0) {
-                self.ready.set(true);
-            }
-            if last_lag.elapsed() > Duration::from_secs(10) {
-                self.update_lag(&consumer);
-                last_lag = Instant::now();
+            if last_lag.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                broker_answers = self.update_lag(&consumer);
+                last_lag = Some(Instant::now());
             }
             if batch.is_empty() {
+                // Idle: ready while assigned and the broker answers.
+                self.ready
+                    .set(broker_answers && consumer.assignment().is_ok_and(|a| a.count() > 0));
                 continue;
             }
             for p in batch.iter().map(|r| r.partition).collect::<HashSet<_>>() {
@@ -236,8 +262,62 @@ impl Router {
                     slot.insert(self.rebuild_window(p)?);
                 }
             }
-            self.transact(&producer, &consumer, processor, &mut windows, batch)?;
+            self.transact(&producer, &consumer, processor, &mut windows, known, batch)?;
+            *committed = true;
+            self.ready.set(true);
         }
+        Ok(())
+    }
+
+    fn txn_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.transaction_timeout_ms)
+    }
+
+    /// After a rebalance: keeps the inventory state of an assigned raw
+    /// partition only if the group's committed offsets of both its lanes
+    /// are those the state reflects (no one else moved it meanwhile);
+    /// drops every other partition's (revoked, or moved and back).
+    fn reconcile_inventory(
+        &self,
+        consumer: &BaseConsumer<RebalanceLog>,
+        processor: &mut Processor,
+        known: &mut KnownOffsets,
+    ) -> Result<(), RouterError> {
+        let assignment = consumer
+            .assignment()
+            .map_err(self.kafka_err("assignment"))?;
+        let committed = consumer
+            .committed_offsets(assignment, TXN_CALL_TIMEOUT)
+            .map_err(self.kafka_err("committed offsets"))?;
+        let mut now = KnownOffsets::new();
+        for e in committed.elements() {
+            let lane = if e.topic() == self.topics.inventory_raw {
+                Lane::Inventory
+            } else {
+                Lane::Changes
+            };
+            let offset = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => -1,
+            };
+            now.insert((lane, e.partition()), offset);
+        }
+        let before = processor.partitions();
+        let current = |p: i32| {
+            [Lane::Changes, Lane::Inventory].iter().all(|lane| {
+                now.contains_key(&(*lane, p)) && known.get(&(*lane, p)) == now.get(&(*lane, p))
+            })
+        };
+        processor.retain_partitions(current);
+        let after = processor.partitions();
+        if before.len() != after.len() {
+            info!(
+                kept = after.len(),
+                dropped = before.len() - after.len(),
+                "inventory state of partitions no longer owned or moved meanwhile dropped"
+            );
+        }
+        *known = now;
         Ok(())
     }
 
@@ -337,10 +417,17 @@ impl Router {
                     } else {
                         Lane::Changes
                     };
+                    let timestamp = match m.timestamp() {
+                        Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => {
+                            Some(t.saturating_mul(1000))
+                        }
+                        Timestamp::NotAvailable => None,
+                    };
                     batch.messages.push(Raw {
                         lane,
                         partition: m.partition(),
                         offset: m.offset(),
+                        timestamp,
                         key: m.key().map(<[u8]>::to_vec),
                         payload: m.payload().unwrap_or_default().to_vec(),
                     });
@@ -352,13 +439,16 @@ impl Router {
         Ok(batch)
     }
 
-    /// Processes `batch` and commits its outputs and offsets in one transaction.
+    /// Processes `batch` and commits its outputs and offsets in one
+    /// transaction; outputs Kafka refuses as too large go to the DLQ in a
+    /// new attempt instead.
     fn transact(
         &self,
-        producer: &BaseProducer,
+        producer: &BaseProducer<Deliveries>,
         consumer: &BaseConsumer<RebalanceLog>,
         processor: &mut Processor,
         windows: &mut HashMap<i32, DedupeWindow>,
+        known: &mut KnownOffsets,
         batch: Vec<Raw>,
     ) -> Result<(), RouterError> {
         let span = info_span!("batch", events = batch.len());
@@ -370,7 +460,7 @@ impl Router {
         // Ids produced in this batch: position in `outs` and richness.
         let mut in_batch: HashMap<(i32, EventId), (usize, u8)> = HashMap::new();
         let mut deduplicated = 0u64;
-        for raw in batch {
+        for (index, raw) in batch.iter().enumerate() {
             let slot = offsets
                 .entry((raw.lane, raw.partition))
                 .or_insert(raw.offset);
@@ -379,7 +469,13 @@ impl Router {
                 .events_in
                 .with_label_values(&[raw.lane.label()])
                 .inc();
-            match processor.process(raw.lane, &raw.payload, now) {
+            let event = RawEvent {
+                lane: raw.lane,
+                partition: raw.partition,
+                bytes: &raw.payload,
+                timestamp: raw.timestamp,
+            };
+            match processor.process(&event, now) {
                 Ok(records) => {
                     for record in records {
                         let p = raw.partition;
@@ -387,33 +483,35 @@ impl Router {
                             deduplicated += 1;
                             continue;
                         }
+                        let out = |record| Out::Enriched {
+                            partition: p,
+                            record,
+                            raw: index,
+                            alone: false,
+                        };
                         match in_batch.get(&(p, record.id)) {
                             Some(&(i, richness)) => {
                                 deduplicated += 1;
                                 if record.richness > richness {
                                     in_batch.insert((p, record.id), (i, record.richness));
-                                    outs[i] = Out::Enriched {
-                                        partition: p,
-                                        record,
-                                    };
+                                    outs[i] = out(record);
                                 }
                             }
                             None => {
                                 in_batch.insert((p, record.id), (outs.len(), record.richness));
-                                outs.push(Out::Enriched {
-                                    partition: p,
-                                    record,
-                                });
+                                outs.push(out(record));
                             }
                         }
                     }
                 }
                 Err(e) => {
-                    warn!(topic = self.raw_topic(raw.lane), partition = raw.partition, offset = raw.offset, reason = %e, "poison event to the DLQ");
+                    warn!(topic = self.raw_topic(raw.lane), partition = raw.partition, offset = raw.offset, code = e.code, reason = %e.reason, "poison event to the DLQ");
                     outs.push(Out::Dlq {
-                        code: e.code(),
-                        reason: e.to_string(),
-                        raw,
+                        raw: index,
+                        code: e.code,
+                        reason: bounded_reason(e.reason),
+                        with_payload: true,
+                        alone: false,
                     });
                 }
             }
@@ -421,53 +519,39 @@ impl Router {
 
         let process_time = process_started.elapsed();
         let started = Instant::now();
-        producer
-            .begin_transaction()
-            .map_err(self.kafka_err("begin transaction"))?;
-        let result = self.produce_all(producer, &outs).and_then(|()| {
-            let produced = started.elapsed();
-            let mut tpl = TopicPartitionList::new();
-            for ((lane, partition), offset) in &offsets {
-                tpl.add_partition_offset(
-                    self.raw_topic(*lane),
-                    *partition,
-                    Offset::Offset(offset + 1),
-                )
-                .map_err(self.kafka_err("offsets"))?;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match self.attempt(producer, consumer, &mut outs, &batch, &offsets) {
+                Ok(()) => break,
+                Err(attempt) => {
+                    self.metrics.transactions_aborted.inc();
+                    if let Err(abort) = producer.abort_transaction(TXN_CALL_TIMEOUT) {
+                        warn!(error = %abort, "abort failed");
+                        processor.abort();
+                        return Err(match attempt {
+                            Attempt::Failed(e) => e,
+                            Attempt::Refused => self.kafka_err("abort transaction")(abort),
+                        });
+                    }
+                    match attempt {
+                        Attempt::Refused => {
+                            debug!(
+                                attempts,
+                                "outputs refused as too large; trying again without them"
+                            )
+                        }
+                        Attempt::Failed(e) => {
+                            processor.abort();
+                            return Err(e);
+                        }
+                    }
+                }
             }
-            let group = consumer
-                .group_metadata()
-                .ok_or_else(|| RouterError::Kafka {
-                    brokers: self.kafka.brokers.clone(),
-                    what: "group metadata",
-                    reason: "consumer has no group metadata".into(),
-                })?;
-            producer
-                .send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)
-                .map_err(self.kafka_err("send offsets to transaction"))?;
-            // Wait for the deliveries here: librdkafka's own flush inside
-            // commit_transaction sleeps in 100 ms steps on a BaseProducer.
-            producer
-                .flush(TXN_TIMEOUT)
-                .map_err(self.kafka_err("flush"))?;
-            let offsets_sent = started.elapsed();
-            let r = producer
-                .commit_transaction(TXN_TIMEOUT)
-                .map_err(self.kafka_err("commit transaction"));
-            debug!(
-                produce_ms = produced.as_millis() as u64,
-                offsets_ms = (offsets_sent - produced).as_millis() as u64,
-                commit_ms = (started.elapsed() - offsets_sent).as_millis() as u64,
-                "transaction phases"
-            );
-            r
-        });
-        if let Err(e) = result {
-            self.metrics.transactions_aborted.inc();
-            if let Err(abort) = producer.abort_transaction(TXN_TIMEOUT) {
-                warn!(error = %abort, "abort failed");
-            }
-            return Err(e);
+        }
+        processor.commit();
+        for ((lane, partition), offset) in &offsets {
+            known.insert((*lane, *partition), offset + 1);
         }
         self.metrics
             .transaction_seconds
@@ -476,14 +560,18 @@ impl Router {
             process_ms = process_time.as_millis() as u64,
             transaction_ms = started.elapsed().as_millis() as u64,
             outputs = outs.len(),
+            attempts,
             "batch committed"
         );
 
-        // Committed: now the ids count as seen.
+        // Committed: now the ids count as seen (not those that went to the
+        // DLQ instead).
         let now_secs = (now / 1_000_000) as u32;
-        for (p, id) in in_batch.keys() {
-            if let Some(w) = windows.get_mut(p) {
-                w.insert(id, now_secs);
+        for ((p, id), (i, _)) in &in_batch {
+            if matches!(outs.get(*i), Some(Out::Enriched { .. })) {
+                if let Some(w) = windows.get_mut(p) {
+                    w.insert(id, now_secs);
+                }
             }
         }
         for out in &outs {
@@ -507,45 +595,168 @@ impl Router {
         Ok(())
     }
 
-    fn produce_all(&self, producer: &BaseProducer, outs: &[Out]) -> Result<(), RouterError> {
-        for out in outs {
-            let (mut record, topic): (BaseRecord<'_, [u8], [u8]>, &str) = match out {
-                Out::Enriched { partition, record } => (
-                    BaseRecord::to(&self.topics.changes_enriched)
-                        .partition(*partition)
-                        .key(&record.key[..])
-                        .payload(&record.value[..]),
-                    &self.topics.changes_enriched,
-                ),
-                Out::Dlq { raw, code, reason } => {
-                    let headers = pkgstream_runtime::dlq::headers(
-                        code,
-                        reason,
-                        self.raw_topic(raw.lane),
-                        raw.partition,
-                        raw.offset,
+    /// One attempt at the batch's transaction: begin, produce, offsets,
+    /// wait for every delivery, commit. The caller aborts on error.
+    fn attempt(
+        &self,
+        producer: &BaseProducer<Deliveries>,
+        consumer: &BaseConsumer<RebalanceLog>,
+        outs: &mut [Out],
+        raws: &[Raw],
+        offsets: &BTreeMap<(Lane, i32), i64>,
+    ) -> Result<(), Attempt> {
+        let started = Instant::now();
+        producer.context().start_attempt();
+        producer
+            .begin_transaction()
+            .map_err(self.kafka_err("begin transaction"))?;
+        self.produce_all(producer, outs, raws)?;
+        let produced = started.elapsed();
+        let mut tpl = TopicPartitionList::new();
+        for ((lane, partition), offset) in offsets {
+            tpl.add_partition_offset(
+                self.raw_topic(*lane),
+                *partition,
+                Offset::Offset(offset + 1),
+            )
+            .map_err(self.kafka_err("offsets"))?;
+        }
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| RouterError::Kafka {
+                brokers: self.kafka.brokers.clone(),
+                what: "group metadata",
+                reason: "consumer has no group metadata".into(),
+            })?;
+        producer
+            .send_offsets_to_transaction(&tpl, &group, TXN_CALL_TIMEOUT)
+            .map_err(self.kafka_err("send offsets to transaction"))?;
+        // Wait for the deliveries here: librdkafka's own flush inside
+        // commit_transaction sleeps in 100 ms steps on a BaseProducer.
+        producer
+            .flush(self.txn_timeout())
+            .map_err(self.kafka_err("flush"))?;
+        self.check_deliveries(producer, outs, raws)?;
+        let offsets_sent = started.elapsed();
+        producer
+            .commit_transaction(self.txn_timeout())
+            .map_err(self.kafka_err("commit transaction"))?;
+        debug!(
+            produce_ms = produced.as_millis() as u64,
+            offsets_ms = (offsets_sent - produced).as_millis() as u64,
+            commit_ms = (started.elapsed() - offsets_sent).as_millis() as u64,
+            "transaction phases"
+        );
+        Ok(())
+    }
+
+    /// The failed deliveries of this attempt: none, or outputs refused for
+    /// their size (now replaced: isolated, or made dead letters), or a
+    /// failure a new attempt cannot avoid.
+    fn check_deliveries(
+        &self,
+        producer: &BaseProducer<Deliveries>,
+        outs: &mut [Out],
+        raws: &[Raw],
+    ) -> Result<(), Attempt> {
+        let failed = producer.context().take();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        if let Some((_, e)) = failed.iter().find(|(_, e)| !is_too_large(e)) {
+            return Err(Attempt::Failed(RouterError::Kafka {
+                brokers: self.kafka.brokers.clone(),
+                what: "deliver",
+                reason: format!("{} of the batch's records failed, e.g.: {e}", failed.len()),
+            }));
+        }
+        for (i, e) in failed {
+            self.refused(outs, raws, i, &e.to_string())?;
+        }
+        Err(Attempt::Refused)
+    }
+
+    /// Replaces `outs[i]`, refused by Kafka as too large: with itself sent
+    /// alone if it was not, else with its dead letter.
+    fn refused(
+        &self,
+        outs: &mut [Out],
+        raws: &[Raw],
+        i: usize,
+        error: &str,
+    ) -> Result<(), RouterError> {
+        let Some(slot) = outs.get_mut(i) else {
+            return Ok(());
+        };
+        let out = Out::take(slot);
+        if !out.alone() {
+            *slot = out.isolated();
+            return Ok(());
+        }
+        let raw = match &out {
+            Out::Enriched { raw, .. } | Out::Dlq { raw, .. } => raws.get(*raw),
+        };
+        match out.too_large(raws, error) {
+            TooLarge::Replace(dead_letter) => {
+                if let Some(raw) = raw {
+                    warn!(
+                        topic = self.raw_topic(raw.lane),
+                        partition = raw.partition,
+                        offset = raw.offset,
+                        error,
+                        "output refused as too large; to the DLQ"
                     );
-                    let mut r = BaseRecord::to(&self.topics.dlq)
-                        .payload(&raw.payload[..])
-                        .headers(headers);
-                    if let Some(k) = &raw.key {
-                        r = r.key(&k[..]);
-                    }
-                    (r, &self.topics.dlq)
                 }
-            };
+                *slot = dead_letter;
+                Ok(())
+            }
+            TooLarge::Hopeless => Err(RouterError::Topology(format!(
+                "the DLQ topic {} refuses even a dead letter without payload as too large ({error}): raise its max.message.bytes",
+                self.topics.dlq
+            ))),
+        }
+    }
+
+    /// Sends every output; one that librdkafka refuses at once as too large
+    /// is replaced by its dead letter here. An output marked `alone` is
+    /// flushed before and after, so it is the only record of its batch.
+    fn produce_all(
+        &self,
+        producer: &BaseProducer<Deliveries>,
+        outs: &mut [Out],
+        raws: &[Raw],
+    ) -> Result<(), RouterError> {
+        for i in 0..outs.len() {
             loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(10));
+                let alone = outs[i].alone();
+                if alone {
+                    producer
+                        .flush(self.txn_timeout())
+                        .map_err(self.kafka_err("flush"))?;
+                }
+                match self.send_one(producer, &outs[i], raws, i) {
+                    Ok(()) => {
+                        if alone {
+                            producer
+                                .flush(self.txn_timeout())
+                                .map_err(self.kafka_err("flush"))?;
+                        }
+                        break;
                     }
-                    Err((e, _)) => {
+                    Err(e) if is_too_large(&e) => {
+                        let msg = e.to_string();
+                        if !outs[i].alone() {
+                            let out = Out::take(&mut outs[i]);
+                            outs[i] = out.isolated();
+                        }
+                        // Refused by the client itself: the record is too large.
+                        self.refused(outs, raws, i, &msg)?;
+                    }
+                    Err(e) => {
                         return Err(RouterError::Kafka {
                             brokers: self.kafka.brokers.clone(),
                             what: "produce",
-                            reason: format!("{topic}: {e}"),
+                            reason: e.to_string(),
                         })
                     }
                 }
@@ -553,6 +764,65 @@ impl Router {
         }
         producer.poll(Duration::ZERO);
         Ok(())
+    }
+
+    /// Queues one output (waiting while the queue is full).
+    fn send_one(
+        &self,
+        producer: &BaseProducer<Deliveries>,
+        out: &Out,
+        raws: &[Raw],
+        index: usize,
+    ) -> Result<(), KafkaError> {
+        let mut record: BaseRecord<'_, [u8], [u8], usize> = match out {
+            Out::Enriched {
+                partition, record, ..
+            } => BaseRecord::with_opaque_to(
+                &self.topics.changes_enriched,
+                producer.context().opaque(index),
+            )
+            .partition(*partition)
+            .key(&record.key[..])
+            .payload(&record.value[..]),
+            Out::Dlq {
+                raw,
+                code,
+                reason,
+                with_payload,
+                ..
+            } => {
+                let Some(raw) = raws.get(*raw) else {
+                    return Ok(());
+                };
+                let headers = pkgstream_runtime::dlq::headers(
+                    code,
+                    reason,
+                    self.raw_topic(raw.lane),
+                    raw.partition,
+                    raw.offset,
+                );
+                let mut r =
+                    BaseRecord::with_opaque_to(&self.topics.dlq, producer.context().opaque(index))
+                        .headers(headers);
+                if *with_payload {
+                    r = r.payload(&raw.payload[..]);
+                }
+                if let Some(k) = &raw.key {
+                    r = r.key(&k[..]);
+                }
+                r
+            }
+        };
+        loop {
+            match producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
     }
 
     /// The window of partition `p`: the ids already committed to enriched
@@ -632,21 +902,33 @@ impl Router {
         Ok(window)
     }
 
-    fn update_lag(&self, consumer: &BaseConsumer<RebalanceLog>) {
-        let Ok(positions) = consumer.position() else {
-            return;
+    /// Sets the lag gauge of every assigned raw partition from the group's
+    /// committed offsets (what a restart would resume from, so a router that
+    /// reads but cannot commit shows its lag); returns whether the broker
+    /// answered.
+    fn update_lag(&self, consumer: &BaseConsumer<RebalanceLog>) -> bool {
+        let Ok(assignment) = consumer.assignment() else {
+            return false;
         };
-        for e in positions.elements() {
-            if let (Offset::Offset(pos), Ok((_, high))) = (
-                e.offset(),
-                consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2)),
-            ) {
-                self.metrics
-                    .consumer_lag
-                    .with_label_values(&[e.topic(), &e.partition().to_string()])
-                    .set((high - pos).max(0));
-            }
+        let Ok(committed) = consumer.committed_offsets(assignment, Duration::from_secs(5)) else {
+            return false;
+        };
+        for e in committed.elements() {
+            let Ok((low, high)) =
+                consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
+            else {
+                return false;
+            };
+            let from = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => low,
+            };
+            self.metrics
+                .consumer_lag
+                .with_label_values(&[e.topic(), &e.partition().to_string()])
+                .set((high - from).max(0));
         }
+        true
     }
 }
 
@@ -700,10 +982,7 @@ fn start_host_sources(
                     match consumer.poll(Duration::from_millis(200)) {
                         Some(Ok(m)) => {
                             let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
-                            let value = match m.payload() {
-                                None | Some([]) => Ok(None),
-                                Some(v) => serde_json::from_slice::<HostMeta>(v).map(Some),
-                            };
+                            let value = HostMeta::from_topic_value(m.payload().unwrap_or_default());
                             match value {
                                 Ok(v) => {
                                     hosts.apply_topic_record(&key, v);

@@ -1,7 +1,8 @@
 //! The per-event work, free of I/O so it can be unit-tested and benched:
-//! decode and validate, look the host up, compute the flags, build the
-//! enriched bytes (copying the raw datum), and infer lost changes from
-//! inventory snapshots.
+//! decode and validate, bound the host's clock, look the host up, compute
+//! the flags, build the enriched bytes (copying the raw datum), and infer
+//! lost changes from inventory snapshots (staged until the caller commits,
+//! see [`Processor::commit`]).
 
 use std::borrow::Cow;
 
@@ -31,6 +32,47 @@ impl Lane {
         }
     }
 }
+
+/// One raw record as the router read it.
+#[derive(Clone, Copy, Debug)]
+pub struct RawEvent<'a> {
+    /// The raw topic it came from.
+    pub lane: Lane,
+    /// Its partition (the host's: raw topics are keyed by machine id).
+    pub partition: i32,
+    /// The record value.
+    pub bytes: &'a [u8],
+    /// The record's Kafka timestamp in microseconds, if it has one.
+    pub timestamp: Option<i64>,
+}
+
+/// Why a raw event cannot be routed: it goes to the DLQ with `code` (the
+/// `pkgstream.error.code` header) and `reason`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Poison {
+    /// Reason code: a `SchemaError::code()`, or `clock_ahead`.
+    pub code: &'static str,
+    /// What is wrong, for a human.
+    pub reason: String,
+}
+
+impl From<SchemaError> for Poison {
+    fn from(e: SchemaError) -> Poison {
+        Poison {
+            code: e.code(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Poison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.reason)
+    }
+}
+
+/// Default of [`Processor::with_max_clock_ahead`]: one hour.
+pub const DEFAULT_MAX_CLOCK_AHEAD_SECS: u64 = 3600;
 
 /// What an output record is, for metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +129,9 @@ pub struct Processor {
     inventory: InventoryTracker,
     /// Events of hosts in no host table since the last [`Processor::take_unknown`].
     unknown: u64,
+    /// How far an event's time may be ahead of its record's timestamp, in
+    /// microseconds.
+    max_ahead_micros: i64,
 }
 
 impl Processor {
@@ -98,21 +143,51 @@ impl Processor {
             encoder: Encoder::new(),
             inventory: InventoryTracker::default(),
             unknown: 0,
+            max_ahead_micros: (DEFAULT_MAX_CLOCK_AHEAD_SECS * 1_000_000) as i64,
         }
     }
 
-    /// Processes one raw event at `now` (microseconds): the enriched records
-    /// to produce, or the reason it is poison.
-    pub fn process(
-        &mut self,
-        lane: Lane,
-        bytes: &[u8],
+    /// Refuses events whose time is more than `secs` ahead of their record's
+    /// Kafka timestamp (or of `now`, where that is earlier: a record's
+    /// CreateTime is the host's own clock).
+    pub fn with_max_clock_ahead(mut self, secs: u64) -> Self {
+        self.max_ahead_micros = secs.saturating_mul(1_000_000).min(i64::MAX as u64) as i64;
+        self
+    }
+
+    /// Poison when `event_time` is too far ahead of the reference clock.
+    fn check_clock(
+        &self,
+        what: &str,
+        event_time: i64,
+        raw: &RawEvent<'_>,
         now: i64,
-    ) -> Result<Vec<Enriched>, SchemaError> {
-        match lane {
+    ) -> Result<(), Poison> {
+        let reference = raw.timestamp.map_or(now, |t| t.min(now));
+        let ahead = event_time.saturating_sub(reference);
+        if ahead > self.max_ahead_micros {
+            return Err(Poison {
+                code: "clock_ahead",
+                reason: format!(
+                    "{what} {event_time} µs is {} s ahead of the record's timestamp {reference} µs (the host's clock is wrong; router.max_clock_ahead_secs = {})",
+                    ahead / 1_000_000,
+                    self.max_ahead_micros / 1_000_000
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Processes one raw event at `now` (microseconds): the enriched records
+    /// to produce, or the reason it is poison. What it teaches the inventory
+    /// tracker is staged until [`Processor::commit`].
+    pub fn process(&mut self, raw: &RawEvent<'_>, now: i64) -> Result<Vec<Enriched>, Poison> {
+        let bytes = raw.bytes;
+        match raw.lane {
             Lane::Changes => {
                 let change = decode_change(bytes)?;
-                self.inventory.note_change(&change);
+                self.check_clock("event_time", change.event_time, raw, now)?;
+                self.inventory.note_change(raw.partition, &change);
                 let meta = self
                     .hosts
                     .get(&change.host.machine_id, &change.host.hostname);
@@ -152,6 +227,7 @@ impl Processor {
             }
             Lane::Inventory => {
                 let snapshot = decode_snapshot(bytes)?;
+                self.check_clock("taken_at", snapshot.taken_at, raw, now)?;
                 let meta = self
                     .hosts
                     .get(&snapshot.host.machine_id, &snapshot.host.hostname);
@@ -176,7 +252,7 @@ impl Processor {
                     key: key.clone(),
                     value,
                 });
-                for synthetic in self.inventory.snapshot(&snapshot) {
+                for synthetic in self.inventory.snapshot(raw.partition, &snapshot) {
                     let mut value = Vec::new();
                     let id = synthetic.event_id;
                     self.encoder.encode_enriched_change(
@@ -194,6 +270,28 @@ impl Processor {
                 Ok(out)
             }
         }
+    }
+
+    /// The transaction holding the outputs of everything processed since the
+    /// last commit or abort committed: the inventory state it implies holds.
+    pub fn commit(&mut self) {
+        self.inventory.commit();
+    }
+
+    /// That transaction aborted: its inventory state is forgotten, so the
+    /// same events processed again give the same outputs.
+    pub fn abort(&mut self) {
+        self.inventory.abort();
+    }
+
+    /// Keeps the inventory state of the raw partitions `keep` accepts.
+    pub fn retain_partitions(&mut self, keep: impl Fn(i32) -> bool) {
+        self.inventory.retain_partitions(keep);
+    }
+
+    /// Raw partitions with inventory state.
+    pub fn partitions(&self) -> Vec<i32> {
+        self.inventory.partitions()
     }
 
     /// Returns and resets the count of events from unknown hosts.
@@ -282,6 +380,67 @@ mod tests {
         (p, hosts)
     }
 
+    fn ev(lane: Lane, bytes: &[u8]) -> RawEvent<'_> {
+        RawEvent {
+            lane,
+            partition: 0,
+            bytes,
+            timestamp: None,
+        }
+    }
+
+    #[test]
+    fn events_too_far_ahead_of_the_record_timestamp_are_poison() {
+        let (p, _) = processor();
+        let mut p = p.with_max_clock_ahead(3600);
+        let mut c = sample::change(3);
+        let now = 1_800_000_000_000_000;
+        let record_time = now - 86_400_000_000;
+        c.event_time = record_time + 3_600_000_000;
+        let bytes = raw(&c);
+        let at = |timestamp| RawEvent {
+            timestamp,
+            ..ev(Lane::Changes, &bytes)
+        };
+        assert!(
+            p.process(&at(Some(record_time)), now).is_ok(),
+            "at the bound"
+        );
+        c.event_time += 1;
+        let bytes = raw(&c);
+        let at = |timestamp| RawEvent {
+            timestamp,
+            ..ev(Lane::Changes, &bytes)
+        };
+        let e = p.process(&at(Some(record_time)), now).unwrap_err();
+        assert_eq!(e.code, "clock_ahead");
+        assert!(e.reason.contains("3600 s ahead"), "{}", e.reason);
+        assert!(p.process(&at(None), now).is_ok(), "no timestamp: now");
+        // A CreateTime as far ahead as the event does not excuse it.
+        c.event_time = now + 10 * 365 * 86_400_000_000;
+        let bytes = raw(&c);
+        let e = p
+            .process(
+                &RawEvent {
+                    timestamp: Some(c.event_time),
+                    ..ev(Lane::Changes, &bytes)
+                },
+                now,
+            )
+            .unwrap_err();
+        assert_eq!(e.code, "clock_ahead");
+        let mut s = sample::snapshot(2, 2);
+        s.taken_at = now + 7_200_000_000;
+        let mut bytes = Vec::new();
+        Encoder::new().encode_snapshot(&s, &mut bytes).unwrap();
+        assert_eq!(
+            p.process(&ev(Lane::Inventory, &bytes), now)
+                .unwrap_err()
+                .code,
+            "clock_ahead"
+        );
+    }
+
     fn raw(c: &PackageChange<'_>) -> Vec<u8> {
         let mut out = Vec::new();
         Encoder::new().encode_change(c, &mut out).unwrap();
@@ -303,7 +462,7 @@ mod tests {
             }),
         );
         let out = p
-            .process(Lane::Changes, &raw(&c), 1_800_000_000_000_000)
+            .process(&ev(Lane::Changes, &raw(&c)), 1_800_000_000_000_000)
             .unwrap();
         assert_eq!(out.len(), 1);
         let e = decode_enriched_change(&out[0].value).unwrap();
@@ -336,7 +495,7 @@ mod tests {
         c.transaction.history_id = None;
         c.transaction.command_line = None;
         let out = p
-            .process(Lane::Changes, &raw(&c), 1_800_000_000_000_000)
+            .process(&ev(Lane::Changes, &raw(&c)), 1_800_000_000_000_000)
             .unwrap();
         let (_, e) = decode_enriched_change(&out[0].value).unwrap().into_parts();
         assert_eq!(
@@ -356,9 +515,9 @@ mod tests {
     fn poison_is_an_error_with_its_reason() {
         let (mut p, _) = processor();
         assert_eq!(
-            p.process(Lane::Changes, b"garbage-garbage", 1)
+            p.process(&ev(Lane::Changes, b"garbage-garbage"), 1)
                 .unwrap_err()
-                .code(),
+                .code,
             "wrong_magic"
         );
         let mut snap = Vec::new();
@@ -366,7 +525,7 @@ mod tests {
             .encode_snapshot(&sample::snapshot(1, 2), &mut snap)
             .unwrap();
         assert_eq!(
-            p.process(Lane::Changes, &snap, 1).unwrap_err().code(),
+            p.process(&ev(Lane::Changes, &snap), 1).unwrap_err().code,
             "wrong_kind"
         );
     }
@@ -380,7 +539,9 @@ mod tests {
             Encoder::new().encode_snapshot(s, &mut out).unwrap();
             out
         };
-        let first = p.process(Lane::Inventory, &enc(&s), 5).unwrap();
+        let first = p
+            .process(&ev(Lane::Inventory, &enc(&s)), 1_800_000_000_000_000)
+            .unwrap();
         assert_eq!(first.len(), 1);
         assert_eq!(
             decode_enriched_snapshot(&first[0].value)
@@ -392,7 +553,9 @@ mod tests {
         s.taken_at += 86_400_000_000;
         s.snapshot_id = pkgstream_schemas::snapshot_id(&s.host.machine_id, s.taken_at);
         s.packages[1].release = Cow::Borrowed("99.el9");
-        let second = p.process(Lane::Inventory, &enc(&s), 6).unwrap();
+        let second = p
+            .process(&ev(Lane::Inventory, &enc(&s)), 1_800_000_000_000_001)
+            .unwrap();
         assert_eq!(
             second.iter().map(|o| o.kind).collect::<Vec<_>>(),
             [OutKind::Snapshot, OutKind::Synthetic]
