@@ -15,8 +15,10 @@
 //! - [`hosts`]: the host table (CSV file + compacted topic) and maintenance windows;
 //! - [`dedupe`]: the bounded dedupe window;
 //! - [`inventory`]: lost changes inferred from consecutive snapshots;
+//! - [`chunks`]: chunked snapshots reassembled for `inventory`;
 //! - [`config`], [`metrics`], and [`RouterError`].
 
+pub mod chunks;
 pub mod config;
 pub mod dedupe;
 pub mod hosts;
