@@ -38,8 +38,13 @@ pub const SCRIPT_HOST: &str = "pkgstream-host";
 /// sink wrote with another key); creates nothing.
 pub const SCRIPT_PACKAGE_SORT_KEY: &str = "pkgstream-package-sort-key";
 
+/// Stored script: mark a package document as confirmed by a chunked
+/// snapshot (`pkgstream.snapshot_id`, and its sort key) if it still holds
+/// the snapshot's version and no newer event; creates nothing.
+pub const SCRIPT_PACKAGE_MARK: &str = "pkgstream-package-mark";
+
 /// The stored scripts (id, painless source), installed at start-up.
-pub const SCRIPTS: [(&str, &str); 4] = [
+pub const SCRIPTS: [(&str, &str); 5] = [
     (
         SCRIPT_PACKAGE_UPSERT,
         "if (ctx._source.event_time_us != null && ctx._source.event_time_us > params.d.event_time_us) { ctx.op = 'none' } \
@@ -61,6 +66,11 @@ pub const SCRIPTS: [(&str, &str); 4] = [
         SCRIPT_PACKAGE_SORT_KEY,
         "if (ctx._source.package == null || ctx._source.package.evr != params.evr || ctx._source.package.evr_sort == params.key) { ctx.op = 'none' } \
          else { ctx._source.package.evr_sort = params.key }",
+    ),
+    (
+        SCRIPT_PACKAGE_MARK,
+        "if (ctx._source.package == null || ctx._source.package.evr != params.evr || ctx._source.event_time_us == null || ctx._source.event_time_us > params.t) { ctx.op = 'none' } \
+         else { if (ctx._source.pkgstream == null) { ctx._source.pkgstream = [:] } ctx._source.pkgstream.snapshot_id = params.s; ctx._source.package.evr_sort = params.key }",
     ),
 ];
 
@@ -380,6 +390,8 @@ struct EnrichmentDoc<'a> {
     source: Option<&'static str>,
     action: Option<&'static str>,
     event_id: Option<&'a str>,
+    /// The whole snapshot a package document was written or confirmed by.
+    snapshot_id: Option<&'a str>,
     change: Option<&'a EnrichedChange<'a>>,
 }
 
@@ -404,6 +416,9 @@ impl Serialize for EnrichmentDoc<'_> {
         }
         if let Some(id) = self.event_id {
             m.serialize_entry("event_id", id)?;
+        }
+        if let Some(id) = self.snapshot_id {
+            m.serialize_entry("snapshot_id", id)?;
         }
         if let Some(c) = self.change {
             #[derive(serde::Serialize)]
@@ -555,6 +570,7 @@ impl Serialize for ChangeDoc<'_> {
                 source: Some(source_name(c.source)),
                 action: None,
                 event_id: None,
+                snapshot_id: None,
                 change: Some(c),
             },
         )?;
@@ -571,6 +587,7 @@ struct PackageStateDoc<'a> {
     source: &'static str,
     action: &'static str,
     event_id: &'a str,
+    snapshot_id: Option<&'a str>,
 }
 
 impl Serialize for PackageStateDoc<'_> {
@@ -587,6 +604,7 @@ impl Serialize for PackageStateDoc<'_> {
                 source: Some(self.source),
                 action: Some(self.action),
                 event_id: Some(self.event_id),
+                snapshot_id: self.snapshot_id,
                 change: None,
             },
         )?;
@@ -596,7 +614,7 @@ impl Serialize for PackageStateDoc<'_> {
 
 /// Appends the upsert of one package-state document.
 #[allow(clippy::too_many_arguments)]
-fn package_upsert(
+pub(crate) fn package_upsert(
     out: &mut Vec<u8>,
     idx: &Indices,
     host: &Host<'_>,
@@ -606,6 +624,7 @@ fn package_upsert(
     source: &'static str,
     action: &'static str,
     event_id: &str,
+    snapshot_id: Option<&str>,
 ) {
     action_line(
         out,
@@ -631,6 +650,7 @@ fn package_upsert(
                     source,
                     action,
                     event_id,
+                    snapshot_id,
                 },
             },
         },
@@ -695,6 +715,7 @@ pub fn host_update(
                     source: None,
                     action: None,
                     event_id: None,
+                    snapshot_id: None,
                     change: None,
                 },
                 snap,
@@ -728,6 +749,7 @@ pub fn change_items(out: &mut Vec<u8>, idx: &Indices, c: &EnrichedChange<'_>) ->
             source_name(c.source),
             action_name(c.action),
             &id,
+            None,
         );
     }
     [ItemKind::Change, ItemKind::Package]
@@ -760,7 +782,7 @@ pub fn snapshot_state<'a>(s: &'a EnrichedSnapshot<'a>) -> BTreeMap<String, &'a P
 }
 
 /// What the index holds for one package document of a host.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IndexedPackage {
     /// `E:V-R`.
     pub evr: String,
@@ -768,6 +790,9 @@ pub struct IndexedPackage {
     pub evr_sort: String,
     /// Event time (µs) of the event that wrote it.
     pub event_time_us: i64,
+    /// `pkgstream.snapshot_id`: the snapshot that wrote or last confirmed
+    /// it (empty when none).
+    pub snapshot_id: String,
 }
 
 /// Reconciles a host's indexed packages with its snapshot: appends upserts
@@ -805,6 +830,7 @@ pub fn snapshot_items(
                 "inventory",
                 "snapshot",
                 &id,
+                Some(&id),
             );
             items += 1;
         } else if let Some(ix) = indexed.get(key) {
@@ -827,6 +853,39 @@ pub fn snapshot_items(
     };
     host_update(out, idx, &s.host, &s.enrichment, s.taken_at, Some(facts));
     (items + refreshed, facts)
+}
+
+/// Appends the guarded mark of a package document as confirmed by the
+/// chunked snapshot `snapshot` (taken at `t`), which also rewrites its sort
+/// key ([`SCRIPT_PACKAGE_MARK`]).
+pub(crate) fn package_mark(
+    out: &mut Vec<u8>,
+    idx: &Indices,
+    key: &str,
+    p: &Package<'_>,
+    t: i64,
+    snapshot: &str,
+) {
+    action_line(out, "update", idx.packages(), key, true);
+    #[derive(serde::Serialize)]
+    struct P<'a> {
+        evr: &'a str,
+        key: &'a str,
+        t: i64,
+        s: &'a str,
+    }
+    body_line(
+        out,
+        &ScriptedUpsert {
+            id: SCRIPT_PACKAGE_MARK,
+            params: P {
+                evr: &evr(p),
+                key: &evr_sort(p),
+                t,
+                s: snapshot,
+            },
+        },
+    );
 }
 
 /// Appends the guarded rewrite of a package document's sort key.
@@ -1073,6 +1132,7 @@ mod tests {
                 evr: state[0].1.clone(),
                 evr_sort: state[0].2.clone(),
                 event_time_us: t - 1,
+                ..Default::default()
             },
         );
         // Other version, older: upsert.
@@ -1082,6 +1142,7 @@ mod tests {
                 evr: "0:9-9".into(),
                 evr_sort: String::new(),
                 event_time_us: t - 1,
+                ..Default::default()
             },
         );
         // Missing: state[2] is upserted.
@@ -1092,6 +1153,7 @@ mod tests {
                 evr: "0:1-1".into(),
                 evr_sort: String::new(),
                 event_time_us: t - 1,
+                ..Default::default()
             },
         );
         indexed.insert(
@@ -1100,6 +1162,7 @@ mod tests {
                 evr: "0:1-1".into(),
                 evr_sort: String::new(),
                 event_time_us: t + 1,
+                ..Default::default()
             },
         );
         let mut out = Vec::new();
@@ -1141,6 +1204,7 @@ mod tests {
                     evr: state[1].1.clone(),
                     evr_sort: state[1].2.clone(),
                     event_time_us: t - 1,
+                    ..Default::default()
                 },
             ),
         ]);
