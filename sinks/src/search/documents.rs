@@ -38,13 +38,8 @@ pub const SCRIPT_HOST: &str = "pkgstream-host";
 /// sink wrote with another key); creates nothing.
 pub const SCRIPT_PACKAGE_SORT_KEY: &str = "pkgstream-package-sort-key";
 
-/// Stored script: mark a package document as confirmed by a chunked
-/// snapshot (`pkgstream.snapshot_id`, and its sort key) if it still holds
-/// the snapshot's version and no newer event; creates nothing.
-pub const SCRIPT_PACKAGE_MARK: &str = "pkgstream-package-mark";
-
 /// The stored scripts (id, painless source), installed at start-up.
-pub const SCRIPTS: [(&str, &str); 5] = [
+pub const SCRIPTS: [(&str, &str); 4] = [
     (
         SCRIPT_PACKAGE_UPSERT,
         "if (ctx._source.event_time_us != null && ctx._source.event_time_us > params.d.event_time_us) { ctx.op = 'none' } \
@@ -66,11 +61,6 @@ pub const SCRIPTS: [(&str, &str); 5] = [
         SCRIPT_PACKAGE_SORT_KEY,
         "if (ctx._source.package == null || ctx._source.package.evr != params.evr || ctx._source.package.evr_sort == params.key) { ctx.op = 'none' } \
          else { ctx._source.package.evr_sort = params.key }",
-    ),
-    (
-        SCRIPT_PACKAGE_MARK,
-        "if (ctx._source.package == null || ctx._source.package.evr != params.evr || ctx._source.event_time_us == null || ctx._source.event_time_us > params.t) { ctx.op = 'none' } \
-         else { if (ctx._source.pkgstream == null) { ctx._source.pkgstream = [:] } ctx._source.pkgstream.snapshot_id = params.s; ctx._source.package.evr_sort = params.key }",
     ),
 ];
 
@@ -790,9 +780,6 @@ pub struct IndexedPackage {
     pub evr_sort: String,
     /// Event time (µs) of the event that wrote it.
     pub event_time_us: i64,
-    /// `pkgstream.snapshot_id`: the snapshot that wrote or last confirmed
-    /// it (empty when none).
-    pub snapshot_id: String,
 }
 
 /// Reconciles a host's indexed packages with its snapshot: appends upserts
@@ -855,41 +842,8 @@ pub fn snapshot_items(
     (items + refreshed, facts)
 }
 
-/// Appends the guarded mark of a package document as confirmed by the
-/// chunked snapshot `snapshot` (taken at `t`), which also rewrites its sort
-/// key ([`SCRIPT_PACKAGE_MARK`]).
-pub(crate) fn package_mark(
-    out: &mut Vec<u8>,
-    idx: &Indices,
-    key: &str,
-    p: &Package<'_>,
-    t: i64,
-    snapshot: &str,
-) {
-    action_line(out, "update", idx.packages(), key, true);
-    #[derive(serde::Serialize)]
-    struct P<'a> {
-        evr: &'a str,
-        key: &'a str,
-        t: i64,
-        s: &'a str,
-    }
-    body_line(
-        out,
-        &ScriptedUpsert {
-            id: SCRIPT_PACKAGE_MARK,
-            params: P {
-                evr: &evr(p),
-                key: &evr_sort(p),
-                t,
-                s: snapshot,
-            },
-        },
-    );
-}
-
 /// Appends the guarded rewrite of a package document's sort key.
-fn sort_key_update(out: &mut Vec<u8>, idx: &Indices, key: &str, evr: &str, sort: &str) {
+pub(crate) fn sort_key_update(out: &mut Vec<u8>, idx: &Indices, key: &str, evr: &str, sort: &str) {
     action_line(out, "update", idx.packages(), key, true);
     #[derive(serde::Serialize)]
     struct P<'a> {
@@ -1132,7 +1086,6 @@ mod tests {
                 evr: state[0].1.clone(),
                 evr_sort: state[0].2.clone(),
                 event_time_us: t - 1,
-                ..Default::default()
             },
         );
         // Other version, older: upsert.
@@ -1142,7 +1095,6 @@ mod tests {
                 evr: "0:9-9".into(),
                 evr_sort: String::new(),
                 event_time_us: t - 1,
-                ..Default::default()
             },
         );
         // Missing: state[2] is upserted.
@@ -1153,7 +1105,6 @@ mod tests {
                 evr: "0:1-1".into(),
                 evr_sort: String::new(),
                 event_time_us: t - 1,
-                ..Default::default()
             },
         );
         indexed.insert(
@@ -1162,7 +1113,6 @@ mod tests {
                 evr: "0:1-1".into(),
                 evr_sort: String::new(),
                 event_time_us: t + 1,
-                ..Default::default()
             },
         );
         let mut out = Vec::new();
@@ -1204,7 +1154,6 @@ mod tests {
                     evr: state[1].1.clone(),
                     evr_sort: state[1].2.clone(),
                     event_time_us: t - 1,
-                    ..Default::default()
                 },
             ),
         ]);

@@ -288,7 +288,15 @@ impl Lane {
                         .chunks
                         .step(&s.host.machine_id, chunk, indexed.is_empty());
                     let start = self.batch.body.len();
-                    let r = chunk_items(&mut self.batch.body, &self.idx, &s, chunk, &indexed, step);
+                    let r = chunk_items(
+                        &mut self.batch.body,
+                        &self.idx,
+                        &s,
+                        chunk,
+                        &indexed,
+                        step,
+                        self.chunks.earlier_ids(&s.host.machine_id),
+                    );
                     let mut kinds = vec![ItemKind::Package; r.packages];
                     if let Some(facts) = r.facts {
                         kinds.push(ItemKind::Host);
@@ -300,7 +308,8 @@ impl Lane {
                         }
                     }
                     self.batch.note_items(start, &kinds, i);
-                    self.chunks.applied(&s.host.machine_id, chunk, r.drift);
+                    self.chunks
+                        .applied(&s.host.machine_id, chunk, r.ids, r.drift);
                     if chunk.is_last() {
                         Ok(())
                     } else {
@@ -352,7 +361,7 @@ impl Lane {
                         {"ids": {"values": ids}}
                     ]}}),
                 },
-                "_source": ["package.evr", "package.evr_sort", "event_time_us", "pkgstream.snapshot_id"],
+                "_source": ["package.evr", "package.evr_sort", "event_time_us"],
                 "sort": [{"package.name": "asc"}, {"package.architecture": "asc"}]
             });
             if let Some(a) = &after {
@@ -379,10 +388,6 @@ impl Lane {
                                 .unwrap_or_default()
                                 .to_owned(),
                             event_time_us: t,
-                            snapshot_id: h["_source"]["pkgstream"]["snapshot_id"]
-                                .as_str()
-                                .unwrap_or_default()
-                                .to_owned(),
                         },
                     );
                 }
