@@ -264,7 +264,7 @@ impl Processor {
                     None => self.inventory.snapshot(raw.partition, &snapshot),
                     Some(chunk) => match self.chunks.add(raw.partition, &snapshot, chunk) {
                         Ok(whole) => self.inventory.snapshot(raw.partition, &whole),
-                        Err(ChunkOutcome::Pending) => Vec::new(),
+                        Err(ChunkOutcome::Pending | ChunkOutcome::Ignored) => Vec::new(),
                         Err(ChunkOutcome::Dropped(why)) => {
                             warn!(partition = raw.partition, machine_id = %snapshot.host.machine_id, index = chunk.index, count = chunk.count, why, "snapshot chunk not assembled: that snapshot is not compared for lost changes");
                             Vec::new()

@@ -171,6 +171,11 @@ fn a_25000_package_host_is_chunked_and_reconciled_exactly_by_router_and_both_sin
     );
 
     phase("sinks started");
+    // Polling 25,000 documents would slow the engine the sink writes to:
+    // wait for the sink to say it is done, then compare once.
+    wait_for("the first snapshot reconciled", LIMIT, || {
+        search.metric("pkgstream_search_sink_snapshots_total") == 1.0
+    });
     wait_state(&sinks.packages(), &state_of(&first), LIMIT);
     phase("first state");
     let gauge = |p: &str, v: &str| {
@@ -199,6 +204,9 @@ fn a_25000_package_host_is_chunked_and_reconciled_exactly_by_router_and_both_sin
     phase("first gauges");
     record_and_flush(&emit, inventory_line(t0 + 300, &second));
     phase("second flushed");
+    wait_for("the second snapshot reconciled", LIMIT, || {
+        search.metric("pkgstream_search_sink_snapshots_total") == 2.0
+    });
     wait_state(&sinks.packages(), &state_of(&second), LIMIT);
     phase("second state");
     let enriched = read_all(
