@@ -125,8 +125,8 @@ fn chunk_bounds(packages: &[Package<'_>], budget: usize) -> Vec<std::ops::Range<
             continue;
         }
         // A group larger than a chunk on its own: split it by package.
-        for p in i..end {
-            let len = encoded_len(&packages[p]);
+        for (p, package) in packages.iter().enumerate().take(end).skip(i) {
+            let len = encoded_len(package);
             if used + len > budget && used > 0 {
                 bounds.push(start..p);
                 start = p;
