@@ -18,6 +18,10 @@
 //! - [`chunks`]: chunked snapshots reassembled for `inventory`;
 //! - [`config`], [`metrics`], and [`RouterError`].
 
+// `Instant::now() - d` panics where the clock started less than `d` ago
+// (a machine just booted, on platforms whose Instant cannot go below zero).
+#![deny(clippy::unchecked_time_subtraction)]
+
 pub mod chunks;
 pub mod config;
 pub mod dedupe;

@@ -45,6 +45,9 @@ use crate::output::{bounded_reason, is_too_large, Deliveries, Out, Raw, TooLarge
 use crate::process::{HostDefaults, Lane, Processor, RawEvent};
 use crate::RouterError;
 
+/// librdkafka's default `batch.size`, the most a record batch holds.
+const BATCH_BYTES: usize = 1_000_000;
+
 /// Timeout of the transaction calls that do not wait for deliveries.
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -192,26 +195,7 @@ impl Router {
         committed: &mut bool,
         shutdown: &Shutdown,
     ) -> Result<(), RouterError> {
-        let producer: BaseProducer<Deliveries> = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.brokers)
-            .set("transactional.id", &self.config.transactional_id)
-            .set("enable.idempotence", "true")
-            .set("compression.type", "zstd")
-            .set("linger.ms", "5")
-            .set(
-                "transaction.timeout.ms",
-                self.config.transaction_timeout_ms.to_string(),
-            )
-            // Right after a commit the broker answers the next transaction's
-            // first AddPartitionsToTxn with CONCURRENT_TRANSACTIONS until the
-            // markers are written; the default 100 ms retry backoff would
-            // then idle every transaction for 100 ms.
-            .set("retry.backoff.ms", "5")
-            .create_with_context(Deliveries::default())
-            .map_err(|e| RouterError::KafkaClient(e.to_string()))?;
-        producer
-            .init_transactions(TXN_CALL_TIMEOUT)
-            .map_err(self.kafka_err("init transactions"))?;
+        let mut producer = self.transactional_producer()?;
         let consumer: BaseConsumer<RebalanceLog> = ClientConfig::new()
             .set("bootstrap.servers", &self.kafka.brokers)
             .set("group.id", &self.config.group_id)
@@ -236,7 +220,9 @@ impl Router {
         // None: never (an Instant in the past may not exist on a machine up
         // for less than the interval).
         let mut last_lag: Option<Instant> = None;
-        let mut broker_answers = false;
+        // Total lag from the committed offsets at the last refresh (None:
+        // unknown, the broker did not answer or nothing is assigned).
+        let mut lag: Option<i64> = None;
         let mut generation = consumer.context().generation();
         while !shutdown.requested() {
             let batch = self.collect_batch(&consumer, shutdown, &mut generation)?;
@@ -245,16 +231,23 @@ impl Router {
                 // inventory state is kept only where it is still current.
                 windows.clear();
                 self.reconcile_inventory(&consumer, processor, known)?;
+                last_lag = None;
             }
             let batch = batch.messages;
             if last_lag.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                broker_answers = self.update_lag(&consumer);
+                lag = self.update_lag(&consumer);
                 last_lag = Some(Instant::now());
             }
             if batch.is_empty() {
-                // Idle: ready while assigned and the broker answers.
-                self.ready
-                    .set(broker_answers && consumer.assignment().is_ok_and(|a| a.count() > 0));
+                // Idle: not ready when the broker does not answer; ready
+                // when everything assigned is committed; else as the last
+                // transaction left it (a restart after a failure with a
+                // backlog stays not ready until it commits).
+                match lag {
+                    None if last_lag.is_some() => self.ready.set(false),
+                    Some(0) => self.ready.set(true),
+                    _ => {}
+                }
                 continue;
             }
             for p in batch.iter().map(|r| r.partition).collect::<HashSet<_>>() {
@@ -262,11 +255,62 @@ impl Router {
                     slot.insert(self.rebuild_window(p)?);
                 }
             }
-            self.transact(&producer, &consumer, processor, &mut windows, known, batch)?;
+            self.transact(
+                &mut producer,
+                &consumer,
+                processor,
+                &mut windows,
+                known,
+                batch,
+            )?;
             *committed = true;
             self.ready.set(true);
         }
         Ok(())
+    }
+
+    /// A transactional producer, initialized (which fences an earlier
+    /// producer of this transactional id and aborts its open transaction).
+    fn transactional_producer(&self) -> Result<BaseProducer<Deliveries>, RouterError> {
+        // A record batch must fit the smallest limit of the output topics: a
+        // broker refuses a whole batch above its topic's max.message.bytes,
+        // though each record in it fits. (librdkafka still sends a single
+        // record larger than batch.size, alone: only that one is refused.)
+        let limit = pkgstream_runtime::topics::max_message_bytes(
+            &self.kafka.brokers,
+            &[&self.topics.changes_enriched, &self.topics.dlq],
+        )
+        .unwrap_or_else(|e| {
+            debug!(error = %e, "topic limits unknown; records refused in a batch are sent again alone");
+            Vec::new()
+        })
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(BATCH_BYTES)
+        .min(BATCH_BYTES);
+        let producer: BaseProducer<Deliveries> = ClientConfig::new()
+            .set("batch.size", limit.max(1024).to_string())
+            .set("bootstrap.servers", &self.kafka.brokers)
+            .set("transactional.id", &self.config.transactional_id)
+            .set("enable.idempotence", "true")
+            .set("compression.type", "zstd")
+            .set("linger.ms", "5")
+            .set(
+                "transaction.timeout.ms",
+                self.config.transaction_timeout_ms.to_string(),
+            )
+            // Right after a commit the broker answers the next transaction's
+            // first AddPartitionsToTxn with CONCURRENT_TRANSACTIONS until the
+            // markers are written; the default 100 ms retry backoff would
+            // then idle every transaction for 100 ms.
+            .set("retry.backoff.ms", "5")
+            .create_with_context(Deliveries::default())
+            .map_err(|e| RouterError::KafkaClient(e.to_string()))?;
+        producer
+            .init_transactions(TXN_CALL_TIMEOUT)
+            .map_err(self.kafka_err("init transactions"))?;
+        Ok(producer)
     }
 
     fn txn_timeout(&self) -> Duration {
@@ -286,6 +330,12 @@ impl Router {
         let assignment = consumer
             .assignment()
             .map_err(self.kafka_err("assignment"))?;
+        if assignment.count() == 0 {
+            // Between a revoke and the next assignment nothing is processed:
+            // decide when the assignment is known (stale state is caught
+            // then by its offsets).
+            return Ok(());
+        }
         let committed = consumer
             .committed_offsets(assignment, TXN_CALL_TIMEOUT)
             .map_err(self.kafka_err("committed offsets"))?;
@@ -444,7 +494,7 @@ impl Router {
     /// new attempt instead.
     fn transact(
         &self,
-        producer: &BaseProducer<Deliveries>,
+        producer: &mut BaseProducer<Deliveries>,
         consumer: &BaseConsumer<RebalanceLog>,
         processor: &mut Processor,
         windows: &mut HashMap<i32, DedupeWindow>,
@@ -536,10 +586,18 @@ impl Router {
                     }
                     match attempt {
                         Attempt::Refused => {
+                            // A record the broker refused leaves a gap in the
+                            // idempotent producer's sequence numbers that the
+                            // abort does not close (the next attempt would
+                            // fail on OUT_OF_ORDER_SEQUENCE_NUMBER): a fresh
+                            // producer starts a new epoch.
                             debug!(
                                 attempts,
                                 "outputs refused as too large; trying again without them"
-                            )
+                            );
+                            *producer = self
+                                .transactional_producer()
+                                .inspect_err(|_| processor.abort())?;
                         }
                         Attempt::Failed(e) => {
                             processor.abort();
@@ -611,6 +669,13 @@ impl Router {
             .begin_transaction()
             .map_err(self.kafka_err("begin transaction"))?;
         self.produce_all(producer, outs, raws)?;
+        // Every delivery is known before the offsets go in: a refused
+        // record makes the transaction abortable, and the offsets would
+        // fail on it.
+        producer
+            .flush(self.txn_timeout())
+            .map_err(self.kafka_err("flush"))?;
+        self.check_deliveries(producer, outs, raws)?;
         let produced = started.elapsed();
         let mut tpl = TopicPartitionList::new();
         for ((lane, partition), offset) in offsets {
@@ -631,20 +696,14 @@ impl Router {
         producer
             .send_offsets_to_transaction(&tpl, &group, TXN_CALL_TIMEOUT)
             .map_err(self.kafka_err("send offsets to transaction"))?;
-        // Wait for the deliveries here: librdkafka's own flush inside
-        // commit_transaction sleeps in 100 ms steps on a BaseProducer.
-        producer
-            .flush(self.txn_timeout())
-            .map_err(self.kafka_err("flush"))?;
-        self.check_deliveries(producer, outs, raws)?;
         let offsets_sent = started.elapsed();
         producer
             .commit_transaction(self.txn_timeout())
             .map_err(self.kafka_err("commit transaction"))?;
         debug!(
             produce_ms = produced.as_millis() as u64,
-            offsets_ms = (offsets_sent - produced).as_millis() as u64,
-            commit_ms = (started.elapsed() - offsets_sent).as_millis() as u64,
+            offsets_ms = offsets_sent.saturating_sub(produced).as_millis() as u64,
+            commit_ms = started.elapsed().saturating_sub(offsets_sent).as_millis() as u64,
             "transaction phases"
         );
         Ok(())
@@ -663,14 +722,31 @@ impl Router {
         if failed.is_empty() {
             return Ok(());
         }
-        if let Some((_, e)) = failed.iter().find(|(_, e)| !is_too_large(e)) {
+        // A refused record makes the transaction abortable, and librdkafka
+        // then purges the records still queued: those are sent again as they
+        // are in the next attempt.
+        let (too_large, other): (Vec<_>, Vec<_>) =
+            failed.into_iter().partition(|(_, e)| is_too_large(e));
+        if too_large.is_empty() {
             return Err(Attempt::Failed(RouterError::Kafka {
                 brokers: self.kafka.brokers.clone(),
                 what: "deliver",
-                reason: format!("{} of the batch's records failed, e.g.: {e}", failed.len()),
+                reason: format!(
+                    "{} of the batch's records failed, e.g.: {}",
+                    other.len(),
+                    other
+                        .first()
+                        .map(|(_, e)| e.to_string())
+                        .unwrap_or_default()
+                ),
             }));
         }
-        for (i, e) in failed {
+        debug!(
+            refused = too_large.len(),
+            purged_or_failed = other.len(),
+            "records refused as too large"
+        );
+        for (i, e) in too_large {
             self.refused(outs, raws, i, &e.to_string())?;
         }
         Err(Attempt::Refused)
@@ -751,6 +827,17 @@ impl Router {
                         }
                         // Refused by the client itself: the record is too large.
                         self.refused(outs, raws, i, &msg)?;
+                    }
+                    // A delivery failed meanwhile (the transaction must be
+                    // aborted): stop here; the caller learns which record
+                    // failed from its delivery report.
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::State)) => {
+                        debug!(
+                            sent = i,
+                            of = outs.len(),
+                            "transaction failed while producing"
+                        );
+                        return Ok(());
                     }
                     Err(e) => {
                         return Err(RouterError::Kafka {
@@ -905,30 +992,35 @@ impl Router {
     /// Sets the lag gauge of every assigned raw partition from the group's
     /// committed offsets (what a restart would resume from, so a router that
     /// reads but cannot commit shows its lag); returns whether the broker
-    /// answered.
-    fn update_lag(&self, consumer: &BaseConsumer<RebalanceLog>) -> bool {
-        let Ok(assignment) = consumer.assignment() else {
-            return false;
-        };
-        let Ok(committed) = consumer.committed_offsets(assignment, Duration::from_secs(5)) else {
-            return false;
-        };
+    /// answered: the total lag, `None` when it did not or nothing is
+    /// assigned.
+    fn update_lag(&self, consumer: &BaseConsumer<RebalanceLog>) -> Option<i64> {
+        let assignment = consumer.assignment().ok()?;
+        if assignment.count() == 0 {
+            return None;
+        }
+        let committed = consumer
+            .committed_offsets(assignment, Duration::from_secs(5))
+            .ok()?;
+        let mut total = 0;
         for e in committed.elements() {
             let Ok((low, high)) =
                 consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
             else {
-                return false;
+                return None;
             };
             let from = match e.offset() {
                 Offset::Offset(o) => o,
                 _ => low,
             };
+            let lag = (high - from).max(0);
+            total += lag;
             self.metrics
                 .consumer_lag
                 .with_label_values(&[e.topic(), &e.partition().to_string()])
-                .set((high - from).max(0));
+                .set(lag);
         }
-        true
+        Some(total)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use tracing::{debug, info};
@@ -63,4 +63,40 @@ pub fn create_missing(brokers: &str, topics: &[TopicSpec<'_>]) -> Result<(), Run
         }
     }
     Ok(())
+}
+
+/// The largest record batch each of `topics` takes (its effective
+/// `max.message.bytes`), `None` for a topic whose config cannot be read
+/// (it does not exist, or the client may not describe it).
+pub fn max_message_bytes(
+    brokers: &str,
+    topics: &[&str],
+) -> Result<Vec<Option<usize>>, RuntimeError> {
+    let err = |reason: String| RuntimeError::Kafka {
+        brokers: brokers.to_owned(),
+        reason,
+    };
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| err(e.to_string()))?;
+    let specs: Vec<ResourceSpecifier<'_>> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| err(format!("cannot start a runtime to describe topics: {e}")))?;
+    let results = runtime
+        .block_on(admin.describe_configs(
+            &specs,
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+        ))
+        .map_err(|e| err(format!("describe topic configs: {e}")))?;
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            r.ok()
+                .and_then(|c| c.get("max.message.bytes")?.value.as_deref()?.parse().ok())
+        })
+        .collect())
 }

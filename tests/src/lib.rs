@@ -19,6 +19,7 @@ use rdkafka::ClientConfig;
 pub mod hooks;
 pub mod pipeline;
 pub mod router;
+pub mod secure;
 pub mod sinks;
 
 /// Bootstrap address of the test Kafka (`PKGSTREAM_TEST_KAFKA`, default
@@ -298,11 +299,263 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Waits up to `limit` for the process to exit on its own.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(s) = self.0.try_wait().expect("wait") {
+                return Some(s);
+            }
+            if started.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A TCP gate in front of a service: while open it forwards connections
+/// both ways (TLS passes through untouched), while closed it cuts every
+/// connection (those open included): the service "down" without stopping
+/// a service other tests share.
+pub struct Gate {
+    /// `host:port` to connect to instead of the service.
+    pub addr: String,
+    /// `http://` + `addr`.
+    pub url: String,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Gate {
+    /// A gate on a free local port forwarding to `upstream` (`host:port`).
+    pub fn to(upstream: &str, open: bool) -> Gate {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind gate");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let flag = std::sync::Arc::new(AtomicBool::new(open));
+        let (f, up) = (flag.clone(), upstream.to_owned());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !f.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&up) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ] {
+                    let (Ok(from), Ok(to)) = (from, to) else {
+                        continue;
+                    };
+                    let f = f.clone();
+                    std::thread::spawn(move || pipe(from, to, &f));
+                }
+            }
+        });
+        Gate {
+            url: format!("http://{addr}"),
+            addr,
+            open: flag,
+        }
+    }
+
+    /// Opens or closes the gate.
+    pub fn set(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either side ends or the gate closes.
+fn pipe(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    open: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = [0u8; 16 * 1024];
+    while open.load(std::sync::atomic::Ordering::SeqCst) {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
+    }
+}
+
+/// A broker of a test's own (free ports, own run dir), driven by the
+/// project's service script, so stopping, pausing or killing it disturbs no
+/// other test. Stopped (and resumed first, if paused) when dropped.
+pub struct PrivateKafka {
+    run_dir: tempfile::TempDir,
+    port: u16,
+    controller_port: u16,
+}
+
+impl Default for PrivateKafka {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PrivateKafka {
+    /// Not started yet: nothing listens on its port.
+    pub fn new() -> PrivateKafka {
+        PrivateKafka {
+            run_dir: tempfile::tempdir().expect("tempdir"),
+            port: router::free_port(),
+            controller_port: router::free_port(),
+        }
+    }
+
+    /// A started one.
+    pub fn started() -> PrivateKafka {
+        let k = PrivateKafka::new();
+        k.start();
+        k
+    }
+
+    /// Its bootstrap address.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn script(&self, action: &str) -> Output {
+        Command::new("bash")
+            .arg(hooks::repo_root().join("scripts/services.sh"))
+            .args([action, "kafka"])
+            .env("PKGSTREAM_RUN_DIR", self.run_dir.path())
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .output()
+            .expect("run services.sh")
+    }
+
+    /// Starts it (again: its data survives a kill) and waits until it answers.
+    pub fn start(&self) {
+        let out = self.script("start");
+        assert!(
+            out.status.success(),
+            "services.sh start kafka: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> String {
+        std::fs::read_to_string(self.run_dir.path().join("kafka/kafka.pid"))
+            .expect("broker pid file")
+            .trim()
+            .to_owned()
+    }
+
+    /// Sends `sig` (e.g. `-STOP`, `-CONT`) to the broker.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.pid()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig}");
+    }
+
+    /// Waits until the broker's group coordinator answers (a fresh broker
+    /// loads its offsets topic for seconds), for tests of something else.
+    pub fn wait_for_coordinator(&self, topic: &str) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", unique("coordinator-probe"))
+            .create()
+            .expect("consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(topic, 0);
+        let started = Instant::now();
+        while consumer
+            .committed_offsets(tpl.clone(), Duration::from_secs(5))
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "the group coordinator of {} does not answer",
+                self.brokers()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Kills the broker outright (SIGKILL), as a crash or a pulled cable
+    /// looks to its clients, and waits until its port is closed.
+    pub fn kill(&self) {
+        self.signal("-KILL");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(self.brokers()).is_ok() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "broker still answers"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        if self.run_dir.path().join("kafka/kafka.pid").exists() {
+            // A paused broker (a failed stall test) must run to stop.
+            let _ = Command::new("kill").args(["-CONT", &self.pid()]).status();
+        }
+        let _ = self.script("stop");
+    }
+}
+
+/// Sets topic-level configs of `topic` (e.g. `max.message.bytes`), as
+/// `kafka-configs --alter` would; waits until the broker applied them.
+pub fn set_topic_config(brokers: &str, topic: &str, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    for (k, v) in configs {
+        alter = alter.set(k, v);
+    }
+    let results = rt
+        .block_on(admin.alter_configs(
+            &[alter],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .expect("alter configs");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("cannot configure {t:?} on {brokers}: {e}"));
     }
 }
