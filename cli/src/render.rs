@@ -40,6 +40,10 @@ pub fn change(c: &PackageChange<'_>) -> Value {
 pub fn snapshot(s: &InventorySnapshot<'_>) -> Value {
     let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
     v["snapshot_id"] = s.snapshot_id.to_hex().into();
+    // A chunk names its whole snapshot: `chunk: {snapshot_id, index, count, package_count}`.
+    if let Some(c) = &s.chunk {
+        v["chunk"]["snapshot_id"] = c.snapshot_id.to_hex().into();
+    }
     times(&mut v, &["taken_at"]);
     if let Some(list) = v["packages"].as_array_mut() {
         list.iter_mut().for_each(package);
@@ -62,6 +66,7 @@ pub fn enriched_snapshot(e: pkgstream_schemas::EnrichedSnapshot<'_>) -> Value {
         taken_at: e.taken_at,
         host: e.host,
         packages: e.packages,
+        chunk: e.chunk,
     };
     let mut v = snapshot(&s);
     v["enrichment"] = enrichment_json(&e.enrichment);

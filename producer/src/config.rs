@@ -115,6 +115,13 @@ pub struct FlushConfig {
     /// Records read from the spool and sent per round.
     #[serde(default = "default_batch_events")]
     pub batch_events: usize,
+    /// Largest record an inventory snapshot is sent as, in bytes: a larger
+    /// snapshot is recorded as chunks of at most this size (see
+    /// `pkgstream_producer::chunk`). Keep it well under the broker's
+    /// `message.max.bytes` (1 MB by default): the router adds its
+    /// enrichment to every chunk. At least 16384.
+    #[serde(default = "default_snapshot_chunk_bytes")]
+    pub snapshot_chunk_bytes: usize,
 }
 
 /// `[host]`: where the host identity comes from (overridable for tests and
@@ -162,6 +169,9 @@ fn default_flush_timeout_secs() -> u64 {
 }
 fn default_batch_events() -> usize {
     10_000
+}
+fn default_snapshot_chunk_bytes() -> usize {
+    crate::chunk::DEFAULT_CHUNK_BYTES
 }
 fn default_machine_id_file() -> PathBuf {
     "/etc/machine-id".into()
@@ -294,6 +304,13 @@ impl EmitConfig {
         }
         if self.flush.timeout_secs == 0 || self.flush.batch_events == 0 {
             return bad("flush.timeout_secs and flush.batch_events must be positive".into());
+        }
+        if self.flush.snapshot_chunk_bytes < crate::chunk::MIN_CHUNK_BYTES {
+            return bad(format!(
+                "flush.snapshot_chunk_bytes ({}) must be at least {}",
+                self.flush.snapshot_chunk_bytes,
+                crate::chunk::MIN_CHUNK_BYTES
+            ));
         }
         Ok(())
     }

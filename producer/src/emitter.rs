@@ -198,7 +198,8 @@ struct Recorder<'a> {
     local_host: Option<Result<Host<'static>, String>>,
     change_buf: Vec<u8>,
     changes: Vec<(Vec<u8>, std::ops::Range<usize>)>,
-    snapshots: Vec<(usize, Vec<u8>, Vec<u8>)>,
+    /// Line, key and the snapshot's records (one, or its chunks in order).
+    snapshots: Vec<(usize, Vec<u8>, Vec<Vec<u8>>)>,
     report: RecordReport,
 }
 
@@ -255,12 +256,21 @@ impl<'a> Recorder<'a> {
             }
             HookEvent::Inventory(s) => {
                 let snapshot = s.into_snapshot(local);
-                let mut buf = Vec::new();
-                self.encoder
-                    .encode_snapshot(&snapshot, &mut buf)
-                    .map_err(|e| e.to_string())?;
-                self.snapshots
-                    .push((line_no, snapshot.host.machine_id.as_bytes().to_vec(), buf));
+                let key = snapshot.host.machine_id.as_bytes().to_vec();
+                let records = crate::chunk::encode_snapshot(
+                    &mut self.encoder,
+                    snapshot,
+                    self.cfg.flush.snapshot_chunk_bytes,
+                )
+                .map_err(|e| e.to_string())?;
+                if records.len() > 1 {
+                    info!(
+                        chunks = records.len(),
+                        bytes = records.iter().map(Vec::len).sum::<usize>(),
+                        "snapshot larger than flush.snapshot_chunk_bytes: recorded as chunks"
+                    );
+                }
+                self.snapshots.push((line_no, key, records));
             }
         }
         for note in adjusted.notes {
@@ -276,7 +286,9 @@ impl<'a> Recorder<'a> {
     }
 
     /// Appends what was added: the changes in one append, each snapshot in
-    /// its own. A snapshot the spool cannot take is rejected, not fatal.
+    /// its own (all its chunks in one segment, so they ship in order and
+    /// are evicted together). A snapshot the spool cannot take is
+    /// rejected, not fatal.
     fn commit(mut self, spool: &Spool) -> Result<RecordReport, ProducerError> {
         let entries: Vec<(&[u8], &[u8])> = self
             .changes
@@ -290,8 +302,12 @@ impl<'a> Recorder<'a> {
         };
         note(spool.append(Lane::Changes, &entries)?);
         report.changes = entries.len();
-        for (line, key, value) in &self.snapshots {
-            match spool.append(Lane::Inventory, &[(key, value)]) {
+        for (line, key, records) in &self.snapshots {
+            let entries: Vec<(&[u8], &[u8])> = records
+                .iter()
+                .map(|r| (key.as_slice(), r.as_slice()))
+                .collect();
+            match spool.append(Lane::Inventory, &entries) {
                 Ok(r) => {
                     note(r);
                     report.snapshots += 1;
@@ -311,7 +327,8 @@ impl<'a> Recorder<'a> {
 pub struct FlushReport {
     /// Change events acknowledged by Kafka.
     pub changes: u64,
-    /// Inventory snapshots acknowledged by Kafka.
+    /// Inventory records acknowledged by Kafka (whole snapshots, or chunks
+    /// of one).
     pub snapshots: u64,
     /// Corrupt spool bytes skipped.
     pub corrupt_bytes: u64,

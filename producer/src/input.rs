@@ -436,6 +436,7 @@ impl InventoryInput {
             taken_at,
             host,
             packages: self.packages.into_iter().map(to_package).collect(),
+            chunk: None,
         }
     }
 }

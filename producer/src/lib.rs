@@ -13,10 +13,12 @@
 //! - [`input`]: the NDJSON hook format;
 //! - [`limits`]: the size limits `record` applies to hook input;
 //! - [`inventory`]: the rpmdb as one snapshot (`pkgstream-emit inventory`);
+//! - [`chunk`]: a snapshot too large for one Kafka record, as chunks;
 //! - [`spool`]: the crash-safe append-only queue;
 //! - [`emitter`]: `record` and `flush`;
 //! - [`ProducerError`]: the one error type, with an exit code per variant.
 
+pub mod chunk;
 pub mod config;
 pub mod emitter;
 mod error;

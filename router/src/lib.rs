@@ -15,12 +15,14 @@
 //! - [`hosts`]: the host table (CSV file + compacted topic) and maintenance windows;
 //! - [`dedupe`]: the bounded dedupe window;
 //! - [`inventory`]: lost changes inferred from consecutive snapshots;
+//! - [`chunks`]: chunked snapshots reassembled for `inventory`;
 //! - [`config`], [`metrics`], and [`RouterError`].
 
 // `Instant::now() - d` panics where the clock started less than `d` ago
 // (a machine just booted, on platforms whose Instant cannot go below zero).
 #![deny(clippy::unchecked_time_subtraction)]
 
+pub mod chunks;
 pub mod config;
 pub mod dedupe;
 pub mod hosts;

@@ -12,6 +12,9 @@ use pkgstream_schemas::{
 };
 
 use crate::hosts::{HostMeta, HostTable};
+use tracing::warn;
+
+use crate::chunks::{ChunkAssembler, ChunkOutcome};
 use crate::inventory::InventoryTracker;
 
 /// Which raw topic an event came from.
@@ -127,6 +130,8 @@ pub struct Processor {
     defaults: HostDefaults,
     encoder: Encoder,
     inventory: InventoryTracker,
+    /// Chunked snapshots on their way to `inventory`.
+    chunks: ChunkAssembler,
     /// Events of hosts in no host table since the last [`Processor::take_unknown`].
     unknown: u64,
     /// How far an event's time may be ahead of its record's timestamp, in
@@ -142,6 +147,7 @@ impl Processor {
             defaults,
             encoder: Encoder::new(),
             inventory: InventoryTracker::default(),
+            chunks: ChunkAssembler::default(),
             unknown: 0,
             max_ahead_micros: (DEFAULT_MAX_CLOCK_AHEAD_SECS * 1_000_000) as i64,
         }
@@ -252,7 +258,20 @@ impl Processor {
                     key: key.clone(),
                     value,
                 });
-                for synthetic in self.inventory.snapshot(raw.partition, &snapshot) {
+                // A chunk is forwarded as it is; the tracker compares whole
+                // snapshots, assembled from their chunks (see `chunks`).
+                let synthetics = match snapshot.chunk {
+                    None => self.inventory.snapshot(raw.partition, &snapshot),
+                    Some(chunk) => match self.chunks.add(raw.partition, &snapshot, chunk) {
+                        Ok(whole) => self.inventory.snapshot(raw.partition, &whole),
+                        Err(ChunkOutcome::Pending | ChunkOutcome::Ignored) => Vec::new(),
+                        Err(ChunkOutcome::Dropped(why)) => {
+                            warn!(partition = raw.partition, machine_id = %snapshot.host.machine_id, index = chunk.index, count = chunk.count, why, "snapshot chunk not assembled: that snapshot is not compared for lost changes");
+                            Vec::new()
+                        }
+                    },
+                };
+                for synthetic in synthetics {
                     let mut value = Vec::new();
                     let id = synthetic.event_id;
                     self.encoder.encode_enriched_change(
@@ -276,16 +295,19 @@ impl Processor {
     /// last commit or abort committed: the inventory state it implies holds.
     pub fn commit(&mut self) {
         self.inventory.commit();
+        self.chunks.commit();
     }
 
     /// That transaction aborted: its inventory state is forgotten, so the
     /// same events processed again give the same outputs.
     pub fn abort(&mut self) {
         self.inventory.abort();
+        self.chunks.abort();
     }
 
     /// Keeps the inventory state of the raw partitions `keep` accepts.
     pub fn retain_partitions(&mut self, keep: impl Fn(i32) -> bool) {
+        self.chunks.retain_partitions(&keep);
         self.inventory.retain_partitions(keep);
     }
 

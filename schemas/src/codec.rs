@@ -113,6 +113,16 @@ pub const SHIPPED: &[(Kind, u32, &str)] = &[
         1,
         include_str!("../avro/EnrichedSnapshot/v1.avsc"),
     ),
+    (
+        Kind::InventorySnapshot,
+        2,
+        include_str!("../avro/InventorySnapshot/v2.avsc"),
+    ),
+    (
+        Kind::EnrichedSnapshot,
+        2,
+        include_str!("../avro/EnrichedSnapshot/v2.avsc"),
+    ),
 ];
 
 /// Upper bound on any array length in a decoded datum (an inventory of a
@@ -589,6 +599,77 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_chunk_round_trips_and_v1_snapshots_read_as_whole_ones() {
+        let mut s = sample::snapshot(5, 4);
+        let whole = s.snapshot_id;
+        s.snapshot_id = crate::chunk_id(&whole, 1);
+        s.chunk = Some(crate::SnapshotChunk {
+            snapshot_id: whole,
+            index: 1,
+            count: 3,
+            package_count: 10,
+        });
+        let mut enc = Encoder::new();
+        let mut out = Vec::new();
+        enc.encode_snapshot(&s, &mut out).unwrap();
+        let back = decode_snapshot(&out).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.whole_id(), whole);
+        let mut enriched = Vec::new();
+        assert!(enc
+            .append_enrichment(&out, &sample::enrichment(5), &mut enriched)
+            .unwrap());
+        let e = decode_enriched_snapshot(&enriched).unwrap();
+        assert_eq!(e.chunk, s.chunk);
+        assert_eq!(e.whole_id(), whole);
+
+        // A v1 record (written before chunks existed) is a whole snapshot.
+        let v1 = Registry::get()
+            .versions()
+            .iter()
+            .find(|v| v.kind == Kind::InventorySnapshot && v.version == 1)
+            .unwrap();
+        let plain = sample::snapshot(5, 4);
+        let mut old = vec![0xC3, 0x01];
+        old.extend_from_slice(&v1.fingerprint);
+        #[derive(serde::Serialize)]
+        struct V1<'a> {
+            snapshot_id: crate::EventId,
+            taken_at: i64,
+            host: &'a crate::Host<'a>,
+            packages: &'a [crate::Package<'a>],
+        }
+        serde_avro_fast::to_datum(
+            &V1 {
+                snapshot_id: plain.snapshot_id,
+                taken_at: plain.taken_at,
+                host: &plain.host,
+                packages: &plain.packages,
+            },
+            &mut old,
+            &mut SerializerConfig::new(&v1.schema),
+        )
+        .unwrap();
+        assert_eq!(decode_snapshot(&old).unwrap(), plain);
+
+        // Impossible chunk positions are refused, naming the field.
+        for (index, count, field) in [
+            (3, 3, "chunk.index"),
+            (0, 0, "chunk.count"),
+            (-1, 2, "chunk.index"),
+        ] {
+            let mut bad = s.clone();
+            bad.chunk = Some(crate::SnapshotChunk {
+                index,
+                count,
+                ..s.chunk.unwrap()
+            });
+            let e = enc.encode_snapshot(&bad, &mut Vec::new()).unwrap_err();
+            assert!(e.to_string().contains(field), "{e}");
+        }
     }
 
     #[test]

@@ -225,9 +225,43 @@ pub struct InventorySnapshot<'a> {
     /// The host.
     #[serde(borrow)]
     pub host: Host<'a>,
-    /// Every installed package.
+    /// Every installed package (of this chunk, for a chunk).
     #[serde(borrow)]
     pub packages: Vec<Package<'a>>,
+    /// Set when this record is one chunk of a larger snapshot (v2); `None`
+    /// for a whole snapshot and for every v1 record.
+    #[serde(default)]
+    pub chunk: Option<SnapshotChunk>,
+}
+
+/// Where a chunk belongs in its snapshot (Avro record `SnapshotChunk`, v2).
+/// A snapshot too large for one Kafka message is sent as `count` records
+/// with the same key, in `index` order; each record's own `snapshot_id` is
+/// [`crate::chunk_id`] of the whole snapshot's id and its index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// The whole snapshot's id ([`crate::snapshot_id`]), the same in every chunk.
+    pub snapshot_id: EventId,
+    /// This chunk's position, 0-based.
+    pub index: i32,
+    /// How many chunks the snapshot has.
+    pub count: i32,
+    /// Packages in the whole snapshot.
+    pub package_count: i32,
+}
+
+impl SnapshotChunk {
+    /// True for the last chunk of its snapshot.
+    pub fn is_last(&self) -> bool {
+        self.index + 1 == self.count
+    }
+}
+
+impl InventorySnapshot<'_> {
+    /// The id of the whole snapshot this record is (or is a chunk of).
+    pub fn whole_id(&self) -> EventId {
+        self.chunk.map_or(self.snapshot_id, |c| c.snapshot_id)
+    }
 }
 
 /// `Option<Cow<str>>` that borrows from the input when it can (serde's own
@@ -358,6 +392,8 @@ pub struct EnrichedSnapshot<'a> {
     pub host: Host<'a>,
     #[serde(borrow)]
     pub packages: Vec<Package<'a>>,
+    #[serde(default)]
+    pub chunk: Option<SnapshotChunk>,
     /// What the router added.
     #[serde(borrow)]
     pub enrichment: Enrichment<'a>,
@@ -371,7 +407,13 @@ impl<'a> EnrichedSnapshot<'a> {
             taken_at: s.taken_at,
             host: s.host,
             packages: s.packages,
+            chunk: s.chunk,
             enrichment,
         }
+    }
+
+    /// The id of the whole snapshot this record is (or is a chunk of).
+    pub fn whole_id(&self) -> EventId {
+        self.chunk.map_or(self.snapshot_id, |c| c.snapshot_id)
     }
 }

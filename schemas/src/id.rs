@@ -55,6 +55,24 @@ pub fn snapshot_id(machine_id: &str, taken_at: i64) -> EventId {
     truncate(h.finalize().into())
 }
 
+/// The `snapshot_id` of chunk `index` of the snapshot `whole`: SHA-256
+/// over `pkgstream.snapshot-chunk.v1`, the whole snapshot's id (lowercase
+/// hex) and the index (decimal), each followed by `\n`; the first 16 bytes.
+/// Every chunk gets its own idempotency key (the router's dedupe window and
+/// the enriched topic are keyed by the record's first field).
+pub fn chunk_id(whole: &EventId, index: i32) -> EventId {
+    let mut h = Sha256::new();
+    for b in [
+        b"pkgstream.snapshot-chunk.v1".as_slice(),
+        whole.to_hex().as_bytes(),
+        itoa(index.into()).as_ref(),
+    ] {
+        h.update(b);
+        h.update(b"\n");
+    }
+    truncate(h.finalize().into())
+}
+
 fn truncate(digest: [u8; 32]) -> EventId {
     let mut id = [0u8; 16];
     id.copy_from_slice(&digest[..16]);

@@ -33,6 +33,6 @@ pub use codec::{
 pub use error::SchemaError;
 pub use event::{
     Action, EnrichedChange, EnrichedSnapshot, Enrichment, EventId, Host, InventorySnapshot,
-    Package, PackageChange, Source, Transaction,
+    Package, PackageChange, SnapshotChunk, Source, Transaction,
 };
-pub use id::{change_event_id, snapshot_id};
+pub use id::{change_event_id, chunk_id, snapshot_id};

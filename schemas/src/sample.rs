@@ -112,6 +112,7 @@ pub fn snapshot(i: u64, n: usize) -> InventorySnapshot<'static> {
                 )
             })
             .collect(),
+        chunk: None,
     }
 }
 

@@ -7,6 +7,9 @@ use crate::SchemaError;
 
 const CHANGE: &str = "PackageChange";
 const SNAPSHOT: &str = "InventorySnapshot";
+/// Most chunks one snapshot may have (at the default chunk size, ~250
+/// million packages: no real host; bounds what a reassembly may expect).
+pub const MAX_CHUNKS: i32 = 65_536;
 
 /// Checks a change event.
 pub fn change(c: &PackageChange<'_>) -> Result<(), SchemaError> {
@@ -55,6 +58,27 @@ pub fn snapshot(s: &InventorySnapshot<'_>) -> Result<(), SchemaError> {
             field: "taken_at".into(),
             reason: "is not after 1970",
         });
+    }
+    if let Some(c) = &s.chunk {
+        let bad = |field: &str, reason| {
+            Err(SchemaError::Invalid {
+                kind: SNAPSHOT,
+                field: format!("chunk.{field}"),
+                reason,
+            })
+        };
+        if c.count < 1 || c.count > MAX_CHUNKS {
+            return bad("count", "is not between 1 and 65536");
+        }
+        if c.index < 0 || c.index >= c.count {
+            return bad("index", "is not between 0 and count - 1");
+        }
+        if c.package_count < 0 || (c.package_count as usize) < s.packages.len() {
+            return bad("package_count", "is smaller than the chunk's packages");
+        }
+        if c.count > 1 && s.packages.is_empty() {
+            return bad("index", "is an empty chunk of a chunked snapshot");
+        }
     }
     for (i, p) in s.packages.iter().enumerate() {
         // Only format the path when there is an error.

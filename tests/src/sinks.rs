@@ -234,6 +234,7 @@ pub fn scenario(
                     taken_at,
                     host: host.clone(),
                     packages,
+                    chunk: None,
                 },
                 {
                     let mut e = enrichment.clone();

@@ -90,6 +90,7 @@ fn package_documents_sort_by_evr_sort_in_rpm_order_and_a_snapshot_refreshes_old_
             taken_at,
             host: c.host.clone(),
             packages: vec![c.package.clone()],
+            chunk: None,
         },
         c.enrichment.clone(),
     );

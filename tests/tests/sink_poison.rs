@@ -170,6 +170,7 @@ fn an_empty_snapshot_keeps_the_host_state_and_goes_to_the_dlq() {
             taken_at,
             host: host.clone(),
             packages: Vec::new(),
+            chunk: None,
         },
         sc.snapshots[0].enrichment.clone(),
     );

@@ -29,7 +29,24 @@ pub struct FleetMetrics {
     pub pushes: IntCounterVec,
     watch: BTreeSet<String>,
     state: HashMap<String, HostState>,
+    /// Chunked snapshots in progress: machine id → the watched packages of
+    /// the chunks so far (see [`FleetMetrics::snapshot`]).
+    chunks: HashMap<String, ChunkState>,
     max_versions: usize,
+}
+
+/// Most hosts with a chunked snapshot in progress the metrics sink keeps
+/// (an entry holds only the watched packages); beyond it the oldest is
+/// forgotten, and its snapshot is not applied.
+pub const MAX_CHUNKED_IN_FLIGHT: usize = 10_000;
+
+/// The watched packages of a chunked snapshot's chunks so far.
+struct ChunkState {
+    whole: pkgstream_schemas::EventId,
+    next: i32,
+    seq: u64,
+    /// Name → (install time, version label) of the newest installed.
+    newest: BTreeMap<String, (i64, String)>,
 }
 
 /// The version label of the hosts beyond a group's [`FleetMetrics::set_max_versions`]
@@ -69,6 +86,24 @@ pub fn version_label(p: &Package<'_>) -> String {
         return OTHER_VERSION.to_owned();
     }
     label
+}
+
+/// Adds the watched packages of `packages` to `newest` (name → install
+/// time and version label of the one installed last).
+fn collect_watched(
+    watch: &BTreeSet<String>,
+    packages: &[Package<'_>],
+    newest: &mut BTreeMap<String, (i64, String)>,
+) {
+    for p in packages.iter().filter(|p| watch.contains(p.name.as_ref())) {
+        let t = p.install_time.unwrap_or(0);
+        match newest.get(p.name.as_ref()) {
+            Some((prev, _)) if *prev > t => {}
+            _ => {
+                newest.insert(p.name.to_string(), (t, version_label(p)));
+            }
+        }
+    }
 }
 
 impl FleetMetrics {
@@ -146,6 +181,7 @@ impl FleetMetrics {
             pushes,
             watch: watch.iter().cloned().collect(),
             state: HashMap::new(),
+            chunks: HashMap::new(),
             max_versions: DEFAULT_MAX_VERSIONS,
         })
     }
@@ -203,27 +239,62 @@ impl FleetMetrics {
         }
     }
 
-    /// Applies a snapshot: the host's watched packages become the snapshot's.
-    pub fn snapshot(&mut self, s: &EnrichedSnapshot<'_>) {
-        let mut newest: BTreeMap<&str, &Package<'_>> = BTreeMap::new();
-        for p in s
-            .packages
-            .iter()
-            .filter(|p| self.watch.contains(p.name.as_ref()))
-        {
-            match newest.get(p.name.as_ref()) {
-                Some(prev) if prev.install_time.unwrap_or(0) > p.install_time.unwrap_or(0) => {}
-                _ => {
-                    newest.insert(&p.name, p);
+    /// Applies a snapshot: the host's watched packages become the
+    /// snapshot's. A chunked snapshot's chunks are collected (watched
+    /// packages only) and applied at the last chunk, when every chunk came
+    /// in order; an incomplete one (a chunk missing, a restart in the
+    /// middle) changes nothing. Returns false for such a chunk.
+    pub fn snapshot(&mut self, s: &EnrichedSnapshot<'_>) -> bool {
+        let mut newest = match s.chunk {
+            None => BTreeMap::new(),
+            Some(c) => {
+                let machine = s.host.machine_id.as_ref();
+                if c.index == 0 {
+                    if self.chunks.len() >= MAX_CHUNKED_IN_FLIGHT {
+                        if let Some(oldest) = self
+                            .chunks
+                            .iter()
+                            .min_by_key(|(_, st)| st.seq)
+                            .map(|(k, _)| k.clone())
+                        {
+                            self.chunks.remove(&oldest);
+                        }
+                    }
+                    let seq = self.chunks.values().map(|st| st.seq).max().unwrap_or(0) + 1;
+                    self.chunks.insert(
+                        machine.to_owned(),
+                        ChunkState {
+                            whole: c.snapshot_id,
+                            next: 0,
+                            seq,
+                            newest: BTreeMap::new(),
+                        },
+                    );
                 }
+                match self.chunks.get_mut(machine) {
+                    Some(st) if st.whole == c.snapshot_id && st.next == c.index => st.next += 1,
+                    _ => {
+                        self.chunks.remove(machine);
+                        return false;
+                    }
+                }
+                if !c.is_last() {
+                    if let Some(st) = self.chunks.get_mut(machine) {
+                        collect_watched(&self.watch, &s.packages, &mut st.newest);
+                    }
+                    return true;
+                }
+                self.chunks
+                    .remove(machine)
+                    .map(|st| st.newest)
+                    .unwrap_or_default()
             }
-        }
-        let packages = newest
-            .into_iter()
-            .map(|(n, p)| (n.to_owned(), version_label(p)))
-            .collect();
+        };
+        collect_watched(&self.watch, &s.packages, &mut newest);
+        let packages = newest.into_iter().map(|(n, (_, v))| (n, v)).collect();
         self.host(&s.host.machine_id, &s.enrichment.hostgroup)
             .packages = packages;
+        true
     }
 
     /// Recomputes the gauges from the state (series that fell to 0 vanish),
@@ -445,6 +516,47 @@ mod tests {
         );
         m.refresh_gauges();
         assert_eq!(gauge(&m, "openssl", "1-x", "db"), 1);
+    }
+
+    #[test]
+    fn a_chunked_snapshot_replaces_the_state_at_its_last_chunk_only_when_complete() {
+        use pkgstream_schemas::{chunk_id, SnapshotChunk};
+        let mut m = FleetMetrics::new(&["openssl-libs".to_owned(), "bash".to_owned()]).unwrap();
+        let mut whole = sample::snapshot(2, 4);
+        whole.packages[0].name = "openssl-libs".into();
+        whole.packages[3].name = "bash".into();
+        let part = |i: i32, range: std::ops::Range<usize>| {
+            let mut s = EnrichedSnapshot::new(whole.clone(), sample::enrichment(2));
+            s.snapshot_id = chunk_id(&whole.snapshot_id, i);
+            s.packages = whole.packages[range].to_vec();
+            s.chunk = Some(SnapshotChunk {
+                snapshot_id: whole.snapshot_id,
+                index: i,
+                count: 2,
+                package_count: 4,
+            });
+            s
+        };
+        let (a, b) = (part(0, 0..2), part(1, 2..4));
+        let group = a.enrichment.hostgroup.to_string();
+        // The last chunk alone (a restart in the middle): nothing applied.
+        assert!(!m.snapshot(&b));
+        m.refresh_gauges();
+        assert_eq!(gauge(&m, "bash", &version_label(&b.packages[1]), &group), 0);
+        // Both in order: both chunks' watched packages, at the last one.
+        assert!(m.snapshot(&a));
+        m.refresh_gauges();
+        assert_eq!(
+            gauge(&m, "openssl-libs", &version_label(&a.packages[0]), &group),
+            0
+        );
+        assert!(m.snapshot(&b));
+        m.refresh_gauges();
+        assert_eq!(
+            gauge(&m, "openssl-libs", &version_label(&a.packages[0]), &group),
+            1
+        );
+        assert_eq!(gauge(&m, "bash", &version_label(&b.packages[1]), &group), 1);
     }
 
     #[test]

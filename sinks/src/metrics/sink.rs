@@ -240,10 +240,9 @@ impl MetricsSink {
         let mut fleet = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
         let outcome = match Registry::get().writer_of(payload).map(|(v, _)| v.kind) {
             Ok(Kind::EnrichedSnapshot) => match decode_enriched_snapshot(payload) {
-                Ok(s) => {
-                    fleet.snapshot(&s);
-                    "snapshot"
-                }
+                Ok(s) if fleet.snapshot(&s) => "snapshot",
+                // A chunk out of order: its snapshot is not applied.
+                Ok(_) => "snapshot_incomplete",
                 Err(_) => "undecodable",
             },
             _ => match decode_enriched_change(payload) {

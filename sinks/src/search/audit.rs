@@ -89,6 +89,7 @@ impl AuditIndexer {
                 shutdown: shutdown.clone(),
                 batch: Batch::default(),
                 queued: Arc::default(),
+                chunks: Default::default(),
             },
             events: 0,
         })

@@ -380,6 +380,8 @@ struct EnrichmentDoc<'a> {
     source: Option<&'static str>,
     action: Option<&'static str>,
     event_id: Option<&'a str>,
+    /// The whole snapshot a package document was written or confirmed by.
+    snapshot_id: Option<&'a str>,
     change: Option<&'a EnrichedChange<'a>>,
 }
 
@@ -404,6 +406,9 @@ impl Serialize for EnrichmentDoc<'_> {
         }
         if let Some(id) = self.event_id {
             m.serialize_entry("event_id", id)?;
+        }
+        if let Some(id) = self.snapshot_id {
+            m.serialize_entry("snapshot_id", id)?;
         }
         if let Some(c) = self.change {
             #[derive(serde::Serialize)]
@@ -555,6 +560,7 @@ impl Serialize for ChangeDoc<'_> {
                 source: Some(source_name(c.source)),
                 action: None,
                 event_id: None,
+                snapshot_id: None,
                 change: Some(c),
             },
         )?;
@@ -571,6 +577,7 @@ struct PackageStateDoc<'a> {
     source: &'static str,
     action: &'static str,
     event_id: &'a str,
+    snapshot_id: Option<&'a str>,
 }
 
 impl Serialize for PackageStateDoc<'_> {
@@ -587,6 +594,7 @@ impl Serialize for PackageStateDoc<'_> {
                 source: Some(self.source),
                 action: Some(self.action),
                 event_id: Some(self.event_id),
+                snapshot_id: self.snapshot_id,
                 change: None,
             },
         )?;
@@ -596,7 +604,7 @@ impl Serialize for PackageStateDoc<'_> {
 
 /// Appends the upsert of one package-state document.
 #[allow(clippy::too_many_arguments)]
-fn package_upsert(
+pub(crate) fn package_upsert(
     out: &mut Vec<u8>,
     idx: &Indices,
     host: &Host<'_>,
@@ -606,6 +614,7 @@ fn package_upsert(
     source: &'static str,
     action: &'static str,
     event_id: &str,
+    snapshot_id: Option<&str>,
 ) {
     action_line(
         out,
@@ -631,6 +640,7 @@ fn package_upsert(
                     source,
                     action,
                     event_id,
+                    snapshot_id,
                 },
             },
         },
@@ -695,6 +705,7 @@ pub fn host_update(
                     source: None,
                     action: None,
                     event_id: None,
+                    snapshot_id: None,
                     change: None,
                 },
                 snap,
@@ -728,6 +739,7 @@ pub fn change_items(out: &mut Vec<u8>, idx: &Indices, c: &EnrichedChange<'_>) ->
             source_name(c.source),
             action_name(c.action),
             &id,
+            None,
         );
     }
     [ItemKind::Change, ItemKind::Package]
@@ -760,7 +772,7 @@ pub fn snapshot_state<'a>(s: &'a EnrichedSnapshot<'a>) -> BTreeMap<String, &'a P
 }
 
 /// What the index holds for one package document of a host.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IndexedPackage {
     /// `E:V-R`.
     pub evr: String,
@@ -805,6 +817,7 @@ pub fn snapshot_items(
                 "inventory",
                 "snapshot",
                 &id,
+                Some(&id),
             );
             items += 1;
         } else if let Some(ix) = indexed.get(key) {
@@ -830,7 +843,7 @@ pub fn snapshot_items(
 }
 
 /// Appends the guarded rewrite of a package document's sort key.
-fn sort_key_update(out: &mut Vec<u8>, idx: &Indices, key: &str, evr: &str, sort: &str) {
+pub(crate) fn sort_key_update(out: &mut Vec<u8>, idx: &Indices, key: &str, evr: &str, sort: &str) {
     action_line(out, "update", idx.packages(), key, true);
     #[derive(serde::Serialize)]
     struct P<'a> {

@@ -24,10 +24,11 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::audit::AuditRejection;
+use super::chunks::{chunk_items, ChunkProgress};
 use super::client::{BulkAnswer, CallError, EngineClient};
 use super::documents::{
-    change_items, history_item, host_update, oversized_id, snapshot_items, IndexedPackage, Indices,
-    ItemKind,
+    change_items, history_item, host_update, oversized_id, snapshot_items, snapshot_state,
+    IndexedPackage, Indices, ItemKind,
 };
 use super::plan::{Answer, BulkPlan, ItemOutcome, Step};
 use super::retry::{backoff, item_verdict, ItemVerdict};
@@ -171,6 +172,8 @@ pub(super) struct Lane {
     pub(super) batch: Batch,
     /// Bytes queued for lanes (see `SearchSink::run`).
     pub(super) queued: Arc<AtomicUsize>,
+    /// Chunked snapshots in progress, per host.
+    pub(super) chunks: ChunkProgress,
 }
 
 impl Lane {
@@ -272,10 +275,49 @@ impl Lane {
                     ),
                 ))
             }
-            Ok(s) => match oversized_id(&s.host.machine_id, &s.packages) {
-                Some(reason) => Err(("index_rejected", reason)),
-                None => {
-                    let indexed = self.with_retry(|lane| lane.indexed_packages(&s))?;
+            Ok(s) => match (oversized_id(&s.host.machine_id, &s.packages), s.chunk) {
+                (Some(reason), _) => Err(("index_rejected", reason)),
+                (None, Some(chunk)) => {
+                    // Only the first and the last chunk need all of the
+                    // host's documents (is it known? what is left over?).
+                    let keys: Option<Vec<String>> = (chunk.index != 0 && !chunk.is_last())
+                        .then(|| snapshot_state(&s).into_keys().collect());
+                    let indexed =
+                        self.with_retry(|lane| lane.indexed_packages(&s, keys.as_deref()))?;
+                    let step = self
+                        .chunks
+                        .step(&s.host.machine_id, chunk, indexed.is_empty());
+                    let start = self.batch.body.len();
+                    let r = chunk_items(
+                        &mut self.batch.body,
+                        &self.idx,
+                        &s,
+                        chunk,
+                        &indexed,
+                        step,
+                        self.chunks.earlier_ids(&s.host.machine_id),
+                    );
+                    let mut kinds = vec![ItemKind::Package; r.packages];
+                    if let Some(facts) = r.facts {
+                        kinds.push(ItemKind::Host);
+                        if step.complete {
+                            info!(host = %s.host.hostname, packages = facts.count, drift = facts.drift, chunks = chunk.count, "chunked snapshot reconciled");
+                        } else {
+                            self.metrics.snapshots_incomplete.inc();
+                            warn!(host = %s.host.hostname, machine_id = %s.host.machine_id, chunks = chunk.count, "chunked snapshot incomplete (a chunk missing or out of order): its packages are upserted, nothing is deleted");
+                        }
+                    }
+                    self.batch.note_items(start, &kinds, i);
+                    self.chunks
+                        .applied(&s.host.machine_id, chunk, r.ids, r.drift);
+                    if chunk.is_last() {
+                        Ok(())
+                    } else {
+                        Err(("", String::new()))
+                    }
+                }
+                (None, None) => {
+                    let indexed = self.with_retry(|lane| lane.indexed_packages(&s, None))?;
                     let start = self.batch.body.len();
                     let (n, facts) = snapshot_items(&mut self.batch.body, &self.idx, &s, &indexed);
                     let mut kinds = vec![ItemKind::Package; n];
@@ -290,15 +332,19 @@ impl Lane {
         self.batch.msgs[i].payload = payload;
         match result {
             Ok(()) => self.metrics.snapshots.inc(),
+            // A chunk before the last: applied, the snapshot not done yet.
+            Err(("", _)) => {}
             Err(rejected) => self.batch.rejected[i] = Some(rejected),
         }
         self.flush()
     }
 
     /// The host's package documents as indexed now (after a refresh).
+    /// With `ids`, only those documents.
     fn indexed_packages(
         &self,
         s: &EnrichedSnapshot<'_>,
+        ids: Option<&[String]>,
     ) -> Result<BTreeMap<String, IndexedPackage>, CallError> {
         let packages = self.idx.packages();
         self.client
@@ -308,7 +354,13 @@ impl Lane {
         loop {
             let mut q = json!({
                 "size": 5000,
-                "query": {"term": {"host.id": s.host.machine_id}},
+                "query": match ids {
+                    None => json!({"term": {"host.id": s.host.machine_id}}),
+                    Some(ids) => json!({"bool": {"filter": [
+                        {"term": {"host.id": s.host.machine_id}},
+                        {"ids": {"values": ids}}
+                    ]}}),
+                },
                 "_source": ["package.evr", "package.evr_sort", "event_time_us"],
                 "sort": [{"package.name": "asc"}, {"package.architecture": "asc"}]
             });

@@ -9,10 +9,12 @@
 //! - [`setup`]: scripts, templates, indices, lifecycle at start-up;
 //! - [`sink`]: the Kafka loop, readiness, lane supervision, metrics;
 //! - `lane`: one lane — batches, bulks, snapshots, DLQ, offsets;
+//! - [`chunks`]: a chunked snapshot reconciled chunk by chunk;
 //! - [`audit`]: the audit indexer that drives one lane for `pkgstream
 //!   replay --format index`.
 
 pub mod audit;
+pub mod chunks;
 pub mod client;
 pub mod documents;
 mod lane;

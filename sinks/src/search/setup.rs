@@ -46,6 +46,7 @@ fn enrichment_mapping() -> Value {
         "hostgroup": keyword(), "environment": keyword(), "owner": keyword(),
         "datacenter": keyword(), "known_host": {"type": "boolean"},
         "source": keyword(), "action": keyword(), "event_id": keyword(),
+        "snapshot_id": keyword(),
         "outside_maintenance_window": {"type": "boolean"},
         "unexplained_rpm": {"type": "boolean"},
         "replaced": package_mapping(),

@@ -55,6 +55,9 @@ pub struct SearchSinkMetrics {
     pub bulk_seconds: Histogram,
     /// Inventory snapshots reconciled.
     pub snapshots: IntCounter,
+    /// Chunked snapshots whose last chunk came without all earlier ones
+    /// (nothing deleted; see `search::chunks`).
+    pub snapshots_incomplete: IntCounter,
     /// 1 while the last request reached the engine.
     pub engine_up: IntGauge,
 }
@@ -92,6 +95,10 @@ impl SearchSinkMetrics {
             "pkgstream_search_sink_snapshots_total",
             "Inventory snapshots reconciled into the package state",
         )?;
+        let snapshots_incomplete = IntCounter::new(
+            "pkgstream_search_sink_snapshots_incomplete_total",
+            "Chunked snapshots whose last chunk came without every earlier one: upserted, nothing deleted",
+        )?;
         let engine_up = IntGauge::new(
             "pkgstream_search_sink_engine_up",
             "1 while the search engine answers, 0 while it does not",
@@ -101,6 +108,7 @@ impl SearchSinkMetrics {
         registry.register(Box::new(items_retried.clone()))?;
         registry.register(Box::new(bulk_seconds.clone()))?;
         registry.register(Box::new(snapshots.clone()))?;
+        registry.register(Box::new(snapshots_incomplete.clone()))?;
         registry.register(Box::new(engine_up.clone()))?;
         Ok(SearchSinkMetrics {
             registry,
@@ -109,6 +117,7 @@ impl SearchSinkMetrics {
             items_retried,
             bulk_seconds,
             snapshots,
+            snapshots_incomplete,
             engine_up,
         })
     }
@@ -232,6 +241,7 @@ impl SearchSink {
                 shutdown: shutdown.clone(),
                 batch: Batch::default(),
                 queued: queued.clone(),
+                chunks: Default::default(),
             };
             lanes.spawn(id, move || match lane.run(rx) {
                 Ok(()) | Err(LaneStop::Interrupted) => Ok(()),
