@@ -9,7 +9,7 @@ use pkgstream_schemas::{Encoder, Host};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::ClientContext;
 use tracing::{debug, error, info, warn};
 
 use crate::config::EmitConfig;
@@ -538,9 +538,14 @@ fn connect(
     let remaining = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(100));
-    let producer: BaseProducer<Deliveries> = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.kafka.brokers)
-        .set("client.id", &cfg.kafka.client_id)
+    let producer: BaseProducer<Deliveries> = cfg
+        .kafka
+        .client_config()
+        .map_err(|e| ProducerError::Config(e.to_string()))?
+        .set(
+            "client.id",
+            cfg.kafka.client_id.as_deref().unwrap_or("pkgstream-emit"),
+        )
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "zstd")

@@ -25,7 +25,7 @@ use pkgstream_schemas::{EventId, Kind, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{debug, info, info_span, warn};
 
 use crate::config::RouterConfig;
@@ -174,8 +174,10 @@ impl Router {
         processor: &mut Processor,
         shutdown: &Shutdown,
     ) -> Result<(), RouterError> {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.brokers)
+        let producer: BaseProducer = self
+            .kafka
+            .client_config()
+            .map_err(|e| RouterError::KafkaClient(e.to_string()))?
             .set("transactional.id", &self.config.transactional_id)
             .set("enable.idempotence", "true")
             .set("compression.type", "zstd")
@@ -191,8 +193,10 @@ impl Router {
         producer
             .init_transactions(TXN_TIMEOUT)
             .map_err(self.kafka_err("init transactions"))?;
-        let consumer: BaseConsumer<RebalanceLog> = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.brokers)
+        let consumer: BaseConsumer<RebalanceLog> = self
+            .kafka
+            .client_config()
+            .map_err(|e| RouterError::KafkaClient(e.to_string()))?
             .set("group.id", &self.config.group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -298,8 +302,7 @@ impl Router {
                 compact: false,
             })
             .collect();
-        create_missing(&self.kafka.brokers, &specs)
-            .map_err(|e| RouterError::Topology(e.to_string()))
+        create_missing(&self.kafka, &specs).map_err(|e| RouterError::Topology(e.to_string()))
     }
 
     /// Polls up to `batch_events` messages or `batch_ms`. An (eager)
@@ -563,8 +566,10 @@ impl Router {
             self.config.dedupe_window_entries,
             self.config.dedupe_window_secs,
         );
-        let reader: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.brokers)
+        let reader: BaseConsumer = self
+            .kafka
+            .client_config()
+            .map_err(|e| RouterError::KafkaClient(e.to_string()))?
             .set("group.id", format!("{}-rebuild", self.config.group_id))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
@@ -665,7 +670,7 @@ fn start_host_sources(
     }
     let caught_up = Readiness::default();
     let flag = caught_up.clone();
-    let brokers = router.kafka.brokers.clone();
+    let kafka = router.kafka.clone();
     let topic = router.topics.hosts.clone();
     let file = router.config.hosts_file.clone();
     let metrics = router.metrics.clone();
@@ -677,7 +682,7 @@ fn start_host_sources(
             let mut last_file_check = Instant::now();
             while !shutdown.requested() {
                 if reader.is_none() {
-                    match open_hosts_reader(&brokers, &topic) {
+                    match open_hosts_reader(&kafka, &topic) {
                         Ok(r) => reader = Some(r),
                         Err(e) => {
                             if !flag.get() {
@@ -752,11 +757,12 @@ fn start_host_sources(
 /// A reader of every partition of the hosts topic from the beginning, and
 /// the end offset of each non-empty partition at start.
 fn open_hosts_reader(
-    brokers: &str,
+    kafka: &KafkaConfig,
     topic: &str,
 ) -> Result<(BaseConsumer, HashMap<i32, i64>), KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?
         .set("group.id", "pkgstream-router-hosts")
         .set("enable.auto.commit", "false")
         .set("allow.auto.create.topics", "false")
