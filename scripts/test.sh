@@ -27,7 +27,8 @@ ensure_running() {
     started+=("$1")
   fi
 }
-for s in kafka opensearch prometheus; do ensure_running "$s"; done
+# kafka-secure: the TLS/SASL broker with ACLs of tests/tests/kafka_security.rs
+for s in kafka opensearch prometheus kafka-secure; do ensure_running "$s"; done
 
 echo "[test] running the suite" >&2
 rc=0

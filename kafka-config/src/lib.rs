@@ -443,6 +443,24 @@ impl KafkaConfig {
     }
 }
 
+impl KafkaConfig {
+    /// `reason` (what the client said about a failed connection), with a
+    /// hint where the usual cause is a setting: a plaintext client whose
+    /// first request the broker answers by closing the connection is
+    /// talking to a TLS listener.
+    pub fn explain(&self, reason: &str) -> String {
+        let plaintext = !self.protocol().tls();
+        if plaintext && reason.contains("APIVERSION_QUERY") && reason.contains("Disconnected") {
+            format!(
+                "{reason} (the broker closed the connection at the first request: a TLS listener? kafka.security_protocol is {})",
+                self.protocol().as_str().to_ascii_uppercase()
+            )
+        } else {
+            reason.to_owned()
+        }
+    }
+}
+
 /// Reads a secret from `path`, without its trailing newline.
 fn read_secret_file(key: &'static str, path: &Path) -> Result<Secret, KafkaConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| KafkaConfigError::SecretFile {
@@ -594,6 +612,20 @@ mod tests {
             err.contains("sasl_passwrod") && !err.contains("\"x\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_plaintext_client_closed_at_the_first_request_is_told_about_tls() {
+        let reason = "127.0.0.1:9195/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN (after 1ms in state APIVERSION_QUERY)";
+        let hint = KafkaConfig::default().explain(reason);
+        assert!(
+            hint.starts_with(reason)
+                && hint.contains("TLS listener? kafka.security_protocol is PLAINTEXT"),
+            "{hint}"
+        );
+        let tls = parse(r#"{"security_protocol":"ssl"}"#);
+        assert_eq!(tls.explain(reason), reason);
+        assert_eq!(KafkaConfig::default().explain("refused"), "refused");
     }
 
     #[test]

@@ -19,7 +19,44 @@ use rdkafka::ClientConfig;
 pub mod hooks;
 pub mod pipeline;
 pub mod router;
+pub mod secure;
 pub mod sinks;
+
+/// librdkafka properties, (key, value).
+type Properties = Vec<(String, String)>;
+
+/// Client properties registered per bootstrap address (a secured broker's
+/// credentials, see [`secure`]).
+static CLIENT_PROPERTIES: std::sync::Mutex<Vec<(String, Properties)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Every client the helpers make for `brokers` uses `properties` too (the
+/// security settings of a secured broker).
+pub fn register_client_properties(brokers: &str, properties: &[(&str, String)]) {
+    let mut all = CLIENT_PROPERTIES.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|(b, _)| b != brokers);
+    all.push((
+        brokers.to_owned(),
+        properties
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    ));
+}
+
+/// The one client configuration of the test helpers: `bootstrap.servers`
+/// plus whatever was registered for `brokers`.
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    let all = CLIENT_PROPERTIES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, props)) = all.iter().find(|(b, _)| b == brokers) {
+        for (k, v) in props {
+            c.set(k, v);
+        }
+    }
+    c
+}
 
 /// Bootstrap address of the test Kafka (`PKGSTREAM_TEST_KAFKA`, default
 /// `127.0.0.1:9092`, the broker `scripts/services.sh start` runs).
@@ -42,10 +79,8 @@ pub fn create_topics(brokers: &str, topics: &[&str]) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(brokers).create().expect("admin client");
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| NewTopic::new(t, 3, TopicReplication::Fixed(1)))
