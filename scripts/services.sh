@@ -6,9 +6,8 @@
 #
 # SERVICE defaults to the default services: kafka, opensearch, prometheus (in
 # that order; stop goes in reverse). elasticsearch and kafka-secure are
-# optional, like this: accepted only
-# when named (`start elasticsearch`), never part of the default, so a bare
-# `stop` or `status` leaves it out. Scripts that need one service name it
+# optional: accepted only when named (`start elasticsearch`), never part of
+# the default, so a bare `stop` or `status` leaves them out. Scripts that need one service name it
 # (scripts/test.sh: `start kafka`). Each service is a set of functions named
 # <service>_<action>, its name listed in ALL_SERVICES (the default set) or
 # OPTIONAL_SERVICES (only when named).

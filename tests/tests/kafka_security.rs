@@ -13,7 +13,9 @@
 //! - a distinctive password appears in no output of any failure path nor
 //!   in `--help`;
 //! - the ACLs the broker runs with are those `pkgstream acls --print
-//!   --pattern prefixed` prints.
+//!   --pattern prefixed` prints;
+//! - plaintext to a broker off the loopback with no `security_protocol`
+//!   set logs a warning (not when PLAINTEXT is chosen).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -477,4 +479,22 @@ fn the_broker_runs_with_the_acls_that_pkgstream_acls_prints() {
         .collect();
     let applied: Vec<&str> = applied.lines().collect();
     assert_eq!(printed, applied);
+}
+
+#[test]
+fn plaintext_to_a_broker_off_the_loopback_is_warned_about_unless_chosen() {
+    // TEST-NET-1: not the loopback, and nothing answers there.
+    let emit = EmitEnv::new("192.0.2.1:9092", "plain");
+    assert!(emit.record(&[change_line(1, 3)]).status.success());
+    let warning = "plaintext to a broker off the loopback";
+    let out = emit.flush(&["--timeout", "2"]);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    assert_eq!(text(&out).matches(warning).count(), 1, "{}", text(&out));
+    let out = emit
+        .command(&["flush", "--timeout", "2"])
+        .env("PKGSTREAM_EMIT__KAFKA__SECURITY_PROTOCOL", "PLAINTEXT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    assert!(!text(&out).contains(warning), "{}", text(&out));
 }

@@ -169,8 +169,7 @@ impl PrivateKafka {
     /// Waits until the broker's group coordinator answers (a fresh broker
     /// loads its offsets topic for seconds), for tests of something else.
     fn wait_for_coordinator(&self, topic: &str) {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
+        let consumer: BaseConsumer = pkgstream_tests::client_config(&self.brokers())
             .set("group.id", unique("coordinator-probe"))
             .create()
             .expect("consumer");
