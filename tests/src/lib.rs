@@ -19,14 +19,14 @@ use rdkafka::ClientConfig;
 pub mod hooks;
 pub mod pipeline;
 pub mod router;
-pub mod secure;
+pub mod secure_kafka;
 pub mod sinks;
 
 /// librdkafka properties, (key, value).
 type Properties = Vec<(String, String)>;
 
 /// Client properties registered per bootstrap address (a secured broker's
-/// credentials, see [`secure`]).
+/// credentials, see [`secure_kafka`]).
 static CLIENT_PROPERTIES: std::sync::Mutex<Vec<(String, Properties)>> =
     std::sync::Mutex::new(Vec::new());
 

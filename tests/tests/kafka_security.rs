@@ -1,5 +1,5 @@
 //! The pipeline against the secured Kafka of `scripts/services.sh start
-//! kafka-secure` (see `pkgstream_tests::secure`): hosts ship over mTLS as
+//! kafka-secure` (see `pkgstream_tests::secure_kafka`): hosts ship over mTLS as
 //! the host principal, the router and both sinks run over SASL_SSL with
 //! SCRAM-SHA-512 as their own principals, under least-privilege ACLs.
 //!
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use pkgstream_tests::pipeline::{daily_window, write_hosts_csv};
 use pkgstream_tests::router::{read_all, RouterEnv};
-use pkgstream_tests::secure::{override_vars, SecureKafka};
+use pkgstream_tests::secure_kafka::{override_vars, SecureKafka};
 use pkgstream_tests::sinks::{count, prom_query, wait_count, SinkEnv};
 use pkgstream_tests::{binary, change_line, unique, EmitEnv, Running};
 
