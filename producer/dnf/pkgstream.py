@@ -123,6 +123,12 @@ def ndjson(changes, source, transaction, event_time):
     return "".join(l + "\n" for l in lines)
 
 
+# Exit statuses of `pkgstream-emit record` that still spooled the events: 65
+# (some lines refused, set aside in SPOOL/dead/), 79 (broken configuration,
+# spooled with the fallback).
+RECORDED_WITH_WARNING = (65, 79)
+
+
 def run_emitter(exe, data, timeout_s, log=logger):
     """Runs `exe record --spawn-flush` with data on stdin, killed after
     timeout_s. Returns True on success; logs why not otherwise. Never raises."""
@@ -143,9 +149,13 @@ def run_emitter(exe, data, timeout_s, log=logger):
     except Exception as e:  # noqa: BLE001 -- never fail dnf
         log.warning("pkgstream: %s record: %s", exe, e)
         return False
+    why = (err or b"").decode("utf-8", "replace").strip().replace("\n", " | ")
+    if proc.returncode in RECORDED_WITH_WARNING:
+        log.warning("pkgstream: changes of this transaction recorded, with a warning from %s (exit %s): %s",
+                    exe, proc.returncode, why)
+        return True
     if proc.returncode != 0:
-        log.warning("pkgstream: %s record failed (exit %s): %s", exe, proc.returncode,
-                    (err or b"").decode("utf-8", "replace").strip().replace("\n", " | "))
+        log.warning("pkgstream: %s record failed (exit %s): %s", exe, proc.returncode, why)
         return False
     return True
 
@@ -295,6 +305,9 @@ class Pkgstream(dnf.Plugin):
             if len(fields) > 3 and fields[3] == "failed":
                 logger.warning("pkgstream: %s change(s) of rpm transaction %s not recorded: %s", fields[2], fields[1],
                                fields[4] if len(fields) > 4 else "unknown reason")
+            elif len(fields) > 3 and fields[3] == "warning":
+                logger.warning("pkgstream: %s change(s) of rpm transaction %s recorded, with a warning: %s", fields[2],
+                               fields[1], fields[4] if len(fields) > 4 else "")
             else:
                 logger.debug("pkgstream: the rpm plugin recorded this transaction (%s)", recorded)
             return

@@ -655,43 +655,49 @@ fn resync(data: &[u8]) -> usize {
         .map_or(data.len(), |p| p + 1)
 }
 
-/// Dead letters as (number, bytes of all its files), oldest first.
-fn list_dead(dead_dir: &Path) -> Result<Vec<(u64, u64)>, ProducerError> {
-    let mut by_number = std::collections::BTreeMap::<u64, u64>::new();
-    for entry in fs::read_dir(dead_dir).map_err(io_err(dead_dir, "list"))? {
-        let entry = entry.map_err(io_err(dead_dir, "list"))?;
-        let name = entry.file_name();
-        let Some(number) = name
-            .to_str()
-            .and_then(|n| n.split_once('.'))
-            .and_then(|(n, _)| n.parse::<u64>().ok())
-        else {
+/// Files of `dir` whose name `number_of` parses, as (number, size, path),
+/// sorted; a file that vanishes while being listed is skipped.
+fn numbered_files(
+    dir: &Path,
+    number_of: impl Fn(&str) -> Option<u64>,
+) -> Result<Vec<(u64, u64, PathBuf)>, ProducerError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir, "list"))? {
+        let entry = entry.map_err(io_err(dir, "list"))?;
+        let Some(number) = entry.file_name().to_str().and_then(&number_of) else {
             continue;
         };
         match entry.metadata() {
-            Ok(m) => *by_number.entry(number).or_default() += m.len(),
+            Ok(m) => out.push((number, m.len(), entry.path())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&entry.path(), "stat")(e)),
         }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// The dead letter a file of `SPOOL/dead/` belongs to (`<number>.<part>`).
+fn dead_number(name: &str) -> Option<u64> {
+    name.split_once('.').and_then(|(n, _)| n.parse().ok())
+}
+
+/// Dead letters as (number, bytes of all its files), oldest first.
+fn list_dead(dead_dir: &Path) -> Result<Vec<(u64, u64)>, ProducerError> {
+    let mut by_number = std::collections::BTreeMap::<u64, u64>::new();
+    for (number, len, _) in numbered_files(dead_dir, dead_number)? {
+        *by_number.entry(number).or_default() += len;
     }
     Ok(by_number.into_iter().collect())
 }
 
 /// The files of dead letter `number`.
 fn dead_files(dead_dir: &Path, number: u64) -> Result<Vec<PathBuf>, ProducerError> {
-    let prefix = format!("{number:020}.");
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dead_dir).map_err(io_err(dead_dir, "list"))? {
-        let entry = entry.map_err(io_err(dead_dir, "list"))?;
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(&prefix))
-        {
-            out.push(entry.path());
-        }
-    }
-    Ok(out)
+    Ok(numbered_files(dead_dir, dead_number)?
+        .into_iter()
+        .filter(|(n, _, _)| *n == number)
+        .map(|(_, _, path)| path)
+        .collect())
 }
 
 /// Creates `path` with `data`, fdatasync'ed.
@@ -707,25 +713,11 @@ fn segment_path(lane_dir: &Path, number: u64) -> PathBuf {
 
 /// Segments of a lane as (number, size), oldest first.
 fn list_segments(lane_dir: &Path) -> Result<Vec<(u64, u64)>, ProducerError> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(lane_dir).map_err(io_err(lane_dir, "list"))? {
-        let entry = entry.map_err(io_err(lane_dir, "list"))?;
-        let name = entry.file_name();
-        let Some(number) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".seg"))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        match entry.metadata() {
-            Ok(m) => out.push((number, m.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&entry.path(), "stat")(e)),
-        }
-    }
-    out.sort_unstable();
-    Ok(out)
+    let number_of = |name: &str| name.strip_suffix(".seg").and_then(|n| n.parse().ok());
+    Ok(numbered_files(lane_dir, number_of)?
+        .into_iter()
+        .map(|(number, len, _)| (number, len))
+        .collect())
 }
 
 fn read_range(path: &Path, start: u64, end: u64) -> std::io::Result<Vec<u8>> {

@@ -128,6 +128,12 @@ def _uid_name(uid):
         return None
 
 
+# Exit statuses of `pkgstream-emit record` that still spooled the events: 65
+# (some lines refused, set aside in SPOOL/dead/), 79 (broken configuration,
+# spooled with the fallback).
+RECORDED_WITH_WARNING = (65, 79)
+
+
 def run_emitter(exe, data, timeout_s, log):
     """exe record --spawn-flush <data, killed after timeout_s (python 2 has no
     communicate(timeout=)). Returns True on success; never raises."""
@@ -159,6 +165,10 @@ def run_emitter(exe, data, timeout_s, log):
         time.sleep(0.005)
     err = proc.stderr.read().decode("utf-8", "replace").strip().replace("\n", " | ")
     proc.stderr.close()
+    if proc.returncode in RECORDED_WITH_WARNING:
+        log("pkgstream: changes of this transaction recorded, with a warning from %s (exit %s): %s"
+            % (exe, proc.returncode, err))
+        return True
     if proc.returncode != 0:
         log("pkgstream: %s record failed (exit %s): %s" % (exe, proc.returncode, err))
         return False

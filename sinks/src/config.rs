@@ -8,10 +8,22 @@ use serde::Deserialize;
 
 use crate::SinkError;
 
-/// A secret that never prints (`Debug` shows `***`).
+pub use crate::http::TlsConfig;
+use crate::http::{has_userinfo, one_source};
+
+/// A secret that never prints (`Debug` shows `***`, and there is no
+/// `Display`): passwords, API keys, bearer tokens and the headers made of
+/// them.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(pub String);
+
+impl Secret {
+    /// Whether no value is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -23,15 +35,35 @@ impl fmt::Debug for Secret {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SearchSinkConfig {
-    /// Base URL of the Elasticsearch/OpenSearch cluster (HTTP REST API).
+    /// Base URL of the Elasticsearch/OpenSearch cluster (HTTP REST API),
+    /// `http://` or `https://`, without credentials (those go in
+    /// `username`/`password` or `api_key`, sent as an `Authorization`
+    /// header). The query CLI (`drift`, `history`, `changes`) uses the
+    /// same settings.
     #[serde(default = "d_url")]
     pub url: String,
-    /// Basic-auth user (empty: no authentication).
+    /// Basic-auth user (empty: no basic auth).
     #[serde(default)]
     pub username: String,
-    /// Basic-auth password.
+    /// Basic-auth password (better from the environment,
+    /// `PKGSTREAM__SEARCH_SINK__PASSWORD`, or from `password_file`).
     #[serde(default)]
     pub password: Secret,
+    /// File holding the basic-auth password (its first line), read at
+    /// start; instead of `password`.
+    #[serde(default)]
+    pub password_file: String,
+    /// Elasticsearch API key, as the engine returns it in `encoded`
+    /// (base64 of `id:api_key`), sent as `Authorization: ApiKey ...`;
+    /// instead of `username`/`password`.
+    #[serde(default)]
+    pub api_key: Secret,
+    /// File holding the API key (its first line); instead of `api_key`.
+    #[serde(default)]
+    pub api_key_file: String,
+    /// `[search_sink.tls]`: CA file and client certificate for `https://`.
+    #[serde(default)]
+    pub tls: TlsConfig,
     /// Prefix of the index names: `<prefix>-changes-YYYY.MM`,
     /// `<prefix>-packages`, `<prefix>-hosts`.
     #[serde(default = "d_index_prefix")]
@@ -94,9 +126,31 @@ pub struct SearchSinkConfig {
 #[serde(deny_unknown_fields)]
 pub struct MetricsSinkConfig {
     /// Prometheus remote-write endpoint; empty disables pushing (then
-    /// Prometheus scrapes `/metrics`).
+    /// Prometheus scrapes `/metrics`). No credentials in it: use
+    /// `remote_write_username`/`_password` or `remote_write_bearer_token`.
     #[serde(default = "d_remote_write_url")]
     pub remote_write_url: String,
+    /// Basic-auth user for remote write (empty: no basic auth).
+    #[serde(default)]
+    pub remote_write_username: String,
+    /// Basic-auth password for remote write (better from the environment
+    /// or `remote_write_password_file`).
+    #[serde(default)]
+    pub remote_write_password: Secret,
+    /// File holding the remote-write password (its first line).
+    #[serde(default)]
+    pub remote_write_password_file: String,
+    /// Bearer token for remote write (`Authorization: Bearer ...`);
+    /// instead of basic auth.
+    #[serde(default)]
+    pub remote_write_bearer_token: Secret,
+    /// File holding the bearer token (its first line).
+    #[serde(default)]
+    pub remote_write_bearer_token_file: String,
+    /// `[metrics_sink.remote_write_tls]`: CA file and client certificate
+    /// for an `https://` remote-write endpoint.
+    #[serde(default)]
+    pub remote_write_tls: TlsConfig,
     /// Seconds between two pushes.
     #[serde(default = "d_push_interval_secs")]
     pub push_interval_secs: u64,
@@ -190,6 +244,10 @@ impl Default for SearchSinkConfig {
             url: d_url(),
             username: String::new(),
             password: Secret::default(),
+            password_file: String::new(),
+            api_key: Secret::default(),
+            api_key_file: String::new(),
+            tls: TlsConfig::default(),
             index_prefix: d_index_prefix(),
             group_id: d_search_group(),
             instance_id: String::new(),
@@ -212,6 +270,12 @@ impl Default for MetricsSinkConfig {
     fn default() -> Self {
         MetricsSinkConfig {
             remote_write_url: d_remote_write_url(),
+            remote_write_username: String::new(),
+            remote_write_password: Secret::default(),
+            remote_write_password_file: String::new(),
+            remote_write_bearer_token: Secret::default(),
+            remote_write_bearer_token_file: String::new(),
+            remote_write_tls: TlsConfig::default(),
             push_interval_secs: d_push_interval_secs(),
             watch_packages: d_watch(),
             group_id: d_metrics_group(),
@@ -236,6 +300,42 @@ fn check_url(key: &str, url: &str) -> Result<(), SinkError> {
             format!("'{url}' is not an http:// or https:// URL"),
         ));
     }
+    if has_userinfo(url) {
+        return Err(invalid(
+            key,
+            "credentials in the URL are refused (errors and logs print URLs): set the username and password (or token) settings instead",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a client's credential settings: at most one source per secret,
+/// a password only with a user, and one kind of credential.
+fn check_credentials(
+    section: &str,
+    user: &str,
+    password: (&str, &Secret, &str),
+    token: (&str, &Secret, &str),
+) -> Result<(), SinkError> {
+    let (pw_key, pw, pw_file) = password;
+    let (tok_key, tok, tok_file) = token;
+    let full = |k: &str| format!("{section}.{k}");
+    one_source(&full(pw_key), pw, pw_file)?;
+    one_source(&full(tok_key), tok, tok_file)?;
+    let has_pw = !pw.is_empty() || !pw_file.is_empty();
+    let has_tok = !tok.is_empty() || !tok_file.is_empty();
+    if has_pw && user.is_empty() {
+        return Err(invalid(
+            &full(pw_key),
+            "a password is set but the user name is empty",
+        ));
+    }
+    if has_tok && (has_pw || !user.is_empty()) {
+        return Err(invalid(
+            &full(tok_key),
+            format!("both basic auth and {tok_key} are set: choose one"),
+        ));
+    }
     Ok(())
 }
 
@@ -243,6 +343,13 @@ impl SearchSinkConfig {
     /// Checks every value without I/O.
     pub fn validate(&self) -> Result<(), SinkError> {
         check_url("search_sink.url", &self.url)?;
+        check_credentials(
+            "search_sink",
+            &self.username,
+            ("password", &self.password, &self.password_file),
+            ("api_key", &self.api_key, &self.api_key_file),
+        )?;
+        self.tls.validate("search_sink.tls")?;
         let p = &self.index_prefix;
         if p.is_empty()
             || p.starts_with(['-', '_', '+'])
@@ -330,6 +437,22 @@ impl MetricsSinkConfig {
         if !self.remote_write_url.is_empty() {
             check_url("metrics_sink.remote_write_url", &self.remote_write_url)?;
         }
+        check_credentials(
+            "metrics_sink",
+            &self.remote_write_username,
+            (
+                "remote_write_password",
+                &self.remote_write_password,
+                &self.remote_write_password_file,
+            ),
+            (
+                "remote_write_bearer_token",
+                &self.remote_write_bearer_token,
+                &self.remote_write_bearer_token_file,
+            ),
+        )?;
+        self.remote_write_tls
+            .validate("metrics_sink.remote_write_tls")?;
         if self.push_interval_secs == 0 {
             return Err(invalid(
                 "metrics_sink.push_interval_secs",
@@ -372,6 +495,69 @@ mod tests {
             ..Default::default()
         };
         assert!(!format!("{c:?}").contains("hunter2"));
+        let m = MetricsSinkConfig {
+            remote_write_bearer_token: Secret("tok-hunter3".into()),
+            ..Default::default()
+        };
+        m.validate().unwrap();
+        assert!(!format!("{m:?}").contains("hunter3"));
+    }
+
+    #[test]
+    fn credential_settings_that_conflict_name_the_key() {
+        let url = SearchSinkConfig {
+            url: "https://sink:hunter2@es:9200".into(),
+            ..Default::default()
+        };
+        let e = url.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("search_sink.url") && e.contains("credentials in the URL"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let both = SearchSinkConfig {
+            username: "sink".into(),
+            password: Secret("x".into()),
+            password_file: "/run/pw".into(),
+            ..Default::default()
+        };
+        let e = both.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("search_sink.password") && e.contains("choose one"),
+            "{e}"
+        );
+        let no_user = SearchSinkConfig {
+            password_file: "/run/pw".into(),
+            ..Default::default()
+        };
+        let e = no_user.validate().unwrap_err().to_string();
+        assert!(e.contains("user name is empty"), "{e}");
+        let mixed = SearchSinkConfig {
+            username: "sink".into(),
+            api_key_file: "/run/key".into(),
+            ..Default::default()
+        };
+        let e = mixed.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("search_sink.api_key") && e.contains("choose one"),
+            "{e}"
+        );
+        let m = MetricsSinkConfig {
+            remote_write_username: "u".into(),
+            remote_write_bearer_token_file: "/run/tok".into(),
+            ..Default::default()
+        };
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("metrics_sink.remote_write_bearer_token"), "{e}");
+        let m = MetricsSinkConfig {
+            remote_write_tls: TlsConfig {
+                key_file: "/k.pem".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("metrics_sink.remote_write_tls.cert_file"), "{e}");
     }
 
     #[test]

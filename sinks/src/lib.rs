@@ -9,6 +9,7 @@
 //!   and drift gauges, pushed to Prometheus by remote write and served on
 //!   `/metrics`;
 //! - [`dlq`]: the dead-letter producer both share;
+//! - [`http`]: TLS and credentials of both sinks' HTTP clients;
 //! - [`config`]: the `[search_sink]` and `[metrics_sink]` sections;
 //! - [`SinkError`]: the one error type.
 //!
@@ -19,6 +20,7 @@
 
 pub mod config;
 pub mod dlq;
+pub mod http;
 pub mod metrics;
 pub mod search;
 

@@ -19,6 +19,7 @@ use rdkafka::ClientConfig;
 pub mod hooks;
 pub mod pipeline;
 pub mod router;
+pub mod secure;
 pub mod secure_kafka;
 pub mod sinks;
 
@@ -331,6 +332,106 @@ impl Running {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+impl Running {
+    /// Waits up to `limit` for the process to exit on its own.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(s) = self.0.try_wait().expect("wait") {
+                return Some(s);
+            }
+            if started.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A TCP gate in front of a service: while open it forwards connections
+/// both ways (TLS passes through untouched), while closed it cuts every
+/// connection (those open included): the service "down" without stopping
+/// a service other tests share.
+pub struct Gate {
+    /// `host:port` to connect to instead of the service.
+    pub addr: String,
+    /// `http://` + `addr`.
+    pub url: String,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Gate {
+    /// A gate on a free local port forwarding to `upstream` (`host:port`).
+    pub fn to(upstream: &str, open: bool) -> Gate {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind gate");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let flag = std::sync::Arc::new(AtomicBool::new(open));
+        let (f, up) = (flag.clone(), upstream.to_owned());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !f.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&up) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ] {
+                    let (Ok(from), Ok(to)) = (from, to) else {
+                        continue;
+                    };
+                    let f = f.clone();
+                    std::thread::spawn(move || pipe(from, to, &f));
+                }
+            }
+        });
+        Gate {
+            url: format!("http://{addr}"),
+            addr,
+            open: flag,
+        }
+    }
+
+    /// Opens or closes the gate.
+    pub fn set(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either side ends or the gate closes.
+fn pipe(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    open: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = [0u8; 16 * 1024];
+    while open.load(std::sync::atomic::Ordering::SeqCst) {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
 impl Drop for Running {

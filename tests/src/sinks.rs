@@ -31,6 +31,49 @@ pub fn prometheus_url() -> String {
     std::env::var("PKGSTREAM_TEST_PROMETHEUS").unwrap_or_else(|_| "http://127.0.0.1:9090".into())
 }
 
+/// Where [`engine`] (and so [`count`], [`wait_state`], ...) and
+/// [`prom_query`] send their requests: the plaintext services by default;
+/// the tests of the secured ones set theirs first ([`crate::secure::init`]).
+pub struct Target {
+    /// Base URL.
+    pub url: String,
+    /// Agent (with the CA of a TLS service).
+    pub agent: ureq::Agent,
+    /// `Authorization` header value, if any.
+    pub auth: Option<String>,
+}
+
+impl Target {
+    fn plain(url: String) -> Target {
+        Target {
+            url,
+            agent: ureq::Agent::new(),
+            auth: None,
+        }
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let r = self.agent.request(method, &format!("{}{path}", self.url));
+        match &self.auth {
+            Some(a) => r.set("Authorization", a),
+            None => r,
+        }
+    }
+}
+
+/// The engine the helpers inspect (set once per test binary).
+pub static ENGINE_TARGET: std::sync::OnceLock<Target> = std::sync::OnceLock::new();
+/// The Prometheus the helpers query (set once per test binary).
+pub static PROMETHEUS_TARGET: std::sync::OnceLock<Target> = std::sync::OnceLock::new();
+
+fn engine_target() -> &'static Target {
+    ENGINE_TARGET.get_or_init(|| Target::plain(engine_url()))
+}
+
+fn prometheus_target() -> &'static Target {
+    PROMETHEUS_TARGET.get_or_init(|| Target::plain(prometheus_url()))
+}
+
 /// Event time base of the scenarios: 2026-10-31T22:00:00Z, so a scenario
 /// spans the October and November change indices.
 pub const T0_US: i64 = 1_793_484_000_000_000;
@@ -329,6 +372,17 @@ impl SinkEnv {
         }
     }
 
+    /// The same topics with the index prefix `prefix` instead.
+    pub fn with_prefix(mut self, prefix: &str) -> SinkEnv {
+        self.prefix = prefix.to_owned();
+        for (k, v) in &mut self.vars {
+            if k == "PKGSTREAM__SEARCH_SINK__INDEX_PREFIX" {
+                *v = prefix.to_owned();
+            }
+        }
+        self
+    }
+
     /// Produces `records` to the enriched topic (keyed, default partitioner).
     pub fn produce(&self, records: &[(Vec<u8>, Vec<u8>)]) {
         let producer: rdkafka::producer::BaseProducer = crate::client_config(&self.brokers)
@@ -341,6 +395,16 @@ impl SinkEnv {
     /// Starts `pkgstream sink KIND` with this environment plus `extra`;
     /// returns the process and its /metrics port.
     pub fn start(&self, kind: &str, extra: &[(&str, String)]) -> SinkProcess {
+        self.start_logged(kind, extra, Stdio::inherit())
+    }
+
+    /// [`SinkEnv::start`] with the sink's log (stderr) going to `stderr`.
+    pub fn start_logged(
+        &self,
+        kind: &str,
+        extra: &[(&str, String)],
+        stderr: impl Into<Stdio>,
+    ) -> SinkProcess {
         let port = free_port();
         let listen_var = format!("PKGSTREAM__{}_SINK__METRICS_LISTEN", kind.to_uppercase());
         let child = Command::new(binary("pkgstream"))
@@ -351,7 +415,7 @@ impl SinkEnv {
             .envs(extra.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn pkgstream sink");
         SinkProcess {
@@ -434,7 +498,7 @@ pub fn rack_conflict(sc: &mut Scenario, i: usize) -> (Vec<u8>, Vec<u8>) {
 pub fn engine(method: &str, path: &str, body: Option<Value>) -> Value {
     let started = Instant::now();
     loop {
-        let req = ureq::request(method, &format!("{}{path}", engine_url()));
+        let req = engine_target().request(method, path);
         let r = match &body {
             Some(b) => req.send_json(b.clone()),
             None => req.call(),
@@ -555,7 +619,8 @@ pub fn wait_count(index: &str, n: u64, limit: Duration) {
 
 /// Instant query against the test Prometheus: the result vector.
 pub fn prom_query(q: &str) -> Vec<Value> {
-    let r: Value = ureq::get(&format!("{}/api/v1/query", prometheus_url()))
+    let r: Value = prometheus_target()
+        .request("GET", "/api/v1/query")
         .query("query", q)
         .call()
         .unwrap_or_else(|e| panic!("Prometheus query {q}: {e}"))

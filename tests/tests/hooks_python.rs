@@ -42,10 +42,10 @@ fn unittest(dir: &str, expected: usize) {
 
 #[test]
 fn yum3_plugin_unit_tests_pass() {
-    unittest("producer/yum/tests", 9);
+    unittest("producer/yum/tests", 10);
 }
 
 #[test]
 fn dnf_plugin_logic_unit_tests_pass() {
-    unittest("producer/dnf/tests", 5);
+    unittest("producer/dnf/tests", 6);
 }

@@ -10,16 +10,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pkgstream_tests::router::free_port;
 use pkgstream_tests::sinks::*;
-use pkgstream_tests::{create_topics, kafka_brokers, unique};
+use pkgstream_tests::{create_topics, kafka_brokers, unique, Gate};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
 
@@ -440,72 +438,6 @@ fn without_a_broker_it_waits_not_ready_then_counts_once_the_broker_comes_and_sur
         events(&scrape(sink.port), "counted") == n + 5.0
     });
     stop_promptly(sink, "running");
-}
-
-/// A TCP gate in front of Prometheus: while open it forwards connections
-/// both ways, while closed it cuts every connection (those open included).
-struct Gate {
-    url: String,
-    open: Arc<AtomicBool>,
-}
-
-impl Gate {
-    fn to(upstream: &str, open: bool) -> Gate {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind gate");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let flag = Arc::new(AtomicBool::new(open));
-        let (f, up) = (flag.clone(), upstream.to_owned());
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                if !f.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(&up) else {
-                    continue;
-                };
-                for (from, to) in [
-                    (client.try_clone(), server.try_clone()),
-                    (server.try_clone(), client.try_clone()),
-                ] {
-                    let (Ok(from), Ok(to)) = (from, to) else {
-                        continue;
-                    };
-                    let f = f.clone();
-                    std::thread::spawn(move || pipe(from, to, &f));
-                }
-            }
-        });
-        Gate { url, open: flag }
-    }
-
-    fn set(&self, open: bool) {
-        self.open.store(open, Ordering::SeqCst);
-    }
-}
-
-/// Copies `from` to `to` until either side ends or the gate closes.
-fn pipe(mut from: TcpStream, mut to: TcpStream, open: &AtomicBool) {
-    let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
-    let mut buf = [0u8; 16 * 1024];
-    while open.load(Ordering::SeqCst) {
-        match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break,
-        }
-    }
-    let _ = from.shutdown(Shutdown::Both);
-    let _ = to.shutdown(Shutdown::Both);
 }
 
 #[test]

@@ -353,10 +353,12 @@ impl<'a> Simulator<'a> {
             hosts,
             ..
         } = cfg.topics.clone();
-        let mut emit = EmitConfig::default();
-        emit.kafka = pkgstream_runtime::config::KafkaConfig {
-            client_id: Some("pkgstream-simulate".into()),
-            ..cfg.kafka.clone()
+        let mut emit = EmitConfig {
+            kafka: pkgstream_runtime::config::KafkaConfig {
+                client_id: Some("pkgstream-simulate".into()),
+                ..cfg.kafka.clone()
+            },
+            ..EmitConfig::default()
         };
         emit.topics.changes_raw = changes_raw;
         emit.topics.inventory_raw = inventory_raw;

@@ -89,6 +89,21 @@ class DnfPluginLogicTest(unittest.TestCase):
         self.assertIn("bad config", log.lines[1])
         self.assertIn("was killed", log.lines[2])
 
+    def test_emitter_that_spooled_with_a_warning_counts_as_recorded(self):
+        # 65: a line refused (set aside in SPOOL/dead/), the rest spooled;
+        # 79: broken configuration, spooled with the fallback.
+        for code in (65, 79):
+            log = Log()
+            fd, exe = tempfile.mkstemp()
+            os.write(fd, b"#!/bin/sh\ncat >/dev/null\necho 'rejected: line 2' >&2\nexit %d\n" % code)
+            os.close(fd)
+            os.chmod(exe, 0o755)
+            self.assertTrue(pkgstream.run_emitter(exe, "{}\n", 2, log))
+            self.assertIn("recorded, with a warning", log.lines[0])
+            self.assertIn("exit %d" % code, log.lines[0])
+            self.assertIn("rejected: line 2", log.lines[0])
+            self.assertNotIn("not recorded", log.lines[0])
+
 
 if __name__ == "__main__":
     unittest.main()

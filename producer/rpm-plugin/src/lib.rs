@@ -230,7 +230,10 @@ unsafe fn after_transaction(rpm: &Rpm, ts: Rpmts) {
         .map(Duration::from_millis)
         .unwrap_or(Duration::from_secs(5));
     let status = match spawn::record(&exe, input.as_bytes(), timeout) {
-        Ok(took) => {
+        Ok(spawn::Recorded {
+            took,
+            warning: None,
+        }) => {
             rpm.log(
                 ffi::RPMLOG_DEBUG,
                 &format!(
@@ -240,6 +243,19 @@ unsafe fn after_transaction(rpm: &Rpm, ts: Rpmts) {
                 ),
             );
             "ok".to_owned()
+        }
+        Ok(spawn::Recorded {
+            warning: Some(w), ..
+        }) => {
+            // Spooled; the emitter's stderr says what needs a look.
+            rpm.log(
+                ffi::RPMLOG_WARNING,
+                &format!(
+                    "{} change(s) of transaction {tid} recorded, with a warning from pkgstream-emit ({w})",
+                    changes.len()
+                ),
+            );
+            format!("warning {w}")
         }
         Err(e) => {
             // Under dnf, rpm's log of a finished transaction is not shown:
@@ -268,7 +284,8 @@ pub fn on_main_thread() -> bool {
 
 /// Tells the dnf plugin (same process, called only when dnf's context names
 /// this process) that this transaction is handled:
-/// `PKGSTREAM_RPM_RECORDED="<pid> <rpm tid> <changes> ok"` or
+/// `PKGSTREAM_RPM_RECORDED="<pid> <rpm tid> <changes> ok"`,
+/// `"... warning <what>"` (spooled, but the emitter complained) or
 /// `"... failed <reason>"`.
 ///
 /// This is the plugin's only change to its host's environment, and

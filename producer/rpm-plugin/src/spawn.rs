@@ -27,9 +27,25 @@ fn memfd(name: &std::ffi::CStr) -> Result<File, PluginError> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// Exit statuses of `pkgstream-emit record` that mean "spooled, but look":
+/// 65 (some lines refused, set aside in `SPOOL/dead/`, every other line
+/// spooled) and 79 (configuration broken, spooled with the fallback).
+const RECORDED_WITH_WARNING: [i32; 2] = [65, 79];
+
+/// What `pkgstream-emit record` did with a transaction's events.
+#[derive(Debug)]
+pub struct Recorded {
+    /// How long the emitter took.
+    pub took: Duration,
+    /// Why the emitter exited non-zero although it spooled the events (its
+    /// exit status and the end of its stderr); `None` on a clean exit.
+    pub warning: Option<String>,
+}
+
 /// Runs `exe record --spawn-flush` with `input` on stdin; kills it after
-/// `timeout`. Returns how long it took.
-pub fn record(exe: &Path, input: &[u8], timeout: Duration) -> Result<Duration, PluginError> {
+/// `timeout`. An exit that still spooled the events (65, 79) is a
+/// [`Recorded`] with a warning, any other failure an error.
+pub fn record(exe: &Path, input: &[u8], timeout: Duration) -> Result<Recorded, PluginError> {
     let started = Instant::now();
     let io = |op: &'static str| move |source: std::io::Error| PluginError::Io { op, source };
     let mut stdin = memfd(c"pkgstream-events")?;
@@ -73,8 +89,12 @@ pub fn record(exe: &Path, input: &[u8], timeout: Duration) -> Result<Duration, P
             }
         }
     };
+    let took = started.elapsed();
     if status.success() {
-        return Ok(started.elapsed());
+        return Ok(Recorded {
+            took,
+            warning: None,
+        });
     }
     let mut raw = Vec::new();
     let _ = stderr.seek(SeekFrom::Start(0));
@@ -85,9 +105,53 @@ pub fn record(exe: &Path, input: &[u8], timeout: Duration) -> Result<Duration, P
         .filter(|l| !l.trim().is_empty())
         .collect::<Vec<_>>()
         .join(" | ");
+    if status
+        .code()
+        .is_some_and(|c| RECORDED_WITH_WARNING.contains(&c))
+    {
+        return Ok(Recorded {
+            took,
+            warning: Some(format!("{status}: {text}")),
+        });
+    }
     Err(PluginError::EmitterFailed {
         exe: exe.to_path_buf(),
         status: status.to_string(),
         stderr: text,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn emitter(dir: &Path, name: &str, code: i32) -> std::path::PathBuf {
+        let exe = dir.join(name);
+        std::fs::write(
+            &exe,
+            format!("#!/bin/sh\ncat >/dev/null\necho 'rejected: line 2' >&2\nexit {code}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        exe
+    }
+
+    #[test]
+    fn an_emitter_that_spooled_with_a_warning_is_recorded_not_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        for code in [65, 79] {
+            let exe = emitter(dir.path(), &format!("emit{code}"), code);
+            let recorded = record(&exe, b"{}\n", Duration::from_secs(5)).unwrap();
+            let warning = recorded.warning.unwrap();
+            assert!(warning.contains(&code.to_string()), "{warning}");
+            assert!(warning.contains("rejected: line 2"), "{warning}");
+        }
+        let failing = emitter(dir.path(), "emit78", 78);
+        assert!(matches!(
+            record(&failing, b"{}\n", Duration::from_secs(5)),
+            Err(PluginError::EmitterFailed { .. })
+        ));
+    }
 }

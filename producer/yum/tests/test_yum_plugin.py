@@ -194,6 +194,14 @@ class YumPluginTest(unittest.TestCase):
         self.assertLess(time.time() - started, 3)
         self.assertTrue(any("was killed" in m for m in c.messages), c.messages)
 
+    def test_emitter_that_spooled_with_a_warning_counts_as_recorded(self):
+        for code in (65, 79):
+            c = Conduit(transaction_members(), conf={"emitter": script("cat >/dev/null; echo 'rejected: line 2' >&2; exit %d" % code)})
+            pkgstream.posttrans_hook(c)
+            self.assertTrue(any("recorded, with a warning" in m and "exit %d" % code in m and "rejected: line 2" in m
+                                for m in c.messages), c.messages)
+            self.assertFalse(any("record failed" in m for m in c.messages), c.messages)
+
     def test_a_broken_conduit_never_raises(self):
         class Broken(Conduit):
             def getTsInfo(self):

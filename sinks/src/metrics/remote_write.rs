@@ -8,6 +8,11 @@ use std::time::Duration;
 use prometheus::proto::MetricType;
 use prost::Message;
 
+use crate::config::{MetricsSinkConfig, Secret};
+use crate::http::{basic_auth, secret_value};
+use crate::search::retry::{
+    request_verdict, transport_reason, transport_verdict, Contact, RequestVerdict,
+};
 use crate::SinkError;
 
 /// `prometheus.WriteRequest`.
@@ -139,28 +144,95 @@ pub fn encode(req: &WriteRequest) -> Result<Vec<u8>, SinkError> {
         .map_err(|e| SinkError::Io(format!("snappy: {e}")))
 }
 
-/// Pushes one request; a non-2xx answer is an error with Prometheus' reason.
-pub fn push(agent: &ureq::Agent, url: &str, req: &WriteRequest) -> Result<(), SinkError> {
-    let body = encode(req)?;
-    let err = |reason: String| SinkError::RemoteWrite {
-        url: url.to_owned(),
-        reason,
-    };
-    match agent
-        .post(url)
+/// Why a push failed.
+#[derive(Debug)]
+pub enum PushError {
+    /// Unreachable, 5xx, 429, or a sample Prometheus refused (400): the
+    /// next push carries the same counters.
+    Retry(SinkError),
+    /// Our credentials, the TLS set-up or the URL are wrong (401, 403, 404,
+    /// an untrusted certificate): retrying cannot help.
+    Fatal(SinkError),
+}
+
+/// A remote-write client: the endpoint, its TLS settings and credentials.
+pub struct RemoteWriter {
+    agent: ureq::Agent,
+    url: String,
+    /// `Authorization` header (basic or bearer), never in the URL.
+    auth: Option<Secret>,
+}
+
+impl RemoteWriter {
+    /// The client `cfg` asks for (reads the password, token, CA and
+    /// certificate files).
+    pub fn new(cfg: &MetricsSinkConfig) -> Result<RemoteWriter, SinkError> {
+        let token = secret_value(
+            "metrics_sink.remote_write_bearer_token",
+            &cfg.remote_write_bearer_token,
+            &cfg.remote_write_bearer_token_file,
+        )?;
+        let auth = if !token.is_empty() {
+            Some(Secret(format!("Bearer {}", token.0)))
+        } else if !cfg.remote_write_username.is_empty() {
+            let pw = secret_value(
+                "metrics_sink.remote_write_password",
+                &cfg.remote_write_password,
+                &cfg.remote_write_password_file,
+            )?;
+            Some(basic_auth(&cfg.remote_write_username, &pw))
+        } else {
+            None
+        };
         // Short: the sink's loop (and SIGTERM) waits for the push.
-        .timeout(Duration::from_secs(10))
-        .set("Content-Type", "application/x-protobuf")
-        .set("Content-Encoding", "snappy")
-        .set("X-Prometheus-Remote-Write-Version", "0.1.0")
-        .send_bytes(&body)
-    {
-        Ok(_) => Ok(()),
-        Err(ureq::Error::Status(code, r)) => Err(err(format!(
-            "HTTP {code}: {}",
-            r.into_string().unwrap_or_default().trim()
-        ))),
-        Err(ureq::Error::Transport(t)) => Err(err(t.to_string())),
+        let agent = cfg.remote_write_tls.agent(
+            "metrics_sink.remote_write_tls",
+            Duration::from_secs(5),
+            Duration::from_secs(10),
+        )?;
+        Ok(RemoteWriter {
+            agent,
+            url: cfg.remote_write_url.clone(),
+            auth,
+        })
+    }
+
+    /// Pushes one request; a non-2xx answer is an error with Prometheus'
+    /// reason, judged by the sinks' one retry-vs-fatal decision
+    /// ([`crate::search::retry`]).
+    pub fn push(&self, req: &WriteRequest) -> Result<(), PushError> {
+        let body = encode(req).map_err(PushError::Retry)?;
+        let err = |reason: String| SinkError::RemoteWrite {
+            url: self.url.clone(),
+            reason,
+        };
+        let mut r = self
+            .agent
+            .post(&self.url)
+            .set("Content-Type", "application/x-protobuf")
+            .set("Content-Encoding", "snappy")
+            .set("X-Prometheus-Remote-Write-Version", "0.1.0");
+        if let Some(auth) = &self.auth {
+            r = r.set("Authorization", &auth.0);
+        }
+        match r.send_bytes(&body) {
+            Ok(_) => Ok(()),
+            Err(ureq::Error::Status(code, r)) => {
+                let text = r.into_string().unwrap_or_default();
+                let e = err(format!("HTTP {code}: {}", text.trim()));
+                match request_verdict(code) {
+                    RequestVerdict::Fatal => Err(PushError::Fatal(e)),
+                    _ => Err(PushError::Retry(e)),
+                }
+            }
+            Err(ureq::Error::Transport(t)) => {
+                let e = err(transport_reason(&t));
+                match transport_verdict(&t, Contact::Running) {
+                    RequestVerdict::Fatal => Err(PushError::Fatal(e)),
+                    _ => Err(PushError::Retry(e)),
+                }
+            }
+        }
     }
 }
 
@@ -194,6 +266,92 @@ mod tests {
         let body = encode(&req).unwrap();
         let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
         assert_eq!(WriteRequest::decode(&raw[..]).unwrap(), req);
+    }
+
+    /// Serves one request with `status`; returns its header lines.
+    fn one_request(status: u16) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/api/v1/write", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut lines = Vec::new();
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let line = line.trim().to_owned();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.strip_prefix("Content-Length: ") {
+                    len = v.parse().unwrap();
+                }
+                lines.push(line);
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let answer = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: 12\r\nConnection: close\r\n\r\nUnauthorized"
+            );
+            (&s).write_all(answer.as_bytes()).unwrap();
+            lines
+        });
+        (url, t)
+    }
+
+    #[test]
+    fn a_bearer_token_from_a_file_is_a_header_and_a_401_is_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("token");
+        std::fs::write(&tok, "tok-Sekret-991\n").unwrap();
+        let (url, t) = one_request(401);
+        let w = RemoteWriter::new(&MetricsSinkConfig {
+            remote_write_url: url.clone(),
+            remote_write_bearer_token_file: tok.display().to_string(),
+            ..Default::default()
+        })
+        .unwrap();
+        let e = match w.push(&WriteRequest::default()) {
+            Err(PushError::Fatal(e)) => e.to_string(),
+            other => panic!("{other:?}"),
+        };
+        let lines = t.join().unwrap();
+        assert!(
+            lines.contains(&"Authorization: Bearer tok-Sekret-991".to_owned()),
+            "{lines:?}"
+        );
+        assert_eq!(
+            e,
+            format!("Prometheus remote write to {url}: HTTP 401: Unauthorized")
+        );
+        // Unreachable now: retried, and the token is nowhere in the error.
+        match w.push(&WriteRequest::default()) {
+            Err(PushError::Retry(e)) => assert!(!e.to_string().contains("Sekret"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_server_error_is_retried() {
+        let (url, t) = one_request(503);
+        let w = RemoteWriter::new(&MetricsSinkConfig {
+            remote_write_url: url,
+            remote_write_username: "m".into(),
+            remote_write_password: Secret("pw".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(matches!(
+            w.push(&WriteRequest::default()),
+            Err(PushError::Retry(_))
+        ));
+        let lines = t.join().unwrap();
+        assert!(
+            lines.contains(&"Authorization: Basic bTpwdw==".to_owned()),
+            "{lines:?}"
+        );
     }
 
     #[test]

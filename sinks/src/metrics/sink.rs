@@ -31,10 +31,10 @@ use pkgstream_schemas::{decode_enriched_change, decode_enriched_snapshot, Kind, 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, error, info, trace, warn};
 
 use super::fleet::FleetMetrics;
-use super::remote_write::{push, write_request, SeriesKey};
+use super::remote_write::{write_request, PushError, RemoteWriter, SeriesKey};
 use crate::config::MetricsSinkConfig;
 use crate::search::retry::backoff;
 use crate::SinkError;
@@ -147,9 +147,7 @@ impl MetricsSink {
             ..
         } = start;
 
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .build();
+        let writer = RemoteWriter::new(&self.config)?;
         let interval = Duration::from_secs(self.config.push_interval_secs);
         let started = Instant::now();
         let mut health = Health::new(
@@ -176,7 +174,7 @@ impl MetricsSink {
             let due = last_push.is_none_or(|t| t.elapsed() >= interval);
             if health.caught_up && (stop || due) {
                 let began = Instant::now();
-                let ok = self.push(&agent, &mut pushed);
+                let ok = self.push(&writer, &mut pushed)?;
                 health.pushed(ok, began);
                 last_push = Some(began);
                 // Committed only after a successful push: what was counted
@@ -356,8 +354,13 @@ impl MetricsSink {
     }
 
     /// Recomputes the gauges and pushes them (when remote write is
-    /// configured); false when the push failed.
-    fn push(&self, agent: &ureq::Agent, pushed: &mut HashSet<SeriesKey>) -> bool {
+    /// configured); false when the push failed for now, an error when it
+    /// cannot succeed (credentials, TLS, URL).
+    fn push(
+        &self,
+        writer: &RemoteWriter,
+        pushed: &mut HashSet<SeriesKey>,
+    ) -> Result<bool, SinkError> {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut req = {
             let fleet = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
@@ -366,9 +369,9 @@ impl MetricsSink {
         };
         let current = req.mark_vanished(pushed, now_ms);
         if self.config.remote_write_url.is_empty() {
-            return true;
+            return Ok(true);
         }
-        let ok = match push(agent, &self.config.remote_write_url, &req) {
+        let ok = match writer.push(&req) {
             Ok(()) => {
                 debug!(
                     series = req.timeseries.len(),
@@ -378,9 +381,13 @@ impl MetricsSink {
                 *pushed = current;
                 true
             }
-            Err(e) => {
+            Err(PushError::Retry(e)) => {
                 warn!(error = %e, "remote write failed; the next push carries the same counters");
                 false
+            }
+            Err(PushError::Fatal(e)) => {
+                error!(error = %e, "remote write refused: stopping the metrics sink");
+                return Err(e);
             }
         };
         let fleet = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
@@ -388,7 +395,7 @@ impl MetricsSink {
             .pushes
             .with_label_values(&[if ok { "ok" } else { "failed" }])
             .inc();
-        ok
+        Ok(ok)
     }
 }
 

@@ -493,6 +493,19 @@ impl Lane {
                                 ItemVerdict::Reject => {
                                     ItemOutcome::Reject(elide(&st.reason(), MAX_REASON_BYTES))
                                 }
+                                ItemVerdict::Fatal => {
+                                    // Nothing of this batch goes to the DLQ
+                                    // and no offset is stored: the events are
+                                    // read again once the user may write.
+                                    return Err(LaneStop::Fatal(SinkError::Engine {
+                                        url: self.client.display_url(),
+                                        what: format!("bulk item ({:?})", it.kind).to_lowercase(),
+                                        reason: elide(
+                                            &format!("HTTP {}: {}", st.status, st.reason()),
+                                            MAX_REASON_BYTES,
+                                        ),
+                                    }));
+                                }
                             });
                         }
                         Answer::Items(outcomes)

@@ -1,5 +1,7 @@
 //! The one place that decides what a bulk status means: done, retry later,
-//! or reject to the DLQ. Tested on canned response bodies below.
+//! reject to the DLQ, or stop the sink; and what a failure to get any HTTP
+//! answer means (unreachable: retry; a TLS failure: stop). Tested on canned
+//! response bodies below.
 
 use std::time::Duration;
 
@@ -17,6 +19,12 @@ pub enum ItemVerdict {
     Retry,
     /// Rejected for good (mapping or parsing error): the event goes to the DLQ.
     Reject,
+    /// Refused for who we are, not for what the item holds (401, 403: a
+    /// user without the privilege to write the index answers HTTP 200 with
+    /// every item `403 security_exception`): a configuration error, so the
+    /// sink stops with the engine's reason instead of sending every event
+    /// to the DLQ.
+    Fatal,
 }
 
 /// Reads one item's HTTP status.
@@ -25,8 +33,113 @@ pub fn item_verdict(kind: ItemKind, status: u16) -> ItemVerdict {
         200..=299 => ItemVerdict::Done,
         409 if kind == ItemKind::Change => ItemVerdict::Done,
         409 | 429 | 500..=599 => ItemVerdict::Retry,
+        401 | 403 => ItemVerdict::Fatal,
         _ => ItemVerdict::Reject,
     }
+}
+
+/// What a request that got no HTTP answer means: [`RequestVerdict::Retry`]
+/// when the engine is unreachable (refused, reset, timed out, a name that
+/// does not resolve yet: it may come back), [`RequestVerdict::Fatal`] when
+/// retrying cannot help — the TLS handshake failed (an untrusted or expired
+/// certificate, a name mismatch, `https://` to a plaintext port), the
+/// server answered something that is not HTTP (`http://` to a TLS port),
+/// or the URL itself is wrong.
+///
+/// A server that accepts the connection and closes it without an answer is
+/// retried while the sink runs (an engine killed mid-request does that),
+/// but is fatal at [`Contact::First`]: a TLS port spoken to in plaintext
+/// (`http://` to an `https://` engine) does exactly that, forever.
+pub fn transport_verdict(t: &ureq::Transport, contact: Contact) -> RequestVerdict {
+    use ureq::ErrorKind as K;
+    match t.kind() {
+        _ if contact == Contact::First && closed_without_answer(t) => RequestVerdict::Fatal,
+        K::InvalidUrl
+        | K::UnknownScheme
+        | K::InsecureRequestHttpsOnly
+        | K::BadStatus
+        | K::BadHeader
+        | K::InvalidProxyUrl
+        | K::ProxyUnauthorized => RequestVerdict::Fatal,
+        _ if tls_error(t).is_some() => RequestVerdict::Fatal,
+        _ => RequestVerdict::Retry,
+    }
+}
+
+/// Which request a transport error happened on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contact {
+    /// The first request to the engine (`GET /` of the set-up or a query).
+    First,
+    /// Any later one.
+    Running,
+}
+
+/// Whether the server closed the connection before any HTTP answer.
+fn closed_without_answer(t: &ureq::Transport) -> bool {
+    use std::io::ErrorKind as K;
+    let mut source = std::error::Error::source(t);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                K::ConnectionAborted | K::UnexpectedEof | K::ConnectionReset
+            ) {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The rustls error under a transport error, if the TLS layer failed
+/// (rustls' errors reach ureq inside an `io::Error`, whose `source()`
+/// skips the error it wraps: look inside with `get_ref`).
+fn tls_error(t: &ureq::Transport) -> Option<&rustls::Error> {
+    let mut source = std::error::Error::source(t);
+    while let Some(e) = source {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+            source = Some(inner);
+            continue;
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// What went wrong, in one line: ureq's text (the URL it prints holds no
+/// credentials: they travel in a header), with a hint for the common
+/// mistakes.
+pub fn transport_reason(t: &ureq::Transport) -> String {
+    let hint = match (t.kind(), tls_error(t)) {
+        (_, Some(rustls::Error::InvalidCertificate(_))) => {
+            " (the server's certificate is not trusted: set tls.ca_file to the CA that signed it)"
+        }
+        (_, Some(rustls::Error::InvalidMessage(_))) => {
+            " (is this a plaintext http:// port? use http:// or the TLS port)"
+        }
+        (_, Some(_)) => "",
+        (ureq::ErrorKind::BadStatus | ureq::ErrorKind::BadHeader, None) => {
+            " (not an HTTP answer: is this a TLS port? use https://)"
+        }
+        _ if closed_without_answer(t) => {
+            " (the server closed the connection without an HTTP answer: is this a TLS port? use https://)"
+        }
+        _ => "",
+    };
+    let mut text = t.to_string().replace('\n', " ");
+    text.push_str(hint);
+    text
 }
 
 /// What a whole request's HTTP status means. This is the one place that
@@ -211,6 +324,27 @@ mod tests {
             r.items[3].status().reason(),
             "mapper_parsing_exception: failed to parse field [labels.rack] of type [keyword] (caused by illegal_state_exception: Can't get text on a START_OBJECT)"
         );
+    }
+
+    /// As OpenSearch 2.19.4's security plugin answers a bulk from a user
+    /// who may not write the indices: HTTP 200, every item 403.
+    #[test]
+    fn items_refused_for_privileges_stop_the_sink_instead_of_the_dlq() {
+        let body = r#"{"errors":true,"items":[{"create":{"status":403,"error":{"type":"security_exception","reason":"no permissions for [indices:data/write/bulk[s], indices:data/write/index] and User [name=pkgstream-nowrite, backend_roles=[], requestedTenant=null]"}}},{"update":{"status":403,"error":{"type":"security_exception","reason":"no permissions for [indices:data/write/bulk[s], indices:data/write/update] and User [name=pkgstream-nowrite, backend_roles=[], requestedTenant=null]"}}}]}"#;
+        let r: BulkResponse = serde_json::from_str(body).unwrap();
+        let v: Vec<ItemVerdict> = r
+            .items
+            .iter()
+            .map(|i| item_verdict(ItemKind::Change, i.status().status))
+            .collect();
+        assert_eq!(v, [ItemVerdict::Fatal, ItemVerdict::Fatal]);
+        assert_eq!(item_verdict(ItemKind::Package, 401), ItemVerdict::Fatal);
+        assert!(r.items[0]
+            .status()
+            .reason()
+            .starts_with("security_exception: no permissions for [indices:data/write/bulk[s], indices:data/write/index] and User [name=pkgstream-nowrite"));
+        // A mapping error is still the item's own fault.
+        assert_eq!(item_verdict(ItemKind::Change, 400), ItemVerdict::Reject);
     }
 
     #[test]

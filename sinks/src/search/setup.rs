@@ -151,10 +151,7 @@ pub fn setup(
                 "_meta": {"managed_by": "pkgstream sink search"}
             })),
         )?;
-        let (status, _) = client
-            .call("HEAD", &format!("/{name}"), None)
-            .map_err(CallError::Retry)?;
-        if status == 404 {
+        if !client.exists(&format!("/{name}"))? {
             match client.json("PUT", &format!("/{name}"), None) {
                 Ok(_) => info!(index = name, "index created"),
                 // Another instance created it in between.
@@ -177,21 +174,14 @@ pub fn setup_history(
     reach(client)?;
     // Replaying into an existing (e.g. the live) prefix keeps its template,
     // lifecycle policy included.
-    let (status, _) = client
-        .call(
-            "HEAD",
-            &format!("/_index_template/{}-changes", idx.prefix()),
-            None,
-        )
-        .map_err(CallError::Retry)?;
-    if status == 200 {
+    if client.exists(&format!("/_index_template/{}-changes", idx.prefix()))? {
         return Ok(());
     }
     changes_template(client, idx, cfg, Lifecycle::None)
 }
 
 fn reach(client: &EngineClient) -> Result<(), CallError> {
-    let root = client.json("GET", "/", None)?;
+    let root = client.first_contact()?;
     info!(
         url = %client.display_url(),
         distribution = root["version"]["distribution"].as_str().unwrap_or("elasticsearch"),
@@ -240,7 +230,7 @@ fn detect_lifecycle(
     let days = format!("{}d", cfg.retention_days);
     let policy = format!("{}-changes", idx.prefix());
     let probe = |path: &str| client.call("GET", path, None).map(|(s, _)| s == 200);
-    if probe("/_ilm/status").map_err(CallError::Retry)? {
+    if probe("/_ilm/status")? {
         client.json(
             "PUT",
             &format!("/_ilm/policy/{policy}"),
@@ -252,7 +242,7 @@ fn detect_lifecycle(
         info!(policy, retention = %days, "ILM policy installed");
         return Ok(Lifecycle::Ilm);
     }
-    if probe("/_plugins/_ism/policies").map_err(CallError::Retry)? {
+    if probe("/_plugins/_ism/policies")? {
         let body = json!({"policy": {
             "description": "pkgstream change history retention",
             "default_state": "hot",
