@@ -50,6 +50,8 @@ CHART_OWNED = {
 # values.schema.json); its `*_file` sibling goes into the schema.
 SECRET_KEYS = {
     ("search_sink", "password"): "secrets.env (PKGSTREAM__SEARCH_SINK__PASSWORD)",
+    ("kafka", "sasl_password"): "secrets.env (PKGSTREAM__KAFKA__SASL_PASSWORD)",
+    ("kafka", "ssl_key_password"): "secrets.env (PKGSTREAM__KAFKA__SSL_KEY_PASSWORD)",
 }
 NOT_IN_CONFIG = {**CHART_OWNED, **SECRET_KEYS}
 PORTS = {"router": 9108, "search_sink": 9110, "metrics_sink": 9111}
