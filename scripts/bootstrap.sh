@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks (and where it can, installs from Debian's packages) what building and
 # testing pkgstream needs: Rust (cargo >= 1.89), a C toolchain with make and
-# perl (librdkafka is built from the rdkafka-sys crate), Java 17+ and Maven
+# perl (librdkafka is built from the rdkafka-sys crate, linking the system
+# OpenSSL: libssl-dev, pkg-config), Java 17+ and Maven
 # (the Kafka broker comes from Maven Central). Idempotent and quiet when all
 # is there. Used by scripts/demo.sh and scripts/test.sh.
 set -euo pipefail
@@ -13,6 +14,11 @@ missing=()
 command -v cc >/dev/null || missing+=(build-essential)
 command -v make >/dev/null || missing+=(make)
 command -v perl >/dev/null || missing+=(perl)
+# librdkafka links the system OpenSSL (TLS, SASL SCRAM); found with pkg-config.
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
+# The secured test broker's CA and certificates (scripts/services.sh kafka-secure).
+command -v openssl >/dev/null || missing+=(openssl)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v python3 >/dev/null || missing+=(python3)

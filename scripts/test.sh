@@ -42,8 +42,9 @@ ensure_running() {
   fi
 }
 # opensearch-secure and prometheus-secure: the TLS + authentication targets of
-# tests/tests/engine_security.rs.
-for s in kafka opensearch prometheus opensearch-secure prometheus-secure; do ensure_running "$s"; done
+# tests/tests/engine_security.rs; kafka-secure: the TLS/SASL broker with ACLs
+# of tests/tests/kafka_security.rs.
+for s in kafka opensearch prometheus opensearch-secure prometheus-secure kafka-secure; do ensure_running "$s"; done
 
 echo "[test] service tier: against the real services" >&2
 cargo test -p pkgstream-tests --locked --no-fail-fast || rc=$?

@@ -40,6 +40,7 @@ impl PipelineConfig {
         cfg.router
             .validate()
             .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        cfg.kafka.validate()?;
         cfg.search_sink.validate()?;
         cfg.metrics_sink.validate()?;
         Ok(cfg)
@@ -70,5 +71,14 @@ mod tests {
         let cfg = cfg.unwrap();
         assert_eq!(cfg.metrics_sink.watch_packages, ["kernel", "glibc"]);
         assert_eq!(cfg.kafka.brokers, "k1:9092,k2:9092");
+        // [kafka] is checked before any stage starts.
+        std::env::set_var("PKGSTREAM__KAFKA__SASL_USERNAME", "router");
+        let err = PipelineConfig::load(None);
+        std::env::remove_var("PKGSTREAM__KAFKA__SASL_USERNAME");
+        let err = format!("{:#}", err.unwrap_err());
+        assert!(
+            err.contains("sasl_* settings need security_protocol"),
+            "{err}"
+        );
     }
 }

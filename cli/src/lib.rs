@@ -1,5 +1,6 @@
 //! The `pkgstream` command's logic; `main.rs` only parses arguments and
-//! wires. It holds the pipeline [`config`] file and [`tail`]: read a
+//! wires. It holds the pipeline [`config`] file, [`acls`]: the Kafka ACLs a
+//! deployment needs, and [`tail`]: read a
 //! pkgstream topic and print each event as one JSON line, decoded with
 //! every shipped schema version; [`query`]: `history` and `changes` from
 //! the search engine; [`drift`]: the drift report; [`replay`]: a time
@@ -9,6 +10,7 @@
 //! router` and `pkgstream sink ...` only start them. This crate stays thin
 //! glue over them.
 
+pub mod acls;
 pub mod config;
 pub mod drift;
 pub mod query;

@@ -15,6 +15,7 @@ use pkgstream::replay::{print_summary, replay, ReplayOptions, ReplayOutput};
 use pkgstream::tail::{tail, TailOptions};
 use pkgstream_router::metrics::RouterMetrics;
 use pkgstream_router::Router;
+use pkgstream_runtime::config::KafkaConfig;
 use pkgstream_runtime::health::{self, Readiness};
 use pkgstream_runtime::shutdown::Shutdown;
 use pkgstream_sinks::metrics::{FleetMetrics, MetricsSink};
@@ -154,6 +155,30 @@ enum Command {
         /// Stop after this many seconds without a new event.
         #[arg(long)]
         idle_secs: Option<u64>,
+    },
+    /// The Kafka ACLs a deployment needs (least privilege), as kafka-acls.sh commands for an admin.
+    Acls {
+        /// Print the commands (the only mode: pkgstream holds no admin credentials).
+        #[arg(long, required = true)]
+        print: bool,
+        /// Resource names are exact (literal) or prefixes (prefixed: covers name.suffix too).
+        #[arg(long, default_value = "literal", value_parser = ["literal", "prefixed"])]
+        pattern: String,
+        /// The admin's client properties file named in the commands.
+        #[arg(long, default_value = "admin.properties")]
+        command_config: String,
+        /// Principal of the hosts (every host certificate maps to it).
+        #[arg(long, default_value = "User:pkgstream-host")]
+        host_principal: String,
+        /// Principal of the router.
+        #[arg(long, default_value = "User:pkgstream-router")]
+        router_principal: String,
+        /// Principal of the sinks.
+        #[arg(long, default_value = "User:pkgstream-sink")]
+        sink_principal: String,
+        /// Principal of replay and tail.
+        #[arg(long, default_value = "User:pkgstream-query")]
+        query_principal: String,
     },
 }
 
@@ -379,7 +404,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let topic = topic.unwrap_or(cfg.topics.changes_enriched);
             let opts = ReplayOptions {
-                brokers: cfg.kafka.brokers.clone(),
+                kafka: cfg.kafka.clone(),
                 topic: topic.clone(),
                 from_ms: parse_time(&from, now)? / 1000,
                 to_ms: to.map_or(Ok(now.timestamp_micros()), |t| parse_time(&t, now))? / 1000,
@@ -441,6 +466,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(args) => Ok(pkgstream::simulate::command(&args, &cfg)?),
+        Command::Acls {
+            print: _,
+            pattern,
+            command_config,
+            host_principal,
+            router_principal,
+            sink_principal,
+            query_principal,
+        } => {
+            use pkgstream::acls::{acl_lines, render, PatternType, Principals};
+            let who = Principals {
+                host: host_principal,
+                router: router_principal,
+                sink: sink_principal,
+                query: query_principal,
+            };
+            let pattern = if pattern == "prefixed" {
+                PatternType::Prefixed
+            } else {
+                PatternType::Literal
+            };
+            let lines = acl_lines(&cfg.topics, &who, pattern);
+            print!("{}", render(&cfg.kafka.brokers, &command_config, &lines));
+            Ok(())
+        }
         Command::Tail {
             brokers,
             topic,
@@ -449,7 +499,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             idle_secs,
         } => {
             let opts = TailOptions {
-                brokers: brokers.unwrap_or(cfg.kafka.brokers),
+                kafka: KafkaConfig {
+                    brokers: brokers.unwrap_or(cfg.kafka.brokers.clone()),
+                    ..cfg.kafka.clone()
+                },
                 topic,
                 from_beginning,
                 max,

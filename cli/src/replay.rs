@@ -14,11 +14,12 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use apache_avro::{from_avro_datum, Codec, Schema, Writer};
+use pkgstream_runtime::config::KafkaConfig;
 use pkgstream_runtime::shutdown::Shutdown;
 use pkgstream_schemas::{decode_enriched_change, Kind, Registry};
 use pkgstream_sinks::search::{AuditIndexer, AuditReport};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::{render, CliError};
 
@@ -42,8 +43,8 @@ enum Target<'a, 's> {
 /// What to replay.
 #[derive(Clone, Debug)]
 pub struct ReplayOptions {
-    /// Bootstrap servers.
-    pub brokers: String,
+    /// The cluster and how to reach it.
+    pub kafka: KafkaConfig,
     /// Topic (the enriched changes).
     pub topic: String,
     /// From (Kafka timestamp, ms, inclusive).
@@ -88,11 +89,16 @@ pub fn replay(
         return Err(CliError::BadInput("--from must be before --to".into()));
     }
     let kafka = |what: &str, e: &dyn std::fmt::Display| CliError::Kafka {
-        brokers: o.brokers.clone(),
+        brokers: o.kafka.brokers.clone(),
         reason: format!("{what}: {e}"),
     };
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &o.brokers)
+    let consumer: BaseConsumer = o
+        .kafka
+        .client_config()
+        .map_err(|e| CliError::Kafka {
+            brokers: o.kafka.brokers.clone(),
+            reason: e.to_string(),
+        })?
         .set("group.id", "pkgstream-replay")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -112,7 +118,7 @@ pub fn replay(
     if partitions.is_empty() {
         return Err(CliError::NoSuchTopic {
             topic: o.topic.clone(),
-            brokers: o.brokers.clone(),
+            brokers: o.kafka.brokers.clone(),
         });
     }
     let at = |ms: i64| -> Result<BTreeMap<i32, i64>, CliError> {
@@ -195,7 +201,7 @@ pub fn replay(
                 }
                 if idle_since.elapsed() > Duration::from_secs(30) {
                     return Err(CliError::Kafka {
-                        brokers: o.brokers.clone(),
+                        brokers: o.kafka.brokers.clone(),
                         reason: format!(
                             "no progress for 30 s on partitions {open:?} of {}",
                             o.topic

@@ -3,17 +3,18 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use pkgstream_runtime::config::KafkaConfig;
 use pkgstream_schemas::{Kind, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::warn;
 
 use crate::{render, CliError};
 
 /// What to read.
 pub struct TailOptions {
-    /// Bootstrap servers.
-    pub brokers: String,
+    /// The cluster and how to reach it.
+    pub kafka: KafkaConfig,
     /// Topic to read.
     pub topic: String,
     /// Start at the beginning of every partition (else at the end).
@@ -37,11 +38,16 @@ pub struct TailReport {
 /// writes one JSON object per event to `out`.
 pub fn tail(opts: &TailOptions, out: &mut impl Write) -> Result<TailReport, CliError> {
     let kafka = |reason: String| CliError::Kafka {
-        brokers: opts.brokers.clone(),
+        brokers: opts.kafka.brokers.clone(),
         reason,
     };
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &opts.brokers)
+    let consumer: BaseConsumer = opts
+        .kafka
+        .client_config()
+        .map_err(|e| CliError::Kafka {
+            brokers: opts.kafka.brokers.clone(),
+            reason: e.to_string(),
+        })?
         .set("group.id", "pkgstream-tail")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -51,15 +57,20 @@ pub fn tail(opts: &TailOptions, out: &mut impl Write) -> Result<TailReport, CliE
     let metadata = consumer
         .fetch_metadata(Some(&opts.topic), Duration::from_secs(10))
         .map_err(|e| kafka(format!("unreachable ({e})")))?;
-    let partitions = metadata
-        .topics()
-        .first()
+    let topic = metadata.topics().first();
+    if let Some(e) = topic.and_then(|t| t.error()) {
+        let code = rdkafka::types::RDKafkaErrorCode::from(e);
+        if code != rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition {
+            return Err(kafka(format!("topic {}: {code}", opts.topic)));
+        }
+    }
+    let partitions = topic
         .filter(|t| t.error().is_none())
         .map_or(0, |t| t.partitions().len());
     if partitions == 0 {
         return Err(CliError::NoSuchTopic {
             topic: opts.topic.clone(),
-            brokers: opts.brokers.clone(),
+            brokers: opts.kafka.brokers.clone(),
         });
     }
     let mut tpl = TopicPartitionList::new();

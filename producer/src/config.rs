@@ -62,17 +62,10 @@ pub struct EmitConfig {
     pub host: HostConfig,
 }
 
-/// `[kafka]`: the cluster the host ships to.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, comma separated.
-    #[serde(default = "default_brokers")]
-    pub brokers: String,
-    /// Client id shown in broker logs and quotas.
-    #[serde(default = "default_client_id")]
-    pub client_id: String,
-}
+/// `[kafka]`: the cluster the host ships to and how it authenticates (mTLS
+/// for hosts: `security_protocol = "SSL"` with `ssl_certificate_file` and
+/// `ssl_key_file`); the same type as the central side's.
+pub use pkgstream_kafka_config::KafkaConfig;
 
 /// `[topics]`: where each lane goes.
 #[derive(Clone, Debug, Deserialize)]
@@ -140,12 +133,6 @@ pub struct HostConfig {
     pub hostname_file: PathBuf,
 }
 
-fn default_brokers() -> String {
-    "127.0.0.1:9092".into()
-}
-fn default_client_id() -> String {
-    "pkgstream-emit".into()
-}
 fn default_changes_topic() -> String {
     "pkgstream.changes.raw".into()
 }
@@ -194,13 +181,7 @@ macro_rules! default_from_serde {
         }
     )*};
 }
-default_from_serde!(
-    KafkaConfig,
-    TopicsConfig,
-    SpoolConfig,
-    FlushConfig,
-    HostConfig
-);
+default_from_serde!(TopicsConfig, SpoolConfig, FlushConfig, HostConfig);
 
 impl EmitConfig {
     /// Loads defaults, then `path` (required when given; `DEFAULT_PATH` is
@@ -290,9 +271,9 @@ impl EmitConfig {
     /// Checks values that parse but cannot work, without any I/O.
     pub fn validate(&self) -> Result<(), ProducerError> {
         let bad = |msg: String| Err(ProducerError::Config(msg));
-        if self.kafka.brokers.trim().is_empty() {
-            return bad("kafka.brokers is empty".into());
-        }
+        self.kafka
+            .validate()
+            .map_err(|e| ProducerError::Config(e.to_string()))?;
         if self.topics.changes_raw.is_empty() || self.topics.inventory_raw.is_empty() {
             return bad("topics.changes_raw and topics.inventory_raw must be set".into());
         }

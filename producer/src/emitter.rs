@@ -9,7 +9,7 @@ use pkgstream_schemas::{Encoder, Host};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::ClientContext;
 use tracing::{debug, error, info, warn};
 
 use crate::config::EmitConfig;
@@ -384,7 +384,26 @@ struct Deliveries {
 struct DeliveryState {
     /// `None` pending, `Some(Ok)` acknowledged, `Some(Err)` failed.
     results: Vec<Option<Result<(), Failure>>>,
+    /// The client's last error that says why (authentication, TLS, ...).
     last_error: Option<String>,
+    /// The last broker connection failure it logged.
+    last_failure: Option<String>,
+    /// The last "all brokers down".
+    generic_error: Option<String>,
+}
+
+impl DeliveryState {
+    /// What the client last said about the connection, most specific first.
+    fn take_reason(&mut self) -> Option<String> {
+        let r = self
+            .last_error
+            .take()
+            .or(self.last_failure.take())
+            .or(self.generic_error.take());
+        self.last_failure = None;
+        self.generic_error = None;
+        r
+    }
 }
 
 impl Deliveries {
@@ -400,11 +419,24 @@ impl Deliveries {
 impl ClientContext for Deliveries {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         debug!(?level, facility = fac, message = log_message, "librdkafka");
+        if fac == "FAIL" {
+            self.with_state(|s| s.last_failure = Some(log_message.to_owned()));
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         debug!(error = %error, reason, "librdkafka error");
-        self.with_state(|s| s.last_error = Some(reason.to_owned()));
+        // "all brokers down" follows the error that says why (a failed
+        // authentication, an untrusted certificate): the why is kept.
+        let generic = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
+        self.with_state(|s| {
+            let slot = if generic {
+                &mut s.generic_error
+            } else {
+                &mut s.last_error
+            };
+            *slot = Some(reason.to_owned());
+        });
     }
 }
 
@@ -532,8 +564,9 @@ pub fn flush(
                     // than "timed out", when it has one.
                     let reason = producer
                         .context()
-                        .with_state(|s| s.last_error.take())
+                        .with_state(DeliveryState::take_reason)
                         .unwrap_or(text);
+                    let reason = cfg.kafka.explain(&reason);
                     return Err(ProducerError::KafkaUnavailable {
                         brokers: cfg.kafka.brokers.clone(),
                         reason,
@@ -555,9 +588,14 @@ fn connect(
     let remaining = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(100));
-    let producer: BaseProducer<Deliveries> = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.kafka.brokers)
-        .set("client.id", &cfg.kafka.client_id)
+    let producer: BaseProducer<Deliveries> = cfg
+        .kafka
+        .client_config()
+        .map_err(|e| ProducerError::Config(e.to_string()))?
+        .set(
+            "client.id",
+            cfg.kafka.client_id.as_deref().unwrap_or("pkgstream-emit"),
+        )
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "zstd")
@@ -567,10 +605,13 @@ fn connect(
         .map_err(|e| ProducerError::KafkaClient(e.to_string()))?;
     let probe = remaining.min(Duration::from_secs(10));
     if let Err(e) = producer.client().fetch_metadata(None, probe) {
+        // Client errors (authentication, TLS) reach the context when polled.
+        producer.poll(Duration::from_millis(100));
         let reason = producer
             .context()
-            .with_state(|s| s.last_error.take())
+            .with_state(DeliveryState::take_reason)
             .unwrap_or_else(|| e.to_string());
+        let reason = cfg.kafka.explain(&reason);
         return Err(ProducerError::KafkaUnavailable {
             brokers: cfg.kafka.brokers.clone(),
             reason,

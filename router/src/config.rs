@@ -12,7 +12,9 @@ pub struct RouterConfig {
     #[serde(default = "d_group_id")]
     pub group_id: String,
     /// Transactional id of this instance. Must be stable across restarts
-    /// of one instance and unique among instances (e.g. the pod name).
+    /// of one instance and unique among instances: two routers with the
+    /// same id fence each other. Default: `pkgstream-router-<name>`, where
+    /// `<name>` is `$POD_NAME` if set (Kubernetes), else the host name.
     #[serde(default = "d_transactional_id")]
     pub transactional_id: String,
     /// Events per transaction at most.
@@ -57,7 +59,22 @@ fn d_group_id() -> String {
     "pkgstream-router".into()
 }
 fn d_transactional_id() -> String {
-    "pkgstream-router-0".into()
+    default_transactional_id(
+        std::env::var("POD_NAME").ok(),
+        std::fs::read_to_string("/proc/sys/kernel/hostname").ok(),
+    )
+}
+
+/// `pkgstream-router-<pod name or host name>`, or `pkgstream-router-0` when
+/// neither is known.
+fn default_transactional_id(pod: Option<String>, hostname: Option<String>) -> String {
+    let name = [pod, hostname]
+        .into_iter()
+        .flatten()
+        .map(|n| n.trim().to_owned())
+        .find(|n| !n.is_empty())
+        .unwrap_or_else(|| "0".into());
+    format!("pkgstream-router-{name}")
 }
 fn d_batch_events() -> usize {
     50_000
@@ -118,5 +135,24 @@ impl RouterConfig {
             return Err("router.transactional_id and router.group_id must not be empty".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_transactional_id_is_the_instance_name() {
+        let id = |pod: Option<&str>, host: Option<&str>| {
+            default_transactional_id(pod.map(Into::into), host.map(Into::into))
+        };
+        assert_eq!(
+            id(Some("router-2"), Some("node-a\n")),
+            "pkgstream-router-router-2"
+        );
+        assert_eq!(id(None, Some("node-a\n")), "pkgstream-router-node-a");
+        assert_eq!(id(Some(" "), Some("node-a")), "pkgstream-router-node-a");
+        assert_eq!(id(None, None), "pkgstream-router-0");
     }
 }

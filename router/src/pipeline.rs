@@ -34,7 +34,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Timestamp;
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{debug, info, info_span, warn};
 
 use crate::config::RouterConfig;
@@ -196,8 +196,10 @@ impl Router {
         shutdown: &Shutdown,
     ) -> Result<(), RouterError> {
         let mut producer = self.transactional_producer()?;
-        let consumer: BaseConsumer<RebalanceLog> = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.brokers)
+        let consumer: BaseConsumer<RebalanceLog> = self
+            .kafka
+            .client_config()
+            .map_err(|e| RouterError::KafkaClient(e.to_string()))?
             .set("group.id", &self.config.group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -277,7 +279,7 @@ impl Router {
         // though each record in it fits. (librdkafka still sends a single
         // record larger than batch.size, alone: only that one is refused.)
         let limit = pkgstream_runtime::topics::max_message_bytes(
-            &self.kafka.brokers,
+            &self.kafka,
             &[&self.topics.changes_enriched, &self.topics.dlq],
         )
         .unwrap_or_else(|e| {
@@ -289,9 +291,11 @@ impl Router {
         .min()
         .unwrap_or(BATCH_BYTES)
         .min(BATCH_BYTES);
-        let producer: BaseProducer<Deliveries> = ClientConfig::new()
+        let producer: BaseProducer<Deliveries> = self
+            .kafka
+            .client_config()
+            .map_err(|e| RouterError::KafkaClient(e.to_string()))?
             .set("batch.size", limit.max(1024).to_string())
-            .set("bootstrap.servers", &self.kafka.brokers)
             .set("transactional.id", &self.config.transactional_id)
             .set("enable.idempotence", "true")
             .set("compression.type", "zstd")
@@ -428,8 +432,7 @@ impl Router {
                 compact: false,
             })
             .collect();
-        create_missing(&self.kafka.brokers, &specs)
-            .map_err(|e| RouterError::Topology(e.to_string()))
+        create_missing(&self.kafka, &specs).map_err(|e| RouterError::Topology(e.to_string()))
     }
 
     /// Polls up to `batch_events` messages or `batch_ms`. An (eager)
@@ -920,8 +923,10 @@ impl Router {
             self.config.dedupe_window_entries,
             self.config.dedupe_window_secs,
         );
-        let reader: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.brokers)
+        let reader: BaseConsumer = self
+            .kafka
+            .client_config()
+            .map_err(|e| RouterError::KafkaClient(e.to_string()))?
             .set("group.id", format!("{}-rebuild", self.config.group_id))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
@@ -1039,7 +1044,7 @@ fn start_host_sources(
     }
     let caught_up = Readiness::default();
     let flag = caught_up.clone();
-    let brokers = router.kafka.brokers.clone();
+    let kafka = router.kafka.clone();
     let topic = router.topics.hosts.clone();
     let file = router.config.hosts_file.clone();
     let metrics = router.metrics.clone();
@@ -1051,7 +1056,7 @@ fn start_host_sources(
             let mut last_file_check = Instant::now();
             while !shutdown.requested() {
                 if reader.is_none() {
-                    match open_hosts_reader(&brokers, &topic) {
+                    match open_hosts_reader(&kafka, &topic) {
                         Ok(r) => reader = Some(r),
                         Err(e) => {
                             if !flag.get() {
@@ -1123,11 +1128,12 @@ fn start_host_sources(
 /// A reader of every partition of the hosts topic from the beginning, and
 /// the end offset of each non-empty partition at start.
 fn open_hosts_reader(
-    brokers: &str,
+    kafka: &KafkaConfig,
     topic: &str,
 ) -> Result<(BaseConsumer, HashMap<i32, i64>), KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?
         .set("group.id", "pkgstream-router-hosts")
         .set("enable.auto.commit", "false")
         .set("allow.auto.create.topics", "false")

@@ -8,26 +8,9 @@ use serde::Deserialize;
 
 use crate::RuntimeError;
 
-/// `[kafka]`: the cluster.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, comma separated.
-    #[serde(default = "default_brokers")]
-    pub brokers: String,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        KafkaConfig {
-            brokers: default_brokers(),
-        }
-    }
-}
-
-fn default_brokers() -> String {
-    "127.0.0.1:9092".into()
-}
+/// `[kafka]`: the cluster and how to authenticate to it, the same type as
+/// the host side's (see [`pkgstream_kafka_config`]).
+pub use pkgstream_kafka_config::{KafkaConfig, KafkaConfigError, Secret};
 
 /// `[topics]`: every topic of the pipeline.
 #[derive(Clone, Debug, Deserialize)]

@@ -40,6 +40,9 @@ pub enum RuntimeError {
         /// What went wrong.
         reason: String,
     },
+    /// The `[kafka]` settings cannot make a client.
+    #[error(transparent)]
+    KafkaConfig(#[from] config::KafkaConfigError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(String),

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientConfig;
 use tracing::{debug, info};
 
+use crate::config::KafkaConfig;
 use crate::RuntimeError;
 
 /// A topic to create.
@@ -23,13 +23,13 @@ pub struct TopicSpec<'a> {
 
 /// Creates each topic that does not exist yet; one that exists is left as
 /// it is.
-pub fn create_missing(brokers: &str, topics: &[TopicSpec<'_>]) -> Result<(), RuntimeError> {
+pub fn create_missing(kafka: &KafkaConfig, topics: &[TopicSpec<'_>]) -> Result<(), RuntimeError> {
     let err = |reason: String| RuntimeError::Kafka {
-        brokers: brokers.to_owned(),
+        brokers: kafka.brokers.clone(),
         reason,
     };
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = kafka
+        .client_config()?
         .create()
         .map_err(|e| err(e.to_string()))?;
     let new: Vec<NewTopic<'_>> = topics
@@ -69,15 +69,15 @@ pub fn create_missing(brokers: &str, topics: &[TopicSpec<'_>]) -> Result<(), Run
 /// `max.message.bytes`), `None` for a topic whose config cannot be read
 /// (it does not exist, or the client may not describe it).
 pub fn max_message_bytes(
-    brokers: &str,
+    kafka: &KafkaConfig,
     topics: &[&str],
 ) -> Result<Vec<Option<usize>>, RuntimeError> {
     let err = |reason: String| RuntimeError::Kafka {
-        brokers: brokers.to_owned(),
+        brokers: kafka.brokers.clone(),
         reason,
     };
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = kafka
+        .client_config()?
         .create()
         .map_err(|e| err(e.to_string()))?;
     let specs: Vec<ResourceSpecifier<'_>> =

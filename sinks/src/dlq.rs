@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use pkgstream_runtime::config::KafkaConfig;
 use pkgstream_runtime::delivery::DeliveryFailures;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::ClientConfig;
 
 use crate::SinkError;
 
@@ -62,10 +62,16 @@ pub struct Dlq {
 }
 
 impl Dlq {
-    /// A producer for `topic` on `brokers`.
-    pub fn new(brokers: &str, topic: &str) -> Result<Dlq, SinkError> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+    /// A producer for `topic` on the cluster of `kafka`.
+    pub fn new(kafka: &KafkaConfig, topic: &str) -> Result<Dlq, SinkError> {
+        let brokers = &kafka.brokers;
+        let producer = kafka
+            .client_config()
+            .map_err(|e| SinkError::Kafka {
+                brokers: brokers.to_owned(),
+                what: "client configuration".into(),
+                reason: e.to_string(),
+            })?
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .create_with_context(DeliveryFailures::default())

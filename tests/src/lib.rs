@@ -20,7 +20,44 @@ pub mod hooks;
 pub mod pipeline;
 pub mod router;
 pub mod secure;
+pub mod secure_kafka;
 pub mod sinks;
+
+/// librdkafka properties, (key, value).
+type Properties = Vec<(String, String)>;
+
+/// Client properties registered per bootstrap address (a secured broker's
+/// credentials, see [`secure_kafka`]).
+static CLIENT_PROPERTIES: std::sync::Mutex<Vec<(String, Properties)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Every client the helpers make for `brokers` uses `properties` too (the
+/// security settings of a secured broker).
+pub fn register_client_properties(brokers: &str, properties: &[(&str, String)]) {
+    let mut all = CLIENT_PROPERTIES.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|(b, _)| b != brokers);
+    all.push((
+        brokers.to_owned(),
+        properties
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    ));
+}
+
+/// The one client configuration of the test helpers: `bootstrap.servers`
+/// plus whatever was registered for `brokers`.
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    let all = CLIENT_PROPERTIES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, props)) = all.iter().find(|(b, _)| b == brokers) {
+        for (k, v) in props {
+            c.set(k, v);
+        }
+    }
+    c
+}
 
 /// Bootstrap address of the test Kafka (`PKGSTREAM_TEST_KAFKA`, default
 /// `127.0.0.1:9092`, the broker `scripts/services.sh start` runs).
@@ -43,10 +80,8 @@ pub fn create_topics(brokers: &str, topics: &[&str]) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(brokers).create().expect("admin client");
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| NewTopic::new(t, 3, TopicReplication::Fixed(1)))
@@ -487,8 +522,7 @@ impl PrivateKafka {
     /// loads its offsets topic for seconds), for tests of something else.
     pub fn wait_for_coordinator(&self, topic: &str) {
         use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
+        let consumer: BaseConsumer = client_config(&self.brokers())
             .set("group.id", unique("coordinator-probe"))
             .create()
             .expect("consumer");
@@ -541,8 +575,7 @@ pub fn set_topic_config(brokers: &str, topic: &str, configs: &[(&str, &str)]) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
         .create()
         .expect("admin client");
     let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));

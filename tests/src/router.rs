@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::{binary, create_topics, unique};
 
@@ -36,7 +36,13 @@ pub struct RouterEnv {
 impl RouterEnv {
     /// Creates fresh topics (raw and enriched with 3 partitions).
     pub fn new(brokers: &str, name: &str) -> RouterEnv {
-        let t = |s: &str| unique(&format!("{name}-{s}"));
+        Self::with_topic_names(brokers, name, |role| unique(&format!("{name}-{role}")))
+    }
+
+    /// [`RouterEnv::new`] with the topic names `t(role)` (role: `changes-raw`,
+    /// `inventory-raw`, `hosts`, `enriched`, `dlq`), e.g. under the prefixes
+    /// a secured broker's ACLs allow.
+    pub fn with_topic_names(brokers: &str, name: &str, t: impl Fn(&str) -> String) -> RouterEnv {
         let env = RouterEnv {
             brokers: brokers.to_owned(),
             changes_raw: t("changes-raw"),
@@ -137,8 +143,7 @@ impl RouterEnv {
 
     /// A producer for raw events.
     pub fn producer(&self) -> BaseProducer {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        crate::client_config(&self.brokers)
             .set("linger.ms", "5")
             .create()
             .expect("producer")
@@ -186,8 +191,7 @@ pub fn read_all(
     quiet: Duration,
     limit: Duration,
 ) -> Vec<WithHeaders> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = crate::client_config(brokers)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")

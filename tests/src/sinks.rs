@@ -386,8 +386,7 @@ impl SinkEnv {
 
     /// Produces `records` to the enriched topic (keyed, default partitioner).
     pub fn produce(&self, records: &[(Vec<u8>, Vec<u8>)]) {
-        let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let producer: rdkafka::producer::BaseProducer = crate::client_config(&self.brokers)
             .set("linger.ms", "5")
             .create()
             .expect("producer");

@@ -97,10 +97,7 @@ fn read(p: &Path) -> String {
 
 /// Messages in `topic` (the sum of its partitions' high watermarks).
 fn messages_in(brokers: &str, topic: &str) -> i64 {
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
+    let c: BaseConsumer = pkgstream_tests::client_config(brokers).create().unwrap();
     (0..3)
         .map(|p| {
             c.fetch_watermarks(topic, p, Duration::from_secs(10))

@@ -164,10 +164,10 @@ fn create_small_topic(brokers: &str, topic: &str, max: usize) {
         .enable_all()
         .build()
         .expect("runtime");
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin");
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        pkgstream_tests::client_config(brokers)
+            .create()
+            .expect("admin");
     let max = max.to_string();
     let new = NewTopic::new(topic, 3, TopicReplication::Fixed(1)).set("max.message.bytes", &max);
     for r in rt

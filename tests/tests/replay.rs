@@ -15,7 +15,6 @@ use pkgstream_tests::sinks::{
 };
 use pkgstream_tests::{binary, kafka_brokers};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::ClientConfig;
 
 fn run(env: &SinkEnv, args: &[&str]) -> (bool, Vec<u8>, String) {
     let out = Command::new(binary("pkgstream"))
@@ -49,8 +48,7 @@ fn iso(ms: i64) -> String {
 
 /// Produces `records` with Kafka timestamps one second apart from `base`.
 fn produce_at(env: &SinkEnv, records: &[(Vec<u8>, Vec<u8>)], base: i64) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &env.brokers)
+    let producer: BaseProducer = pkgstream_tests::client_config(&env.brokers)
         .create()
         .unwrap();
     for (i, (k, v)) in records.iter().enumerate() {

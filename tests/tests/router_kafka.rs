@@ -574,8 +574,7 @@ fn a_missing_raw_topic_is_created_like_its_sibling() {
     }
     let mut router = env.start();
     env.wait_ready(LIMIT);
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &env.brokers)
+    let consumer: BaseConsumer = pkgstream_tests::client_config(&env.brokers)
         .create()
         .unwrap();
     for topic in [&changes_raw, &enriched] {

@@ -253,10 +253,8 @@ fn a_missing_hosts_topic_is_created_compacted() {
         ],
     ));
     assert_eq!(out["snapshots"], 3);
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        pkgstream_tests::client_config(&brokers).create().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

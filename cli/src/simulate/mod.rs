@@ -46,7 +46,6 @@ use pkgstream_runtime::config::TopicsConfig;
 use pkgstream_runtime::delivery::DeliveryFailures;
 use pkgstream_runtime::topics::{create_missing, TopicSpec};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::ClientConfig;
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -354,9 +353,13 @@ impl<'a> Simulator<'a> {
             hosts,
             ..
         } = cfg.topics.clone();
-        let mut emit = EmitConfig::default();
-        emit.kafka.brokers = cfg.kafka.brokers.clone();
-        emit.kafka.client_id = "pkgstream-simulate".into();
+        let mut emit = EmitConfig {
+            kafka: pkgstream_runtime::config::KafkaConfig {
+                client_id: Some("pkgstream-simulate".into()),
+                ..cfg.kafka.clone()
+            },
+            ..EmitConfig::default()
+        };
         emit.topics.changes_raw = changes_raw;
         emit.topics.inventory_raw = inventory_raw;
         emit.flush.timeout_secs = args.flush_timeout_secs.max(1);
@@ -400,7 +403,7 @@ impl<'a> Simulator<'a> {
             reason,
         };
         create_missing(
-            brokers,
+            &self.emit.kafka,
             &[TopicSpec {
                 name: &self.hosts_topic,
                 partitions: 1,
@@ -411,9 +414,11 @@ impl<'a> Simulator<'a> {
             pkgstream_runtime::RuntimeError::Kafka { reason, .. } => kafka(reason),
             e => kafka(e.to_string()),
         })?;
-        let producer: BaseProducer<DeliveryFailures> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("client.id", "pkgstream-simulate")
+        let producer: BaseProducer<DeliveryFailures> = self
+            .emit
+            .kafka
+            .client_config()
+            .map_err(|e| kafka(e.to_string()))?
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("compression.type", "zstd")

@@ -30,7 +30,7 @@ use pkgstream_runtime::shutdown::Shutdown;
 use pkgstream_schemas::{decode_enriched_change, decode_enriched_snapshot, Kind, Registry};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{debug, error, info, trace, warn};
 
 use super::fleet::FleetMetrics;
@@ -112,8 +112,9 @@ impl MetricsSink {
             .set_max_versions(self.config.max_versions_per_group);
         let topic = &self.topics.changes_enriched;
         let consumer: Arc<MetricsConsumer> = Arc::new(
-            ClientConfig::new()
-                .set("bootstrap.servers", &self.kafka.brokers)
+            self.kafka
+                .client_config()
+                .map_err(|e| self.kafka_err("client configuration", e))?
                 .set("group.id", &self.config.group_id)
                 .set("enable.auto.commit", "false")
                 .set("enable.partition.eof", "true")

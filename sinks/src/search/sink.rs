@@ -28,7 +28,7 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry as PromRegistry,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::{ClientConfig, ClientContext, Message};
+use rdkafka::{ClientContext, Message};
 use tracing::{debug, error, info, info_span, warn};
 
 use super::client::{CallError, EngineClient};
@@ -189,8 +189,9 @@ impl SearchSink {
         let brokers = &self.kafka.brokers;
         let instance = cfg.effective_instance_id();
         let consumer: Arc<SinkConsumer> = Arc::new(
-            ClientConfig::new()
-                .set("bootstrap.servers", brokers)
+            self.kafka
+                .client_config()
+                .map_err(|e| kafka_err(brokers, "client configuration", e))?
                 .set("group.id", &cfg.group_id)
                 // Static membership: a restarted instance takes its
                 // partitions back at once instead of after the session
@@ -212,7 +213,7 @@ impl SearchSink {
         consumer
             .subscribe(&[&topic])
             .map_err(|e| kafka_err(brokers, "subscribing", e))?;
-        let dlq = Arc::new(Dlq::new(brokers, &self.topics.dlq)?);
+        let dlq = Arc::new(Dlq::new(&self.kafka, &self.topics.dlq)?);
 
         // Bytes handed to lanes and not yet taken into a batch: with the
         // channels' message count, this bounds memory for large events

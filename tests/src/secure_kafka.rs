@@ -1,0 +1,128 @@
+//! The secured Kafka of `scripts/services.sh start kafka-secure`: SASL_SSL
+//! (SCRAM-SHA-512) for the central stages, SSL with a client certificate
+//! for hosts, least-privilege ACLs on the default topic names as prefixes.
+//! Addresses from `PKGSTREAM_TEST_KAFKA_SECURE` (default 127.0.0.1:9194)
+//! and `PKGSTREAM_TEST_KAFKA_SECURE_MTLS` (127.0.0.1:9195); certificates
+//! and passwords from `PKGSTREAM_TEST_KAFKA_SECURE_PKI` (default
+//! `~/.cache/pkgstream/run/kafka-secure/pki`).
+
+use std::path::PathBuf;
+
+use crate::unique;
+
+/// The secured broker and its test credentials.
+pub struct SecureKafka {
+    /// SASL_SSL bootstrap (central stages).
+    pub sasl: String,
+    /// SSL bootstrap with required client certificates (hosts).
+    pub mtls: String,
+    /// The CA, certificates, keys and `<user>.password` files.
+    pub pki: PathBuf,
+}
+
+impl SecureKafka {
+    /// The running secured broker; the helpers' own clients on it (topic
+    /// creation, reading topics back) are its admin.
+    pub fn get() -> SecureKafka {
+        let pki = std::env::var_os("PKGSTREAM_TEST_KAFKA_SECURE_PKI")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("PKGSTREAM_HOME").map_or_else(
+                    || {
+                        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                            .join(".cache/pkgstream")
+                    },
+                    PathBuf::from,
+                );
+                home.join("run/kafka-secure/pki")
+            });
+        assert!(
+            pki.join(".done").exists(),
+            "no secured Kafka PKI in {}: run `scripts/services.sh start kafka-secure` (scripts/test.sh does)",
+            pki.display()
+        );
+        let k = SecureKafka {
+            sasl: std::env::var("PKGSTREAM_TEST_KAFKA_SECURE")
+                .unwrap_or_else(|_| "127.0.0.1:9194".into()),
+            mtls: std::env::var("PKGSTREAM_TEST_KAFKA_SECURE_MTLS")
+                .unwrap_or_else(|_| "127.0.0.1:9195".into()),
+            pki,
+        };
+        crate::register_client_properties(
+            &k.sasl,
+            &[
+                ("security.protocol", "sasl_ssl".into()),
+                ("sasl.mechanism", "SCRAM-SHA-512".into()),
+                ("sasl.username", "admin".into()),
+                ("sasl.password", k.password("admin")),
+                ("ssl.ca.location", k.file("ca.pem")),
+            ],
+        );
+        k
+    }
+
+    /// A file of the PKI, as a string path.
+    pub fn file(&self, name: &str) -> String {
+        self.pki.join(name).display().to_string()
+    }
+
+    /// The SCRAM password of `user`.
+    pub fn password(&self, user: &str) -> String {
+        std::fs::read_to_string(self.pki.join(format!("{user}.password")))
+            .expect("password file")
+            .trim()
+            .to_owned()
+    }
+
+    /// `PKGSTREAM__KAFKA__*` for a central stage logging in as `user` over
+    /// SASL_SSL, the password from its file.
+    pub fn central_vars(&self, user: &str) -> Vec<(String, String)> {
+        vec![
+            ("PKGSTREAM__KAFKA__BROKERS".into(), self.sasl.clone()),
+            (
+                "PKGSTREAM__KAFKA__SECURITY_PROTOCOL".into(),
+                "SASL_SSL".into(),
+            ),
+            ("PKGSTREAM__KAFKA__SSL_CA_FILE".into(), self.file("ca.pem")),
+            (
+                "PKGSTREAM__KAFKA__SASL_MECHANISM".into(),
+                "SCRAM-SHA-512".into(),
+            ),
+            ("PKGSTREAM__KAFKA__SASL_USERNAME".into(), user.into()),
+            (
+                "PKGSTREAM__KAFKA__SASL_PASSWORD_FILE".into(),
+                self.file(&format!("{user}.password")),
+            ),
+        ]
+    }
+
+    /// `<PREFIX>__KAFKA__*` for the host certificate over mTLS (`PKGSTREAM_EMIT`
+    /// for the emitter; `PKGSTREAM` for a central command run with it).
+    pub fn host_vars(&self, prefix: &str) -> Vec<(String, String)> {
+        vec![
+            (format!("{prefix}__KAFKA__BROKERS"), self.mtls.clone()),
+            (format!("{prefix}__KAFKA__SECURITY_PROTOCOL"), "SSL".into()),
+            (format!("{prefix}__KAFKA__SSL_CA_FILE"), self.file("ca.pem")),
+            (
+                format!("{prefix}__KAFKA__SSL_CERTIFICATE_FILE"),
+                self.file("host.pem"),
+            ),
+            (
+                format!("{prefix}__KAFKA__SSL_KEY_FILE"),
+                self.file("host.key"),
+            ),
+        ]
+    }
+
+    /// A topic name under the default `name` (which the ACLs allow as a
+    /// prefix), unique to this run.
+    pub fn topic(name: &str) -> String {
+        unique(&format!("{name}.t"))
+    }
+}
+
+/// `vars` with every key of `with` replaced by (or added as) its value.
+pub fn override_vars(vars: &mut Vec<(String, String)>, with: Vec<(String, String)>) {
+    vars.retain(|(k, _)| !with.iter().any(|(w, _)| w == k));
+    vars.extend(with);
+}
