@@ -16,10 +16,14 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 
+pub mod fault;
 pub mod hooks;
 pub mod pipeline;
 pub mod router;
+pub mod services;
 pub mod sinks;
+
+pub use services::{PrivateEngine, PrivateKafka};
 
 /// Bootstrap address of the test Kafka (`PKGSTREAM_TEST_KAFKA`, default
 /// `127.0.0.1:9092`, the broker `scripts/services.sh start` runs).

@@ -11,17 +11,12 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pkgstream_tests::router::free_port;
 use pkgstream_tests::sinks::*;
-use pkgstream_tests::{create_topics, kafka_brokers, unique};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::TopicPartitionList;
+use pkgstream_tests::{create_topics, kafka_brokers, PrivateKafka};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
@@ -99,112 +94,6 @@ fn prom_gauges(tag: &str) -> Vec<(String, String, String, String)> {
     .collect();
     v.sort();
     v
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
-/// A broker of this test's own (free ports, own run dir), driven by the
-/// project's service script, so stopping or pausing it disturbs no other
-/// test.
-struct PrivateKafka {
-    run_dir: tempfile::TempDir,
-    port: u16,
-    controller_port: u16,
-}
-
-impl PrivateKafka {
-    /// Not started yet: nothing listens on its port.
-    fn new() -> PrivateKafka {
-        PrivateKafka {
-            run_dir: tempfile::tempdir().expect("tempdir"),
-            port: free_port(),
-            controller_port: free_port(),
-        }
-    }
-
-    fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn script(&self, action: &str) -> std::process::Output {
-        Command::new("bash")
-            .arg(repo_root().join("scripts/services.sh"))
-            .args([action, "kafka"])
-            .env("PKGSTREAM_RUN_DIR", self.run_dir.path())
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
-            .output()
-            .expect("run services.sh")
-    }
-
-    fn start(&self) {
-        let out = self.script("start");
-        assert!(
-            out.status.success(),
-            "services.sh start kafka: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn pid(&self) -> String {
-        std::fs::read_to_string(self.run_dir.path().join("kafka/kafka.pid"))
-            .expect("broker pid file")
-            .trim()
-            .to_owned()
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.pid()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill {sig}");
-    }
-
-    /// Waits until the broker's group coordinator answers (a fresh broker
-    /// loads its offsets topic for seconds), for tests of something else.
-    fn wait_for_coordinator(&self, topic: &str) {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
-            .set("group.id", unique("coordinator-probe"))
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(topic, 0);
-        wait_for("the group coordinator", LIMIT, || {
-            consumer
-                .committed_offsets(tpl.clone(), Duration::from_secs(5))
-                .is_ok()
-        });
-    }
-
-    /// Kills the broker outright, as a crash looks to its clients.
-    fn kill(&self) {
-        self.signal("-KILL");
-        let started = Instant::now();
-        while TcpStream::connect(self.brokers()).is_ok() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "broker still answers"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for PrivateKafka {
-    fn drop(&mut self) {
-        if self.run_dir.path().join("kafka/kafka.pid").exists() {
-            // A paused broker (a failed stall test) must run to stop.
-            let _ = Command::new("kill").args(["-CONT", &self.pid()]).status();
-        }
-        let _ = self.script("stop");
-    }
 }
 
 /// Polls `/readyz` every 20 ms from the sink's start until it answers 200;
