@@ -378,6 +378,15 @@ impl PeakRss {
     }
 }
 
+/// Peak RSS of `record` and of `flush` processes.
+#[derive(Default)]
+pub struct EmitPeaks {
+    /// Of every `pkgstream-emit record`.
+    pub record: PeakRss,
+    /// Of every `pkgstream-emit flush`.
+    pub flush: PeakRss,
+}
+
 /// Waits for `child`, sampling its VmHWM every 5 ms into `peak`; kills it
 /// with SIGKILL after `kill_after` if given (then returns `None`).
 pub fn wait_sampled(
