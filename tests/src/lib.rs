@@ -23,7 +23,7 @@ pub mod router;
 pub mod services;
 pub mod sinks;
 
-pub use services::{PrivateEngine, PrivateKafka};
+pub use services::PrivateEngine;
 
 /// Bootstrap address of the test Kafka (`PKGSTREAM_TEST_KAFKA`, default
 /// `127.0.0.1:9092`, the broker `scripts/services.sh start` runs).
@@ -308,5 +308,157 @@ impl Drop for Running {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
+    }
+}
+
+/// A broker of a test's own (free ports, own run dir), driven by the
+/// project's service script, so stopping, pausing or killing it disturbs no
+/// other test. Stopped (and resumed first, if paused) when dropped.
+pub struct PrivateKafka {
+    run_dir: tempfile::TempDir,
+    port: u16,
+    controller_port: u16,
+}
+
+impl Default for PrivateKafka {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PrivateKafka {
+    /// Not started yet: nothing listens on its port.
+    pub fn new() -> PrivateKafka {
+        PrivateKafka {
+            run_dir: tempfile::tempdir().expect("tempdir"),
+            port: router::free_port(),
+            controller_port: router::free_port(),
+        }
+    }
+
+    /// A started one.
+    pub fn started() -> PrivateKafka {
+        let k = PrivateKafka::new();
+        k.start();
+        k
+    }
+
+    /// Its bootstrap address.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn script(&self, action: &str) -> Output {
+        Command::new("bash")
+            .arg(hooks::repo_root().join("scripts/services.sh"))
+            .args([action, "kafka"])
+            .env("PKGSTREAM_RUN_DIR", self.run_dir.path())
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .output()
+            .expect("run services.sh")
+    }
+
+    /// Starts it (again: its data survives a kill) and waits until it answers.
+    pub fn start(&self) {
+        let out = self.script("start");
+        assert!(
+            out.status.success(),
+            "services.sh start kafka: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> String {
+        std::fs::read_to_string(self.run_dir.path().join("kafka/kafka.pid"))
+            .expect("broker pid file")
+            .trim()
+            .to_owned()
+    }
+
+    /// Sends `sig` (e.g. `-STOP`, `-CONT`) to the broker.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.pid()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig}");
+    }
+
+    /// Waits until the broker's group coordinator answers (a fresh broker
+    /// loads its offsets topic for seconds), for tests of something else.
+    pub fn wait_for_coordinator(&self, topic: &str) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", unique("coordinator-probe"))
+            .create()
+            .expect("consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(topic, 0);
+        let started = Instant::now();
+        while consumer
+            .committed_offsets(tpl.clone(), Duration::from_secs(5))
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "the group coordinator of {} does not answer",
+                self.brokers()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Kills the broker outright (SIGKILL), as a crash or a pulled cable
+    /// looks to its clients, and waits until its port is closed.
+    pub fn kill(&self) {
+        self.signal("-KILL");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(self.brokers()).is_ok() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "broker still answers"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        if self.run_dir.path().join("kafka/kafka.pid").exists() {
+            // A paused broker (a failed stall test) must run to stop.
+            let _ = Command::new("kill").args(["-CONT", &self.pid()]).status();
+        }
+        let _ = self.script("stop");
+    }
+}
+
+/// Sets topic-level configs of `topic` (e.g. `max.message.bytes`), as
+/// `kafka-configs --alter` would; waits until the broker applied them.
+pub fn set_topic_config(brokers: &str, topic: &str, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    for (k, v) in configs {
+        alter = alter.set(k, v);
+    }
+    let results = rt
+        .block_on(admin.alter_configs(
+            &[alter],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .expect("alter configs");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("cannot configure {t:?} on {brokers}: {e}"));
     }
 }

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pkgstream_tests::*;
@@ -207,79 +207,6 @@ fn kafka_unreachable_record_is_fast_flush_fails_clearly_and_keeps_everything() {
     assert_eq!(got.len(), 200);
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
-/// A broker of this test's own (ports 19092/19093, own data dir), driven by
-/// the project's service script, so stopping it disturbs no other test.
-struct PrivateKafka {
-    run_dir: tempfile::TempDir,
-}
-
-impl PrivateKafka {
-    const BROKERS: &'static str = "127.0.0.1:19092";
-
-    fn script(&self, action: &str) {
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/services.sh"))
-            .args([action, "kafka"])
-            .env("PKGSTREAM_RUN_DIR", self.run_dir.path())
-            .env("KAFKA_PORT", "19092")
-            .env("KAFKA_CONTROLLER_PORT", "19093")
-            .output()
-            .expect("run services.sh");
-        assert!(
-            out.status.success(),
-            "services.sh {action}: {}",
-            stderr(&out)
-        );
-    }
-
-    fn start() -> PrivateKafka {
-        let k = PrivateKafka {
-            run_dir: tempfile::tempdir().expect("tempdir"),
-        };
-        k.script("start");
-        k
-    }
-
-    /// Kills the broker outright (the way a crash or a pulled cable looks to
-    /// the emitter: acknowledgements in flight are lost).
-    fn kill(&self) {
-        let pid = std::fs::read_to_string(self.run_dir.path().join("kafka/kafka.pid"))
-            .expect("broker pid file");
-        let status = Command::new("kill")
-            .args(["-9", pid.trim()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let started = Instant::now();
-        while std::net::TcpStream::connect(Self::BROKERS).is_ok() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "broker still answers"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for PrivateKafka {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo_root().join("scripts/services.sh"))
-            .args(["stop", "kafka"])
-            .env("PKGSTREAM_RUN_DIR", self.run_dir.path())
-            .env("KAFKA_PORT", "19092")
-            .env("KAFKA_CONTROLLER_PORT", "19093")
-            .output();
-    }
-}
-
 /// Waits until the first batch was acknowledged (the cursor file exists).
 fn wait_for_first_ack(spool: &Path) {
     let started = Instant::now();
@@ -294,12 +221,12 @@ fn wait_for_first_ack(spool: &Path) {
 
 #[test]
 fn kafka_stopped_during_flush_loses_nothing_and_resends_only_unacknowledged() {
-    let kafka = PrivateKafka::start();
-    let mut env = EmitEnv::new(PrivateKafka::BROKERS, "stopped");
+    let kafka = PrivateKafka::started();
+    let mut env = EmitEnv::new(&kafka.brokers(), "stopped");
     env.vars
         .push(("PKGSTREAM_EMIT__FLUSH__BATCH_EVENTS".into(), "200".into()));
     create_topics(
-        PrivateKafka::BROKERS,
+        &kafka.brokers(),
         &[&env.changes_topic, &env.inventory_topic],
     );
     let lines: Vec<String> = (0..30_000).map(|i| change_line(i, i % 100)).collect();
@@ -334,16 +261,10 @@ fn kafka_stopped_during_flush_loses_nothing_and_resends_only_unacknowledged() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(env.flush(&["--timeout", "3"]).status.code(), Some(75));
 
-    kafka.script("start");
+    kafka.start();
     assert_ok("flush after restart", &env.flush(&["--timeout", "60"]));
 
-    let got = consume_all(
-        PrivateKafka::BROKERS,
-        &env.changes_topic,
-        30_100,
-        QUIET,
-        LIMIT,
-    );
+    let got = consume_all(&kafka.brokers(), &env.changes_topic, 30_100, QUIET, LIMIT);
     let ids = by_event_id(&got);
     let expected: std::collections::HashSet<[u8; 16]> = lines
         .iter()

@@ -56,7 +56,7 @@ use pkgstream_tests::pipeline::write_hosts_csv;
 use pkgstream_tests::router::{read_all, RouterEnv};
 use pkgstream_tests::services::peak_rss_kib;
 use pkgstream_tests::sinks::*;
-use pkgstream_tests::{EmitEnv, PrivateEngine, PrivateKafka, Running};
+use pkgstream_tests::{set_topic_config, EmitEnv, PrivateEngine, PrivateKafka, Running};
 use serde_json::{json, Value};
 
 const HOSTS: usize = 12;
@@ -775,8 +775,7 @@ fn seeded_faults_at_every_stage_lose_nothing_and_duplicate_nothing() {
         set_topic_config(
             &brokers,
             &router_env.enriched,
-            "max.message.bytes",
-            "131072",
+            &[("max.message.bytes", "131072")],
         );
     }
 
@@ -1054,7 +1053,7 @@ fn seeded_faults_at_every_stage_lose_nothing_and_duplicate_nothing() {
     for s in [&mut suite.router, &mut suite.search, &mut suite.metrics] {
         s.stop();
     }
-    let broker_rss = suite.kafka.peak_rss_kib();
+    let broker_rss = peak_rss_kib(suite.kafka.pid().parse().unwrap_or(0));
     let rss = [
         ("router", suite.router.peak_kib, ROUTER_RSS_KIB),
         ("search sink", suite.search.peak_kib, SEARCH_RSS_KIB),
@@ -1121,26 +1120,4 @@ fn diff_counts(want: &BTreeMap<Vec<String>, u64>, got: &BTreeMap<Vec<String>, u6
         })
         .collect();
     format!("{} series differ: {}", wrong.len(), wrong.join("; "))
-}
-
-/// Sets one config of `topic` (incremental alter).
-fn set_topic_config(brokers: &str, topic: &str, key: &str, value: &str) {
-    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let r = rt
-        .block_on(admin.alter_configs(
-            &[AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value)],
-            &AdminOptions::new(),
-        ))
-        .unwrap();
-    for x in r {
-        x.unwrap_or_else(|(t, e)| panic!("alter {t:?}: {e}"));
-    }
 }
