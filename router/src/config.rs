@@ -21,12 +21,6 @@ pub struct RouterConfig {
     /// A transaction is committed after this long even if not full.
     #[serde(default = "d_batch_ms")]
     pub batch_ms: u64,
-    /// The broker aborts a transaction of this router that stays open
-    /// longer than this (Kafka's `transaction.timeout.ms`), in
-    /// milliseconds; at most the broker's `transaction.max.timeout.ms`
-    /// (15 minutes by default).
-    #[serde(default = "d_transaction_timeout_ms")]
-    pub transaction_timeout_ms: u64,
     /// Dedupe window: entries per partition at most.
     #[serde(default = "d_window_entries")]
     pub dedupe_window_entries: usize,
@@ -59,9 +53,6 @@ fn d_batch_events() -> usize {
 fn d_batch_ms() -> u64 {
     200
 }
-fn d_transaction_timeout_ms() -> u64 {
-    60_000
-}
 fn d_window_entries() -> usize {
     1_000_000
 }
@@ -91,12 +82,6 @@ impl RouterConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.batch_events == 0 || self.batch_ms == 0 {
             return Err("router.batch_events and router.batch_ms must be positive".into());
-        }
-        if !(1_000..=900_000).contains(&self.transaction_timeout_ms) {
-            return Err(format!(
-                "router.transaction_timeout_ms must be from 1000 to 900000 (the broker's default transaction.max.timeout.ms), not {}",
-                self.transaction_timeout_ms
-            ));
         }
         if self.dedupe_window_entries == 0 {
             return Err("router.dedupe_window_entries must be positive".into());

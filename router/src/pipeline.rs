@@ -180,10 +180,7 @@ impl Router {
             .set("enable.idempotence", "true")
             .set("compression.type", "zstd")
             .set("linger.ms", "5")
-            .set(
-                "transaction.timeout.ms",
-                self.config.transaction_timeout_ms.to_string(),
-            )
+            .set("transaction.timeout.ms", "60000")
             // Right after a commit the broker answers the next transaction's
             // first AddPartitionsToTxn with CONCURRENT_TRANSACTIONS until the
             // markers are written; the default 100 ms retry backoff would
