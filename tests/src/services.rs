@@ -24,9 +24,16 @@ pub fn services_script(run_dir: &Path, env: &[(&str, String)], args: &[&str]) ->
 }
 
 /// A loopback port in 9250..=9299 (the search engine runners listen on
-/// ports up to 9299 only) with nothing listening on it.
+/// ports up to 9299 only) with nothing listening on it, tried from a
+/// random one on: a stopped engine's port is free, and two tests that
+/// each took the first free port would take each other's.
 pub fn free_runner_port() -> u16 {
-    (9250..=9299)
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u16 ^ std::process::id() as u16)
+        % 50;
+    (0..50)
+        .map(|i| 9250 + (start + i) % 50)
         .find(|p| {
             TcpStream::connect_timeout(
                 &std::net::SocketAddr::from(([127, 0, 0, 1], *p)),

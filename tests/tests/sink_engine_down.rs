@@ -1,22 +1,38 @@
-//! The search engine stopped mid-stream (a real OpenSearch of this test's
-//! own, stopped and started again by scripts/services.sh): the sink waits,
-//! keeps its memory bounded while the backlog grows in Kafka, and resumes
-//! with nothing lost and nothing twice. The shared engine is not touched.
+//! The search engine stopped mid-stream (the real OpenSearch, stopped and
+//! started again by scripts/services.sh): the sink waits, keeps its memory
+//! bounded while the backlog grows in Kafka, and resumes with nothing lost
+//! and nothing twice. Its own test binary: it stops the shared engine.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::process::Command;
 use std::time::Duration;
 
+use pkgstream_tests::kafka_brokers;
 use pkgstream_tests::sinks::*;
-use pkgstream_tests::{kafka_brokers, PrivateEngine};
 
 const LIMIT: Duration = Duration::from_secs(600);
 
+fn services(action: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services.sh");
+    let ok = Command::new("bash")
+        .args([script, action, "opensearch"])
+        .status()
+        .expect("services.sh")
+        .success();
+    assert!(ok, "services.sh {action} opensearch failed");
+}
+
+/// Starts the engine again even if the test fails half-way.
+struct Restart;
+impl Drop for Restart {
+    fn drop(&mut self) {
+        services("start");
+    }
+}
+
 #[test]
 fn engine_down_for_a_while_nothing_lost_memory_bounded() {
-    let engine = PrivateEngine::new();
-    engine.start();
-    use_engine(&engine.url());
     let env = SinkEnv::new(&kafka_brokers(), "sink-down");
     let sc = scenario(&env.prefix, 1000, 100, 50, 10);
     let records = sc.records();
@@ -27,7 +43,8 @@ fn engine_down_for_a_while_nothing_lost_memory_bounded() {
         count(&env.changes()) >= 5_000
     });
 
-    engine.stop();
+    let restart = Restart;
+    services("stop");
     env.produce(rest);
     let backlog_mib = rest.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() >> 20;
     wait_for("the sink to notice", LIMIT, || {
@@ -36,7 +53,7 @@ fn engine_down_for_a_while_nothing_lost_memory_bounded() {
     std::thread::sleep(Duration::from_secs(20));
     assert!(sink.metric("pkgstream_search_sink_bulk_requests_total{outcome=\"failed\"}") >= 1.0);
     let rss_down = sink.peak_rss_kib();
-    engine.start();
+    drop(restart);
 
     wait_count(&env.changes(), sc.changes.len() as u64, LIMIT);
     wait_state(&env.packages(), &sc.expected_state(), LIMIT);
