@@ -158,7 +158,12 @@ impl FaultHost {
             machine_id: format!("fa{:06x}{:024x}", i, run),
             hostname: format!("h{i:03}.{tag}"),
             hostgroup: format!("{tag}-g{}", i % 3),
-            environment: (if i % 4 == 0 { "staging" } else { "prod" }).to_owned(),
+            environment: (if i.is_multiple_of(4) {
+                "staging"
+            } else {
+                "prod"
+            })
+            .to_owned(),
             emit,
             installed: BTreeMap::new(),
             clock: clock + i as i64,
@@ -468,11 +473,8 @@ pub fn flush_all(
             .expect("spawn flush");
         match wait_sampled(child, peak, kill_after.take()) {
             None => {}
-            Some(s) if s.success() => {
-                if spool_empty(env) {
-                    return unreachable;
-                }
-            }
+            Some(s) if s.success() && spool_empty(env) => return unreachable,
+            Some(s) if s.success() => {}
             Some(s) if s.code() == Some(75) => unreachable += 1,
             Some(s) => panic!("flush of {}: {s}", env.spool_dir().display()),
         }

@@ -673,6 +673,10 @@ impl RelayRequest {
     }
 }
 
+/// What a [`relay`] does with a request: `Some((status, body))` to answer,
+/// `None` to close the connection unanswered.
+pub type RelayHandler = dyn Fn(&RelayRequest) -> Option<(u16, Vec<u8>)> + Send + Sync;
+
 /// A loopback HTTP/1.1 relay on a free port: every request (keep-alive
 /// connections, `Content-Length` bodies) is given to `handle`, which
 /// answers `Some((status, body))`, or `None` to close the connection
@@ -694,10 +698,7 @@ pub fn relay(
     url
 }
 
-fn serve_relay(
-    stream: TcpStream,
-    handle: &(dyn Fn(&RelayRequest) -> Option<(u16, Vec<u8>)> + Send + Sync),
-) -> std::io::Result<()> {
+fn serve_relay(stream: TcpStream, handle: &RelayHandler) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     loop {

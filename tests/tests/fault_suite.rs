@@ -684,11 +684,7 @@ fn counters_over_lives(
             .collect();
         for (start, end) in lives {
             let end = end.unwrap_or(i64::MAX);
-            if let Some((_, v)) = samples
-                .iter()
-                .filter(|(t, _)| *t >= *start && *t <= end)
-                .next_back()
-            {
+            if let Some((_, v)) = samples.iter().rfind(|(t, _)| *t >= *start && *t <= end) {
                 *out.entry(key.clone()).or_default() += *v as u64;
             }
         }
