@@ -392,7 +392,8 @@ pub struct EmitPeaks {
     pub flush: PeakRss,
 }
 
-/// Waits for `child`, sampling its VmHWM every 5 ms into `peak`; kills it
+/// Waits for `child` (a `pkgstream-emit`), sampling its VmHWM every 5 ms
+/// into `peak` once it runs that binary; kills it
 /// with SIGKILL after `kill_after` if given (then returns `None`).
 pub fn wait_sampled(
     mut child: Child,
@@ -400,8 +401,13 @@ pub fn wait_sampled(
     kill_after: Option<Duration>,
 ) -> Option<ExitStatus> {
     let started = Instant::now();
+    let exe = std::fs::canonicalize(crate::binary("pkgstream-emit")).ok();
     loop {
-        peak.note(peak_rss_kib(child.id()));
+        // Until it has exec'ed, the child (vfork) shows the test's own memory.
+        let pid = child.id();
+        if std::fs::read_link(format!("/proc/{pid}/exe")).ok() == exe {
+            peak.note(peak_rss_kib(pid));
+        }
         if let Some(s) = child.try_wait().expect("wait") {
             return Some(s);
         }
