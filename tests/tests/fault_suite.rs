@@ -29,8 +29,8 @@
 //! each poison event is in the DLQ with its reason code (and nothing else
 //! is), and the peak RSS (VmHWM) of every stage stayed under its bound.
 //!
-//! - Short mode (CI): one block (8–9 minutes on this VM while other
-//!   builds and tests loaded it; see BENCHMARKS.md).
+//! - Short mode (CI): one block, about 3.5 minutes here (8–9 while other
+//!   builds and tests loaded the VM; see BENCHMARKS.md).
 //! - Long mode: `PKGSTREAM_FAULT_MINUTES=N` repeats blocks for N minutes
 //!   (the engine then stays down a minute each time); figures in
 //!   BENCHMARKS.md.
