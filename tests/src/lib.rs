@@ -16,12 +16,16 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 
+pub mod fault;
 pub mod hooks;
 pub mod pipeline;
 pub mod router;
 pub mod secure;
 pub mod secure_kafka;
+pub mod services;
 pub mod sinks;
+
+pub use services::PrivateEngine;
 
 /// librdkafka properties, (key, value).
 type Properties = Vec<(String, String)>;
@@ -575,9 +579,8 @@ pub fn set_topic_config(brokers: &str, topic: &str, configs: &[(&str, &str)]) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
-        .create()
-        .expect("admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(brokers).create().expect("admin client");
     let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
     for (k, v) in configs {
         alter = alter.set(k, v);

@@ -14,6 +14,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use crate::{binary, create_topics, unique};
 
 /// The topics, group and transactional id of one test's pipeline.
+#[derive(Clone)]
 pub struct RouterEnv {
     /// Bootstrap servers.
     pub brokers: String,

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,23 @@ use crate::{binary, create_topics, unique};
 
 /// Base URL of the test engine (`PKGSTREAM_TEST_OPENSEARCH`, default
 /// `http://127.0.0.1:9200`, what `scripts/services.sh start opensearch` runs).
+/// A test binary that runs its own engine ([`crate::PrivateEngine`]) names
+/// it once with [`use_engine`] instead.
 pub fn engine_url() -> String {
+    if let Some(url) = ENGINE.get() {
+        return url.clone();
+    }
     std::env::var("PKGSTREAM_TEST_OPENSEARCH").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
+}
+
+static ENGINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes `url` the engine of every helper here (and of [`SinkEnv`]) for
+/// the rest of this test process: for a test binary whose one test runs a
+/// private engine. Panics if another engine was named before.
+pub fn use_engine(url: &str) {
+    let set = ENGINE.get_or_init(|| url.to_owned());
+    assert_eq!(set, url, "this test process already uses the engine {set}");
 }
 
 /// Base URL of the test Prometheus (`PKGSTREAM_TEST_PROMETHEUS`).
@@ -313,6 +328,7 @@ impl Scenario {
 }
 
 /// One test's topics and index prefix, and the sink processes on them.
+#[derive(Clone)]
 pub struct SinkEnv {
     /// Bootstrap servers.
     pub brokers: String,
@@ -462,15 +478,7 @@ impl SinkProcess {
 
     /// Peak resident memory (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
+        crate::services::peak_rss_kib(self.child.0.id())
     }
 }
 
@@ -641,7 +649,9 @@ pub fn prom_value(q: &str) -> f64 {
 
 /// A proxy in front of the engine that answers 429 for every `every`-th
 /// item of each bulk (those items never reach the engine) and forwards
-/// everything else unchanged.
+/// everything else unchanged; `every` can be changed while it runs (0: no
+/// 429s), and [`RejectingProxy::drop_connections`] makes it close every
+/// connection on a request without answering it (a connection reset).
 pub struct RejectingProxy {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
@@ -649,41 +659,111 @@ pub struct RejectingProxy {
     pub rejected: Arc<AtomicU64>,
     /// Bulk requests seen.
     pub bulks: Arc<AtomicU64>,
+    /// Every this many bulk items one is answered 429 (0: none).
+    pub every: Arc<AtomicU64>,
+    /// While true, requests are read and their connection closed unanswered.
+    pub drop_connections: Arc<AtomicBool>,
+    /// Requests whose connection was closed unanswered so far.
+    pub dropped: Arc<AtomicU64>,
 }
 
 impl RejectingProxy {
     /// Listens on a free loopback port, forwarding to `upstream`.
     pub fn start(upstream: &str, every: u64) -> RejectingProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
         let rejected = Arc::new(AtomicU64::new(0));
         let bulks = Arc::new(AtomicU64::new(0));
-        let (up, rj, bk) = (upstream.to_owned(), rejected.clone(), bulks.clone());
-        std::thread::spawn(move || {
-            let counter = Arc::new(AtomicU64::new(0));
-            for stream in listener.incoming().flatten() {
-                let (up, rj, bk, counter) = (up.clone(), rj.clone(), bk.clone(), counter.clone());
-                std::thread::spawn(move || {
-                    let _ = serve_proxy(stream, &up, every, &counter, &rj, &bk);
-                });
+        let every = Arc::new(AtomicU64::new(every));
+        let drop_connections = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counter = AtomicU64::new(0);
+        let (up, rj, bk, ev, dc, dr) = (
+            upstream.to_owned(),
+            rejected.clone(),
+            bulks.clone(),
+            every.clone(),
+            drop_connections.clone(),
+            dropped.clone(),
+        );
+        let url = relay(move |req| {
+            if dc.load(Ordering::Relaxed) {
+                dr.fetch_add(1, Ordering::Relaxed);
+                return None;
             }
+            let every = ev.load(Ordering::Relaxed);
+            Some(
+                if req.method == "POST" && req.path.starts_with("/_bulk") && every > 0 {
+                    bk.fetch_add(1, Ordering::Relaxed);
+                    proxy_bulk(&up, &req.path, &req.body, every, &counter, &rj)
+                } else {
+                    if req.method == "POST" && req.path.starts_with("/_bulk") {
+                        bk.fetch_add(1, Ordering::Relaxed);
+                    }
+                    req.forward(&up)
+                },
+            )
         });
         RejectingProxy {
             url,
             rejected,
             bulks,
+            every,
+            drop_connections,
+            dropped,
         }
     }
 }
 
-fn serve_proxy(
-    stream: TcpStream,
-    upstream: &str,
-    every: u64,
-    counter: &AtomicU64,
-    rejected: &AtomicU64,
-    bulks: &AtomicU64,
-) -> std::io::Result<()> {
+/// One HTTP request as a [`relay`] read it.
+pub struct RelayRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Its `Content-Type`, if any.
+    pub content_type: Option<String>,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+impl RelayRequest {
+    /// Sends it to `upstream` unchanged: the status and body answered.
+    pub fn forward(&self, upstream: &str) -> (u16, Vec<u8>) {
+        forward(
+            upstream,
+            &self.method,
+            &self.path,
+            (!self.body.is_empty()).then_some(&self.body[..]),
+            self.content_type.as_ref(),
+        )
+    }
+}
+
+/// What a [`relay`] does with a request: `Some((status, body))` to answer,
+/// `None` to close the connection unanswered.
+pub type RelayHandler = dyn Fn(&RelayRequest) -> Option<(u16, Vec<u8>)> + Send + Sync;
+
+/// A loopback HTTP/1.1 relay on a free port: every request (keep-alive
+/// connections, `Content-Length` bodies) is given to `handle`, which
+/// answers `Some((status, body))`, or `None` to close the connection
+/// unanswered. Returns `http://127.0.0.1:PORT`.
+pub fn relay(
+    handle: impl Fn(&RelayRequest) -> Option<(u16, Vec<u8>)> + Send + Sync + 'static,
+) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                let _ = serve_relay(stream, &*handle);
+            });
+        }
+    });
+    url
+}
+
+fn serve_relay(stream: TcpStream, handle: &RelayHandler) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     loop {
@@ -714,17 +794,14 @@ fn serve_proxy(
             .unwrap_or(0);
         let mut body = vec![0; len];
         reader.read_exact(&mut body)?;
-        let (status, resp) = if method == "POST" && path.starts_with("/_bulk") {
-            bulks.fetch_add(1, Ordering::Relaxed);
-            proxy_bulk(upstream, &path, &body, every, counter, rejected)
-        } else {
-            forward(
-                upstream,
-                &method,
-                &path,
-                (len > 0).then_some(&body[..]),
-                headers.get("content-type"),
-            )
+        let req = RelayRequest {
+            method,
+            path,
+            content_type: headers.remove("content-type"),
+            body,
+        };
+        let Some((status, resp)) = handle(&req) else {
+            return out.shutdown(std::net::Shutdown::Both);
         };
         write!(
             out,
@@ -865,86 +942,25 @@ pub struct GatewayProxy {
 impl GatewayProxy {
     /// Listens on a free loopback port, forwarding to `upstream`.
     pub fn start(upstream: &str, rule: Arc<GatewayRule>) -> GatewayProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
         let answered = Arc::new(AtomicU64::new(0));
         let forwarded = Arc::new(AtomicU64::new(0));
         let (up, an, fw) = (upstream.to_owned(), answered.clone(), forwarded.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (up, an, fw, rule) = (up.clone(), an.clone(), fw.clone(), rule.clone());
-                std::thread::spawn(move || {
-                    let _ = serve_gateway(stream, &up, &*rule, &an, &fw);
-                });
-            }
+        let url = relay(move |req| {
+            Some(match rule(&req.method, &req.path, req.body.len()) {
+                Some(answer) => {
+                    an.fetch_add(1, Ordering::Relaxed);
+                    answer
+                }
+                None => {
+                    fw.fetch_add(1, Ordering::Relaxed);
+                    req.forward(&up)
+                }
+            })
         });
         GatewayProxy {
             url,
             answered,
             forwarded,
         }
-    }
-}
-
-fn serve_gateway(
-    stream: TcpStream,
-    upstream: &str,
-    rule: &GatewayRule,
-    answered: &AtomicU64,
-    forwarded: &AtomicU64,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut out = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let mut parts = line.split_whitespace();
-        let (method, path) = (
-            parts.next().unwrap_or("GET").to_owned(),
-            parts.next().unwrap_or("/").to_owned(),
-        );
-        let mut headers: HashMap<String, String> = HashMap::new();
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h)?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.insert(k.trim().to_lowercase(), v.trim().to_owned());
-            }
-        }
-        let len: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body)?;
-        let (status, resp) = match rule(&method, &path, len) {
-            Some(answer) => {
-                answered.fetch_add(1, Ordering::Relaxed);
-                answer
-            }
-            None => {
-                forwarded.fetch_add(1, Ordering::Relaxed);
-                forward(
-                    upstream,
-                    &method,
-                    &path,
-                    (len > 0).then_some(&body[..]),
-                    headers.get("content-type"),
-                )
-            }
-        };
-        write!(
-            out,
-            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            resp.len()
-        )?;
-        out.write_all(&resp)?;
-        out.flush()?;
     }
 }

@@ -29,7 +29,6 @@ use pkgstream_schemas::{
 use pkgstream_tests::router::{read_all, send, RouterEnv, WithHeaders};
 use pkgstream_tests::{kafka_brokers, set_topic_config};
 use rdkafka::producer::BaseProducer;
-use rdkafka::ClientConfig;
 
 const QUIET: Duration = Duration::from_secs(3);
 const LIMIT: Duration = Duration::from_secs(180);
@@ -258,8 +257,7 @@ fn outputs_too_large_for_kafka_go_to_the_dlq_and_the_rest_flows() {
     );
     env.vars
         .push(("PKGSTREAM__ROUTER__BATCH_EVENTS".into(), "100000".into()));
-    let big_producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &env.brokers)
+    let big_producer: BaseProducer = pkgstream_tests::client_config(&env.brokers)
         .set("message.max.bytes", "3000000")
         .set("linger.ms", "5")
         .create()

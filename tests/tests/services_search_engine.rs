@@ -16,6 +16,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use pkgstream_tests::hooks::repo_root;
+use pkgstream_tests::services::free_runner_port;
 use pkgstream_tests::sinks::engine_url;
 
 fn services(run_dir: &Path, env: &[(&str, String)], args: &[&str]) -> Output {
@@ -90,20 +91,6 @@ fn a_port_the_runner_cannot_honour_is_refused_loudly() {
         shared_before,
         "the shared engine is the same"
     );
-}
-
-/// A port in 9250..=9299 with nothing listening on it.
-fn free_runner_port() -> u16 {
-    (9250..=9299)
-        .find(|p| {
-            std::net::TcpStream::connect_timeout(
-                &std::net::SocketAddr::from(([127, 0, 0, 1], *p)),
-                Duration::from_millis(200),
-            )
-            .is_err()
-                && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()
-        })
-        .expect("a free port in 9250..9299")
 }
 
 /// Stops the private engine even when the test fails half-way.

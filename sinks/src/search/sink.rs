@@ -185,7 +185,36 @@ impl SearchSink {
         };
         self.metrics.engine_up.set(1);
         info!(?lifecycle, prefix = cfg.index_prefix, "indices ready");
+        loop {
+            match self.consume(&client, &idx, shutdown)? {
+                Life::Stopped => return Ok(()),
+                Life::Lost(why) => {
+                    // librdkafka makes a static member's consumer unusable
+                    // for good when the coordinator fenced it (e.g. after
+                    // a broker outage longer than the session timeout): a
+                    // fresh consumer with the same instance id takes the
+                    // partitions back from the committed offsets; what the
+                    // lanes indexed since is indexed again, idempotently.
+                    warn!(error = %why, "the Kafka consumer is lost: starting a fresh one");
+                    if !sleep_unless(shutdown, Duration::from_secs(1)) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
 
+    /// One consumer's life: consume until `shutdown`, a lane dies, or the
+    /// consumer hits a fatal Kafka error ([`Life::Lost`]).
+    fn consume(
+        &self,
+        client: &EngineClient,
+        idx: &Indices,
+        shutdown: &Shutdown,
+    ) -> Result<Life, SinkError> {
+        let cfg = &self.config;
+        // The lanes of this life stop when it ends; SIGTERM ends it.
+        let life = Shutdown::default();
         let brokers = &self.kafka.brokers;
         let instance = cfg.effective_instance_id();
         let consumer: Arc<SinkConsumer> = Arc::new(
@@ -239,7 +268,7 @@ impl SearchSink {
                 },
                 metrics: self.metrics.clone(),
                 engine_down: engine_down.clone(),
-                shutdown: shutdown.clone(),
+                shutdown: life.clone(),
                 batch: Batch::default(),
                 queued: queued.clone(),
                 chunks: Default::default(),
@@ -259,16 +288,17 @@ impl SearchSink {
 
         let mut kafka = KafkaProbe::new(consumer.clone(), &topic);
         let mut failure: Option<SinkError> = None;
+        let mut lost: Option<SinkError> = None;
         let mut held: VecDeque<Msg> = VecDeque::new();
         let mut paused = false;
         while !shutdown.requested() {
-            if let Some(e) = lanes.dead(shutdown) {
+            if let Some(e) = lanes.dead(&life) {
                 error!(error = %e, "a lane died: stopping the sink");
                 failure = Some(e);
                 break;
             }
             if let Some((code, reason)) = consumer.client().fatal_error() {
-                failure = Some(kafka_err(
+                lost = Some(kafka_err(
                     brokers,
                     &format!("consuming as group.instance.id '{instance}'"),
                     format!("{code:?}: {reason}"),
@@ -326,18 +356,27 @@ impl SearchSink {
         self.ready.set(false);
         // Every lane stops: at SIGTERM after its batch in hand; after a
         // lane died, at once if it waits for the engine.
-        shutdown.request();
+        life.request();
         info!("shutting down: finishing the batches in hand");
         drop(senders);
-        let joined = lanes.join(shutdown);
+        let joined = lanes.join(&life);
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             debug!(error = %e, "final commit (nothing stored since the last one?)");
         }
-        match failure.or(joined) {
-            Some(e) => Err(e),
-            None => Ok(()),
+        match (failure.or(joined), lost) {
+            (Some(e), _) => Err(e),
+            (None, Some(why)) => Ok(Life::Lost(why)),
+            (None, None) => Ok(Life::Stopped),
         }
     }
+}
+
+/// How a consumer's life ended.
+enum Life {
+    /// At shutdown.
+    Stopped,
+    /// The consumer hit a fatal Kafka error (why): a fresh one takes over.
+    Lost(SinkError),
 }
 
 /// Whether Kafka answers: the enriched topic's metadata, asked at most
