@@ -35,10 +35,11 @@
 //!   (the engine then stays down a minute each time); figures in
 //!   BENCHMARKS.md.
 //! - `PKGSTREAM_FAULT_SEED=S` changes the seed (traffic, timings, hosts).
-//! - `PKGSTREAM_FAULT_ROUTER_FIXES=1` adds the poison whose fixes are
-//!   not on main yet (branch wt-router): an enriched snapshot over the
-//!   enriched topic's `max.message.bytes` (router DLQ `too_large`) and a
-//!   change from a clock five years ahead (router DLQ `clock_ahead`).
+//! - The router's poison is in the schedule by default
+//!   (`PKGSTREAM_FAULT_ROUTER_FIXES=0` leaves it out): an enriched snapshot
+//!   over the enriched topic's `max.message.bytes` (router DLQ
+//!   `too_large`) and a change from a clock five years ahead (router DLQ
+//!   `clock_ahead`).
 //! - `PKGSTREAM_FAULT_EMPTY_AFTER_BASELINE=1` adds an empty snapshot of a
 //!   host the router has a baseline for: today the router turns it into a
 //!   synthetic removal of every package (the sink's `empty_snapshot` guard
@@ -747,7 +748,7 @@ fn seeded_faults_at_every_stage_lose_nothing_and_duplicate_nothing() {
     let started = Instant::now();
     let minutes = env_u64("PKGSTREAM_FAULT_MINUTES", 0);
     let seed = env_u64("PKGSTREAM_FAULT_SEED", 0x5eed_fa17);
-    let fixes = env_u64("PKGSTREAM_FAULT_ROUTER_FIXES", 0) == 1;
+    let fixes = env_u64("PKGSTREAM_FAULT_ROUTER_FIXES", 1) == 1;
     let empty_after_baseline = env_u64("PKGSTREAM_FAULT_EMPTY_AFTER_BASELINE", 0) == 1;
 
     // The broker and the engine this suite kills are its own.
