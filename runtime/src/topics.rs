@@ -21,6 +21,25 @@ pub struct TopicSpec<'a> {
     pub compact: bool,
 }
 
+type Admin = AdminClient<rdkafka::client::DefaultClientContext>;
+
+/// An admin client of `kafka` and a runtime to drive its calls; `err`
+/// turns a reason into the caller's error.
+fn admin(
+    kafka: &KafkaConfig,
+    err: impl Fn(String) -> RuntimeError,
+) -> Result<(Admin, tokio::runtime::Runtime), RuntimeError> {
+    let admin: Admin = kafka
+        .client_config()?
+        .create()
+        .map_err(|e| err(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| err(format!("cannot start a runtime for the admin client: {e}")))?;
+    Ok((admin, runtime))
+}
+
 /// Creates each topic that does not exist yet; one that exists is left as
 /// it is.
 pub fn create_missing(kafka: &KafkaConfig, topics: &[TopicSpec<'_>]) -> Result<(), RuntimeError> {
@@ -28,10 +47,7 @@ pub fn create_missing(kafka: &KafkaConfig, topics: &[TopicSpec<'_>]) -> Result<(
         brokers: kafka.brokers.clone(),
         reason,
     };
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = kafka
-        .client_config()?
-        .create()
-        .map_err(|e| err(e.to_string()))?;
+    let (admin, runtime) = admin(kafka, err)?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
@@ -43,10 +59,6 @@ pub fn create_missing(kafka: &KafkaConfig, topics: &[TopicSpec<'_>]) -> Result<(
             }
         })
         .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| err(format!("cannot start a runtime for topic creation: {e}")))?;
     let results = runtime
         .block_on(admin.create_topics(
             &new,
@@ -76,16 +88,9 @@ pub fn max_message_bytes(
         brokers: kafka.brokers.clone(),
         reason,
     };
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = kafka
-        .client_config()?
-        .create()
-        .map_err(|e| err(e.to_string()))?;
+    let (admin, runtime) = admin(kafka, err)?;
     let specs: Vec<ResourceSpecifier<'_>> =
         topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| err(format!("cannot start a runtime to describe topics: {e}")))?;
     let results = runtime
         .block_on(admin.describe_configs(
             &specs,
