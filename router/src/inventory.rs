@@ -107,11 +107,19 @@ impl InventoryTracker {
     /// Compares `s` with the host's previous snapshot (staged or committed),
     /// returns the synthetic changes for unexplained differences, and stages
     /// `s` as the new baseline. The first snapshot of a host yields nothing.
+    ///
+    /// An empty snapshot is not taken as truth (an installed system always
+    /// has packages: an empty one comes from an unreadable rpmdb or a wrong
+    /// dbpath): it yields no synthetic removals and the baseline stays; the
+    /// search sink sets it aside as `empty_snapshot`.
     pub fn snapshot(
         &mut self,
         partition: i32,
         s: &InventorySnapshot<'_>,
     ) -> Vec<PackageChange<'static>> {
+        if s.packages.is_empty() {
+            return Vec::new();
+        }
         let new: HashSet<Nevra> = s.packages.iter().map(Nevra::of).collect();
         let key = (partition, s.host.machine_id.to_string());
         let committed = self
@@ -410,6 +418,25 @@ mod tests {
                 )
             )
             .is_empty());
+    }
+
+    #[test]
+    fn an_empty_snapshot_removes_nothing_and_keeps_the_baseline() {
+        let mut t = InventoryTracker::default();
+        assert!(t
+            .snapshot(
+                0,
+                &snap(1_000_000, &[("bash", "5.1", "1"), ("vim", "9.0", "1")])
+            )
+            .is_empty());
+        t.commit();
+        assert!(t.snapshot(0, &snap(2_000_000, &[])).is_empty());
+        t.commit();
+        let got = t.snapshot(
+            0,
+            &snap(3_000_000, &[("bash", "5.2", "1"), ("vim", "9.0", "1")]),
+        );
+        assert_eq!(summary(&got), ["Upgrade bash-5.2-1 (was 5.1-1)"]);
     }
 
     #[test]

@@ -40,11 +40,10 @@
 //!   over the enriched topic's `max.message.bytes` (router DLQ
 //!   `too_large`) and a change from a clock five years ahead (router DLQ
 //!   `clock_ahead`).
-//! - `PKGSTREAM_FAULT_EMPTY_AFTER_BASELINE=1` adds an empty snapshot of a
-//!   host the router has a baseline for: today the router turns it into a
-//!   synthetic removal of every package (the sink's `empty_snapshot` guard
-//!   sees only the snapshot itself) and takes it as the next baseline; no
-//!   branch fixes that yet.
+//! - An empty snapshot of a host the router has a baseline for is in the
+//!   schedule by default (`PKGSTREAM_FAULT_EMPTY_AFTER_BASELINE=0` leaves it
+//!   out): no synthetic removal may come of it, the baseline stays, and the
+//!   search sink sets it aside as `empty_snapshot`.
 //!
 //! The broker and the engine it kills are its own (scripts/services.sh on
 //! free ports with their own run directories), never the shared ones.
@@ -749,7 +748,7 @@ fn seeded_faults_at_every_stage_lose_nothing_and_duplicate_nothing() {
     let minutes = env_u64("PKGSTREAM_FAULT_MINUTES", 0);
     let seed = env_u64("PKGSTREAM_FAULT_SEED", 0x5eed_fa17);
     let fixes = env_u64("PKGSTREAM_FAULT_ROUTER_FIXES", 1) == 1;
-    let empty_after_baseline = env_u64("PKGSTREAM_FAULT_EMPTY_AFTER_BASELINE", 0) == 1;
+    let empty_after_baseline = env_u64("PKGSTREAM_FAULT_EMPTY_AFTER_BASELINE", 1) == 1;
 
     // The broker and the engine this suite kills are its own.
     let kafka = PrivateKafka::new();
