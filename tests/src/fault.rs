@@ -17,29 +17,9 @@ use serde_json::{json, Value};
 use crate::services::peak_rss_kib;
 use crate::EmitEnv;
 
-/// splitmix64: the suite's only source of randomness, from its seed.
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed`.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
+/// splitmix64, the fleet simulator's deterministic generator: the suite's
+/// only source of randomness, from its seed.
+pub use pkgstream::simulate::Rng;
 
 /// One history document the changes index must hold, by its `_id` (the
 /// event id in hex).

@@ -11,7 +11,43 @@ use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use std::borrow::Cow;
+
+use pkgstream_schemas::{
+    decode_enriched_change, sample, EnrichedChange, Kind, PackageChange, Registry,
+};
+
 use crate::{binary, create_topics, unique};
+
+/// Change `i` of host `host`: package `pkg-<i>`, with its own event id.
+pub fn numbered_change(i: u64, host: u64) -> PackageChange<'static> {
+    let mut c = sample::change(i);
+    c.host = sample::host(host);
+    c.package.name = Cow::Owned(format!("pkg-{i}"));
+    c.event_id = pkgstream_schemas::change_event_id(
+        &c.host.machine_id,
+        c.action,
+        &c.package.name,
+        c.package.epoch,
+        &c.package.version,
+        &c.package.release,
+        &c.package.arch,
+        c.transaction.rpm_tid,
+    );
+    c
+}
+
+/// The enriched changes among `msgs` (snapshots and others left out).
+pub fn enriched_changes(msgs: &[WithHeaders]) -> Vec<EnrichedChange<'_>> {
+    msgs.iter()
+        .filter(|m| {
+            Registry::get()
+                .writer_of(&m.value)
+                .is_ok_and(|(v, _)| v.kind == Kind::EnrichedChange)
+        })
+        .map(|m| decode_enriched_change(&m.value).expect("enriched change decodes"))
+        .collect()
+}
 
 /// The topics, group and transactional id of one test's pipeline.
 #[derive(Clone)]

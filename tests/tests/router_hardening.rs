@@ -23,10 +23,11 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use pkgstream_schemas::{
-    decode_enriched_change, decode_enriched_snapshot, sample, Encoder, EnrichedChange,
-    InventorySnapshot, Kind, PackageChange, Registry, Source,
+    decode_enriched_snapshot, sample, Encoder, InventorySnapshot, PackageChange, Source,
 };
-use pkgstream_tests::router::{read_all, send, RouterEnv, WithHeaders};
+use pkgstream_tests::router::{
+    enriched_changes, numbered_change as change, read_all, send, RouterEnv, WithHeaders,
+};
 use pkgstream_tests::{kafka_brokers, set_topic_config};
 use rdkafka::producer::BaseProducer;
 
@@ -45,37 +46,8 @@ fn encode_change(c: &PackageChange<'_>) -> Vec<u8> {
     v
 }
 
-/// Change `i` of host `host`: package `pkg-<i>`, its own event id.
-fn change(i: u64, host: u64) -> PackageChange<'static> {
-    let mut c = sample::change(i);
-    c.host = sample::host(host);
-    c.package.name = Cow::Owned(format!("pkg-{i}"));
-    c.event_id = pkgstream_schemas::change_event_id(
-        &c.host.machine_id,
-        c.action,
-        &c.package.name,
-        c.package.epoch,
-        &c.package.version,
-        &c.package.release,
-        &c.package.arch,
-        c.transaction.rpm_tid,
-    );
-    c
-}
-
 fn keyed(c: &PackageChange<'_>) -> (Vec<u8>, Vec<u8>) {
     (c.host.machine_id.as_bytes().to_vec(), encode_change(c))
-}
-
-fn enriched_changes(msgs: &[WithHeaders]) -> Vec<EnrichedChange<'_>> {
-    msgs.iter()
-        .filter(|m| {
-            Registry::get()
-                .writer_of(&m.value)
-                .is_ok_and(|(v, _)| v.kind == Kind::EnrichedChange)
-        })
-        .map(|m| decode_enriched_change(&m.value).expect("enriched change decodes"))
-        .collect()
 }
 
 /// `/readyz` status, `None` when nothing answers.

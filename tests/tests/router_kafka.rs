@@ -9,11 +9,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use pkgstream_schemas::{
-    decode_enriched_change, decode_enriched_snapshot, sample, Action, Encoder, EnrichedChange,
-    Kind, PackageChange, Registry, Source,
+    decode_enriched_snapshot, sample, Action, Encoder, Kind, PackageChange, Registry, Source,
 };
 use pkgstream_tests::kafka_brokers;
-use pkgstream_tests::router::{read_all, send, RouterEnv};
+use pkgstream_tests::router::{enriched_changes, numbered_change, read_all, send, RouterEnv};
 
 const QUIET: Duration = Duration::from_secs(3);
 const LIMIT: Duration = Duration::from_secs(180);
@@ -24,33 +23,10 @@ fn host_meta(group: &str) -> Vec<u8> {
 
 /// Change number `i`, on host `i % hosts`, as raw bytes.
 fn raw_change(enc: &mut Encoder, i: u64, hosts: u64) -> (Vec<u8>, Vec<u8>, PackageChange<'static>) {
-    let mut c = sample::change(i);
-    c.host = sample::host(i % hosts);
-    c.package.name = Cow::Owned(format!("pkg-{i}"));
-    c.event_id = pkgstream_schemas::change_event_id(
-        &c.host.machine_id,
-        c.action,
-        &c.package.name,
-        c.package.epoch,
-        &c.package.version,
-        &c.package.release,
-        &c.package.arch,
-        c.transaction.rpm_tid,
-    );
+    let c = numbered_change(i, i % hosts);
     let mut v = Vec::new();
     enc.encode_change(&c, &mut v).expect("encode");
     (c.host.machine_id.as_bytes().to_vec(), v, c)
-}
-
-fn enriched_changes(msgs: &[pkgstream_tests::router::WithHeaders]) -> Vec<EnrichedChange<'_>> {
-    msgs.iter()
-        .filter(|m| {
-            Registry::get()
-                .writer_of(&m.value)
-                .is_ok_and(|(v, _)| v.kind == Kind::EnrichedChange)
-        })
-        .map(|m| decode_enriched_change(&m.value).expect("enriched change decodes"))
-        .collect()
 }
 
 #[test]

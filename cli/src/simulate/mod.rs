@@ -50,6 +50,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 pub use fleet::{Fleet, FleetSpec};
+pub use rng::Rng;
 pub use traffic::Facts;
 
 use crate::config::PipelineConfig;
