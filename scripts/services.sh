@@ -960,9 +960,11 @@ runner_start() {
       # A test engine on a developer's disk: the default disk watermarks
       # (flood stage at 95 % of the whole file system, whoever fills it) would
       # put every index read-only when a build fills the disk, and the tests
-      # would fail for a reason that has nothing to do with them.
+      # would fail for a reason that has nothing to do with them. A
+      # create-index block the engine set while the disk was full (it stays,
+      # persisted, once the watermarks are off) is lifted too.
       search_curl "$r_url" PUT /_cluster/settings \
-        '{"persistent":{"cluster.routing.allocation.disk.threshold_enabled":false}}' >/dev/null ||
+        '{"persistent":{"cluster.routing.allocation.disk.threshold_enabled":false,"cluster.blocks.create_index":null}}' >/dev/null ||
         log "$name: could not turn the disk watermarks off (indices go read-only when the disk is 95 % full)"
       log "$name: ready on $r_url (pid $pid, cluster $cluster $health) after $((SECONDS - t0))s"
       return 0
