@@ -99,7 +99,7 @@ pub fn replay(
             brokers: o.kafka.brokers.clone(),
             reason: e.to_string(),
         })?
-        .set("group.id", "pkgstream-replay")
+        .set("group.id", crate::acls::REPLAY_GROUP)
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("allow.auto.create.topics", "false")

@@ -48,7 +48,7 @@ pub fn tail(opts: &TailOptions, out: &mut impl Write) -> Result<TailReport, CliE
             brokers: opts.kafka.brokers.clone(),
             reason: e.to_string(),
         })?
-        .set("group.id", "pkgstream-tail")
+        .set("group.id", crate::acls::TAIL_GROUP)
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("allow.auto.create.topics", "false")

@@ -8,7 +8,9 @@
 
 use std::path::PathBuf;
 
-use crate::unique;
+use crate::router::RouterEnv;
+use crate::sinks::SinkEnv;
+use crate::{unique, EmitEnv};
 
 /// The secured broker and its test credentials.
 pub struct SecureKafka {
@@ -118,6 +120,79 @@ impl SecureKafka {
     /// prefix), unique to this run.
     pub fn topic(name: &str) -> String {
         unique(&format!("{name}.t"))
+    }
+
+    /// A router environment on this broker: topics under the default
+    /// names (the ACLs' prefixes), group and transactional id under
+    /// `pkgstream-router`, logged in as the router principal.
+    pub fn router_env(&self, name: &str) -> RouterEnv {
+        let mut router = RouterEnv::with_topic_names(&self.sasl, name, |role| {
+            let default = match role {
+                "changes-raw" => "pkgstream.changes.raw",
+                "inventory-raw" => "pkgstream.inventory.raw",
+                "hosts" => "pkgstream.hosts",
+                "enriched" => "pkgstream.changes.enriched",
+                _ => "pkgstream.dlq",
+            };
+            SecureKafka::topic(default)
+        });
+        let id = unique(&format!("pkgstream-router.{name}"));
+        let mut with = self.central_vars("pkgstream-router");
+        with.push(("PKGSTREAM__ROUTER__GROUP_ID".into(), format!("{id}-group")));
+        with.push((
+            "PKGSTREAM__ROUTER__TRANSACTIONAL_ID".into(),
+            format!("{id}-txn"),
+        ));
+        override_vars(&mut router.vars, with);
+        router
+    }
+
+    /// A host spool shipping over mTLS, as the host principal, to the raw
+    /// topics of `router`.
+    pub fn host_env(&self, router: &RouterEnv, name: &str) -> EmitEnv {
+        let mut emit = EmitEnv::new(&self.mtls, name);
+        let mut with = self.host_vars("PKGSTREAM_EMIT");
+        with.push((
+            "PKGSTREAM_EMIT__TOPICS__CHANGES_RAW".into(),
+            router.changes_raw.clone(),
+        ));
+        with.push((
+            "PKGSTREAM_EMIT__TOPICS__INVENTORY_RAW".into(),
+            router.inventory_raw.clone(),
+        ));
+        with.push(("PKGSTREAM_EMIT__FLUSH__TIMEOUT_SECS".into(), "20".into()));
+        override_vars(&mut emit.vars, with);
+        emit.changes_topic = router.changes_raw.clone();
+        emit.inventory_topic = router.inventory_raw.clone();
+        emit
+    }
+
+    /// Both sinks' environment on this broker, logged in as the sink
+    /// principal: reading `router`'s enriched topic, dead letters to its
+    /// DLQ, groups under `pkgstream-sink`.
+    pub fn sink_env(&self, router: &RouterEnv, name: &str) -> SinkEnv {
+        let mut sinks = SinkEnv::new(&self.sasl, name);
+        let id = unique(&format!("pkgstream-sink.{name}"));
+        let mut with = self.central_vars("pkgstream-sink");
+        with.extend([
+            (
+                "PKGSTREAM__TOPICS__CHANGES_ENRICHED".to_owned(),
+                router.enriched.clone(),
+            ),
+            ("PKGSTREAM__TOPICS__DLQ".to_owned(), router.dlq.clone()),
+            (
+                "PKGSTREAM__SEARCH_SINK__GROUP_ID".to_owned(),
+                format!("{id}-search"),
+            ),
+            (
+                "PKGSTREAM__METRICS_SINK__GROUP_ID".to_owned(),
+                format!("{id}-metrics"),
+            ),
+        ]);
+        override_vars(&mut sinks.vars, with);
+        sinks.enriched = router.enriched.clone();
+        sinks.dlq = router.dlq.clone();
+        sinks
     }
 }
 

@@ -23,56 +23,12 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pkgstream_tests::pipeline::{daily_window, write_hosts_csv};
-use pkgstream_tests::router::{read_all, RouterEnv};
+use pkgstream_tests::router::read_all;
 use pkgstream_tests::secure_kafka::{override_vars, SecureKafka};
-use pkgstream_tests::sinks::{count, prom_query, wait_count, SinkEnv};
+use pkgstream_tests::sinks::{count, prom_query, wait_count};
 use pkgstream_tests::{binary, change_line, unique, EmitEnv, Running};
 
 const LIMIT: Duration = Duration::from_secs(90);
-
-/// A router environment on the secured broker: topics under the default
-/// names (the ACLs' prefixes), group and transactional id under
-/// `pkgstream-router`, logged in as the router principal.
-fn secure_router(k: &SecureKafka, name: &str) -> RouterEnv {
-    let mut router = RouterEnv::with_topic_names(&k.sasl, name, |role| {
-        let default = match role {
-            "changes-raw" => "pkgstream.changes.raw",
-            "inventory-raw" => "pkgstream.inventory.raw",
-            "hosts" => "pkgstream.hosts",
-            "enriched" => "pkgstream.changes.enriched",
-            _ => "pkgstream.dlq",
-        };
-        SecureKafka::topic(default)
-    });
-    let id = unique(&format!("pkgstream-router.{name}"));
-    let mut with = k.central_vars("pkgstream-router");
-    with.push(("PKGSTREAM__ROUTER__GROUP_ID".into(), format!("{id}-group")));
-    with.push((
-        "PKGSTREAM__ROUTER__TRANSACTIONAL_ID".into(),
-        format!("{id}-txn"),
-    ));
-    override_vars(&mut router.vars, with);
-    router
-}
-
-/// A host spool shipping over mTLS to the raw topics of `router`.
-fn secure_host(k: &SecureKafka, router: &RouterEnv, name: &str) -> EmitEnv {
-    let mut emit = EmitEnv::new(&k.mtls, name);
-    let mut with = k.host_vars("PKGSTREAM_EMIT");
-    with.push((
-        "PKGSTREAM_EMIT__TOPICS__CHANGES_RAW".into(),
-        router.changes_raw.clone(),
-    ));
-    with.push((
-        "PKGSTREAM_EMIT__TOPICS__INVENTORY_RAW".into(),
-        router.inventory_raw.clone(),
-    ));
-    with.push(("PKGSTREAM_EMIT__FLUSH__TIMEOUT_SECS".into(), "20".into()));
-    override_vars(&mut emit.vars, with);
-    emit.changes_topic = router.changes_raw.clone();
-    emit.inventory_topic = router.inventory_raw.clone();
-    emit
-}
 
 fn text(out: &Output) -> String {
     format!(
@@ -97,7 +53,7 @@ fn error_line(out: &Output) -> String {
 #[test]
 fn spooled_changes_cross_mtls_and_sasl_ssl_and_reach_search_and_prometheus_exactly_once() {
     let k = SecureKafka::get();
-    let mut router = secure_router(&k, "e2e");
+    let mut router = k.router_env("e2e");
     let tag = unique("sec").to_lowercase();
     let group = format!("{tag}-web");
     let hosts = 3;
@@ -121,7 +77,7 @@ fn spooled_changes_cross_mtls_and_sasl_ssl_and_reach_search_and_prometheus_exact
 
     // The host: every change recorded, the first host's a second time (a
     // retried hook), then one flush over mTLS.
-    let emit = secure_host(&k, &router, "e2e");
+    let emit = k.host_env(&router, "e2e");
     let out = emit.record(&lines);
     assert!(out.status.success(), "record: {}", text(&out));
     let out = emit.record(&lines[..per_host]);
@@ -141,25 +97,7 @@ fn spooled_changes_cross_mtls_and_sasl_ssl_and_reach_search_and_prometheus_exact
     // Router and both sinks over SASL_SSL, each as its own principal.
     let router_proc = Running(router.start());
     router.wait_ready(LIMIT);
-    let mut sinks = SinkEnv::new(&k.sasl, "sec");
-    let id = unique("pkgstream-sink.sec");
-    let mut with = k.central_vars("pkgstream-sink");
-    with.extend([
-        (
-            "PKGSTREAM__TOPICS__CHANGES_ENRICHED".to_owned(),
-            router.enriched.clone(),
-        ),
-        ("PKGSTREAM__TOPICS__DLQ".to_owned(), router.dlq.clone()),
-        (
-            "PKGSTREAM__SEARCH_SINK__GROUP_ID".to_owned(),
-            format!("{id}-search"),
-        ),
-        (
-            "PKGSTREAM__METRICS_SINK__GROUP_ID".to_owned(),
-            format!("{id}-metrics"),
-        ),
-    ]);
-    override_vars(&mut sinks.vars, with);
+    let sinks = k.sink_env(&router, "sec");
     let search = sinks.start("search", &[]);
     let metrics = sinks.start("metrics", &[]);
 
@@ -214,11 +152,11 @@ fn assert_denied(emit: &EmitEnv, code: i32, addr: &str, cause: &str) -> String {
 #[test]
 fn denials_are_one_line_errors_naming_kafka_the_address_and_the_cause_and_lose_nothing() {
     let k = SecureKafka::get();
-    let router = secure_router(&k, "deny");
+    let router = k.router_env("deny");
     let lines: Vec<String> = (0..5).map(|i| change_line(i, 7)).collect();
 
     // The host principal writing to the hosts topic: refused by the ACLs.
-    let mut emit = secure_host(&k, &router, "deny");
+    let mut emit = k.host_env(&router, "deny");
     assert!(emit.record(&lines).status.success());
     let good = emit.vars.clone();
     override_vars(
@@ -330,13 +268,13 @@ fn denials_are_one_line_errors_naming_kafka_the_address_and_the_cause_and_lose_n
 #[test]
 fn a_distinctive_password_appears_in_no_output_of_any_failure_path() {
     let k = SecureKafka::get();
-    let router = secure_router(&k, "leak");
+    let router = k.router_env("leak");
     let secret = format!("Leak-Canary-{}", unique("pw"));
     let mut seen = String::new();
 
     // The emitter with the password in the environment: wrong password,
     // then a conflicting configuration (password and password file).
-    let mut emit = secure_host(&k, &router, "leak");
+    let mut emit = k.host_env(&router, "leak");
     assert!(emit.record(&[change_line(1, 9)]).status.success());
     emit.vars
         .retain(|(k, _)| !k.starts_with("PKGSTREAM_EMIT__KAFKA__"));
