@@ -14,7 +14,11 @@
 //!   it reads the password file (each time a client is made, so a rotated
 //!   password is picked up on the next reconnect of a stage), and warns once
 //!   per process about plaintext to a non-loopback broker;
-//! - [`Secret`]: a string that never prints (Debug, Display, errors).
+//! - [`Secret`]: a string that never prints (Debug, Display, errors);
+//! - [`LastCause`]: a client context that keeps why the client last failed
+//!   to reach the cluster (authentication, TLS handshake, a listener that
+//!   closed the connection), so that the one error a command ends with
+//!   says it instead of "broker transport failure".
 //!
 //! This crate depends on rdkafka, serde, thiserror and tracing only, so the
 //! host agent stays small.
@@ -24,6 +28,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use std::sync::Mutex;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Deserializer};
 
@@ -484,6 +495,76 @@ fn is_loopback(broker: &str) -> bool {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
 }
+
+/// A client context that keeps why the client last failed to reach the
+/// cluster: librdkafka reports the cause (a failed SASL authentication, an
+/// untrusted certificate, a connection the broker closed) as an error or a
+/// `FAIL` log line, and the call that fails later only says "broker
+/// transport failure" or "timed out". The client's errors and logs go to
+/// the debug level, so a command that fails prints one error line, the one
+/// [`LastCause::reason`] makes.
+#[derive(Debug, Default)]
+pub struct LastCause {
+    causes: Mutex<Causes>,
+}
+
+#[derive(Debug, Default)]
+struct Causes {
+    /// The last error that says why (authentication, TLS, ...).
+    error: Option<String>,
+    /// The last broker connection failure logged.
+    failure: Option<String>,
+    /// The last "all brokers down".
+    generic: Option<String>,
+}
+
+impl LastCause {
+    /// What the client last said about the connection, most specific
+    /// first, explained for `config` ([`KafkaConfig::explain`]); `None`
+    /// when it said nothing.
+    pub fn cause(&self, config: &KafkaConfig) -> Option<String> {
+        let c = self.causes.lock().unwrap_or_else(|p| p.into_inner());
+        c.error
+            .as_ref()
+            .or(c.failure.as_ref())
+            .or(c.generic.as_ref())
+            .map(|r| config.explain(r))
+    }
+
+    /// `what: error`, followed by the cause the client last reported when
+    /// there is one (`what: error (cause)`).
+    pub fn reason(&self, config: &KafkaConfig, what: &str, error: &dyn fmt::Display) -> String {
+        match self.cause(config) {
+            Some(cause) => format!("{what}: {error}: {cause}"),
+            None => format!("{what}: {error}"),
+        }
+    }
+}
+
+impl ClientContext for LastCause {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        tracing::debug!(?level, facility = fac, message = log_message, "librdkafka");
+        if fac == "FAIL" {
+            let mut c = self.causes.lock().unwrap_or_else(|p| p.into_inner());
+            c.failure = Some(log_message.to_owned());
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(error = %error, reason, "librdkafka error");
+        // "All brokers down" follows the error that says why: the why is kept.
+        let generic = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
+        let mut c = self.causes.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = if generic {
+            &mut c.generic
+        } else {
+            &mut c.error
+        };
+        *slot = Some(reason.to_owned());
+    }
+}
+
+impl ConsumerContext for LastCause {}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]

@@ -265,6 +265,113 @@ fn denials_are_one_line_errors_naming_kafka_the_address_and_the_cause_and_lose_n
     }
 }
 
+/// `pkgstream ARGS` with `vars` (and nothing else of the environment's
+/// pkgstream settings).
+fn central(args: &[&str], vars: &[(String, String)]) -> Output {
+    Command::new(binary("pkgstream"))
+        .args(args)
+        .env_remove("PKGSTREAM_CONFIG")
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn tail_and_replay_as_the_query_principal_read_and_their_denials_are_one_line_naming_the_cause() {
+    let k = SecureKafka::get();
+    let router = k.router_env("cli");
+    // Two enriched records (the admin writes them): read back by the
+    // query principal, which holds no group ACL beyond finding its groups'
+    // coordinator.
+    let sc = pkgstream_tests::sinks::scenario("cli", 1, 2, 2, 0);
+    pkgstream_tests::router::send(&router.producer(), &router.enriched, &sc.records());
+    let good = k.central_vars("pkgstream-query");
+    let tail = [
+        "tail",
+        "--topic",
+        &router.enriched,
+        "--from-beginning",
+        "--max",
+        "2",
+        "--idle-secs",
+        "10",
+    ];
+    let replay = ["replay", "--from", "1h", "--topic", &router.enriched];
+    for args in [&tail[..], &replay[..]] {
+        let out = central(args, &good);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().count(),
+            2,
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+
+    // Each denial: a non-zero exit and one line on stderr, the error,
+    // naming Kafka, the address and what was wrong.
+    let wrong = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(wrong.path(), "not-the-password\n").unwrap();
+    let mut wrong_password = good.clone();
+    override_vars(
+        &mut wrong_password,
+        vec![(
+            "PKGSTREAM__KAFKA__SASL_PASSWORD_FILE".into(),
+            wrong.path().display().to_string(),
+        )],
+    );
+    let mut untrusted_ca = good.clone();
+    override_vars(
+        &mut untrusted_ca,
+        vec![(
+            "PKGSTREAM__KAFKA__SSL_CA_FILE".into(),
+            k.file("rogue-ca.pem"),
+        )],
+    );
+    let plaintext = vec![("PKGSTREAM__KAFKA__BROKERS".to_owned(), k.sasl.clone())];
+    let cases = [
+        (
+            "wrong SCRAM password",
+            &wrong_password,
+            "SASL authentication error: Authentication failed",
+        ),
+        ("untrusted CA", &untrusted_ca, "certificate verify failed"),
+        (
+            "plaintext to the TLS port",
+            &plaintext,
+            "a TLS listener? kafka.security_protocol is PLAINTEXT",
+        ),
+    ];
+    // Each command waits out its metadata timeout: all at once.
+    let outs: Vec<(&str, &str, &[&str], Output)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = cases
+            .iter()
+            .flat_map(|&(what, vars, cause)| {
+                [&tail[..], &replay[..]]
+                    .map(|args| scope.spawn(move || (what, cause, args, central(args, vars))))
+            })
+            .collect();
+        runs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(outs.len(), 6);
+    for (what, cause, args, out) in outs {
+        assert!(!out.status.success(), "{what} {args:?}: {}", text(&out));
+        let line = error_line(&out);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).lines().count(),
+            1,
+            "{what} {args:?}: one line only: {}",
+            text(&out)
+        );
+        for want in ["Kafka at", &k.sasl, cause] {
+            assert!(
+                line.contains(want),
+                "{what} {args:?}: '{want}' missing from: {line}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_distinctive_password_appears_in_no_output_of_any_failure_path() {
     let k = SecureKafka::get();
