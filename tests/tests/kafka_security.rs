@@ -543,3 +543,270 @@ fn plaintext_to_a_broker_off_the_loopback_is_warned_about_unless_chosen() {
     assert_eq!(out.status.code(), Some(75), "{}", text(&out));
     assert!(!text(&out).contains(warning), "{}", text(&out));
 }
+
+/// The router on `vars`, its log (debug) going to `log`.
+fn router_logged(vars: &[(String, String)], log: &std::path::Path) -> Running {
+    Running(
+        Command::new(binary("pkgstream"))
+            .arg("router")
+            .env_remove("PKGSTREAM_CONFIG")
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_log(path: &std::path::Path, needles: &[&str]) {
+    let started = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if needles.iter().any(|n| log.contains(n)) {
+            return;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "none of {needles:?} in {}:\n{log}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wait_metric(port: u16, series: &str, want: f64) {
+    let started = Instant::now();
+    while pkgstream_tests::scrape_metric(port, series) != want {
+        assert!(
+            started.elapsed() < LIMIT,
+            "{series} on :{port} is {}, not {want}",
+            pkgstream_tests::scrape_metric(port, series)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The whole `/metrics` text on `port`.
+fn scrape_all(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// `vars` with the Kafka password in the environment instead of its file.
+fn password_in_env(vars: &mut Vec<(String, String)>, password: String) {
+    vars.retain(|(k, _)| k != "PKGSTREAM__KAFKA__SASL_PASSWORD_FILE");
+    vars.push(("PKGSTREAM__KAFKA__SASL_PASSWORD".into(), password));
+}
+
+#[test]
+fn no_password_leaks_when_kafka_presents_an_untrusted_ca_or_goes_down_mid_stream() {
+    // A secured broker of this test's own: it is killed below.
+    let private = pkgstream_tests::secure_kafka::PrivateSecureKafka::started();
+    let k = &private.kafka;
+    let engine = pkgstream_tests::secure::engine();
+    let prom = pkgstream_tests::secure::prometheus();
+    let secrets = [
+        k.password("pkgstream-router"),
+        k.password("pkgstream-sink"),
+        k.password("pkgstream-query"),
+        engine.password("pkgstream-sink"),
+        prom.password(),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let log = |name: &str| dir.path().join(format!("{name}.log"));
+    let mut seen = String::new();
+
+    // Every central stage with its passwords in the environment (where a
+    // careless error would print them), over SASL_SSL to the private
+    // broker, the search sink into the secured engine, the metrics sink
+    // into the secured Prometheus.
+    let router = k.router_env("down");
+    let mut router_vars = router.vars.clone();
+    password_in_env(&mut router_vars, k.password("pkgstream-router"));
+    let sinks = k.sink_env(&router, "down");
+    let prefix = format!("pkgstream-{}", sinks.prefix);
+    let mut sinks = sinks.with_prefix(&prefix);
+    password_in_env(&mut sinks.vars, k.password("pkgstream-sink"));
+    let engine_vars: Vec<(String, String)> = vec![
+        ("PKGSTREAM__SEARCH_SINK__URL".into(), engine.url.clone()),
+        (
+            "PKGSTREAM__SEARCH_SINK__USERNAME".into(),
+            "pkgstream-sink".into(),
+        ),
+        (
+            "PKGSTREAM__SEARCH_SINK__PASSWORD".into(),
+            engine.password("pkgstream-sink"),
+        ),
+        ("PKGSTREAM__SEARCH_SINK__TLS__CA_FILE".into(), engine.ca()),
+    ];
+    let mut prom_vars: Vec<(String, String)> = prom
+        .vars()
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("PASSWORD_FILE"))
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    prom_vars.push((
+        "PKGSTREAM__METRICS_SINK__REMOTE_WRITE_PASSWORD".into(),
+        prom.password(),
+    ));
+    override_vars(&mut sinks.vars, engine_vars);
+    override_vars(&mut sinks.vars, prom_vars);
+    let mut query_vars = k.central_vars("pkgstream-query");
+    password_in_env(&mut query_vars, k.password("pkgstream-query"));
+
+    // 1. A CA that did not sign the broker's certificate: each stage says
+    // so, and nothing else.
+    let mut rogue = router_vars.clone();
+    override_vars(
+        &mut rogue,
+        vec![(
+            "PKGSTREAM__KAFKA__SSL_CA_FILE".into(),
+            k.file("rogue-ca.pem"),
+        )],
+    );
+    let verify = ["certificate verify failed"];
+    let r = router_logged(&rogue, &log("router-ca"));
+    wait_log(&log("router-ca"), &verify);
+    r.stop();
+    let mut rogue_sinks = sinks.clone();
+    override_vars(
+        &mut rogue_sinks.vars,
+        vec![(
+            "PKGSTREAM__KAFKA__SSL_CA_FILE".into(),
+            k.file("rogue-ca.pem"),
+        )],
+    );
+    for kind in ["search", "metrics"] {
+        let path = log(&format!("{kind}-ca"));
+        let s = rogue_sinks.start_logged(kind, &[], std::fs::File::create(&path).unwrap());
+        wait_log(&path, &verify);
+        seen += &scrape_all(s.port);
+        s.stop();
+    }
+    let mut rogue_query = query_vars.clone();
+    override_vars(
+        &mut rogue_query,
+        vec![(
+            "PKGSTREAM__KAFKA__SSL_CA_FILE".into(),
+            k.file("rogue-ca.pem"),
+        )],
+    );
+    let out = central(
+        &["replay", "--from", "1h", "--topic", &router.enriched],
+        &rogue_query,
+    );
+    assert!(text(&out).contains(verify[0]), "{}", text(&out));
+    seen += &text(&out);
+
+    // 2. The pipeline running: a host's changes reach both sinks.
+    let emit = k.host_env(&router, "down");
+    let lines: Vec<String> = (0..20).map(|i| change_line(i, 5)).collect();
+    assert!(emit.record(&lines).status.success());
+    let out = emit.flush(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let router_proc = router_logged(&router_vars, &log("router"));
+    let search = sinks.start_logged("search", &[], std::fs::File::create(log("search")).unwrap());
+    let metrics = sinks.start_logged(
+        "metrics",
+        &[],
+        std::fs::File::create(log("metrics")).unwrap(),
+    );
+    let n = lines.len() as f64;
+    wait_metric(
+        search.port,
+        "pkgstream_search_sink_events_total{outcome=\"indexed\"}",
+        n,
+    );
+    wait_metric(
+        metrics.port,
+        "pkgstream_metrics_sink_events_total{outcome=\"counted\"}",
+        n,
+    );
+
+    // 3. Kafka down mid-stream: every stage keeps trying and says why.
+    private.kill();
+    let refused = [
+        "Connection refused",
+        "Broker transport failure",
+        "brokers are down",
+    ];
+    for name in ["router", "search", "metrics"] {
+        wait_log(&log(name), &refused);
+    }
+    assert!(emit.record(&lines[..5]).status.success());
+    let out = emit.flush(&["--timeout", "5"]);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    seen += &text(&out);
+    let emit_sasl = {
+        let mut v = emit.vars.clone();
+        v.retain(|(k, _)| !k.starts_with("PKGSTREAM_EMIT__KAFKA__"));
+        v.extend(
+            query_vars
+                .iter()
+                .map(|(k, v)| (k.replace("PKGSTREAM__", "PKGSTREAM_EMIT__"), v.clone())),
+        );
+        v
+    };
+    let out = emit
+        .command(&["flush", "--timeout", "5"])
+        .env_clear()
+        .envs(emit_sasl.iter().map(|(k, v)| (k, v)))
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    seen += &text(&out);
+    for args in [
+        &["replay", "--from", "1h", "--topic", &router.enriched][..],
+        &[
+            "tail",
+            "--topic",
+            &router.enriched,
+            "--max",
+            "1",
+            "--idle-secs",
+            "3",
+        ],
+    ] {
+        let out = central(args, &query_vars);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        seen += &text(&out);
+    }
+    seen += &scrape_all(router.metrics_port);
+    seen += &scrape_all(search.port);
+    seen += &scrape_all(metrics.port);
+    search.stop();
+    metrics.stop();
+    router_proc.stop();
+    for name in [
+        "router-ca",
+        "search-ca",
+        "metrics-ca",
+        "router",
+        "search",
+        "metrics",
+    ] {
+        let text = std::fs::read_to_string(log(name)).unwrap();
+        assert!(!text.is_empty(), "{name} logged nothing");
+        seen += &text;
+    }
+    assert!(seen.len() > 10_000, "the failure paths said something");
+    for s in &secrets {
+        assert_eq!(
+            seen.matches(s.as_str()).count(),
+            0,
+            "a password leaked:\n{}",
+            seen.lines()
+                .filter(|l| l.contains(s.as_str()))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
