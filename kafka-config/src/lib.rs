@@ -262,9 +262,13 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub ssl_key_file: Option<PathBuf>,
     /// Passphrase of `ssl_key_file`, if it is encrypted (prefer the
-    /// environment: `..._KAFKA__SSL_KEY_PASSWORD`).
+    /// environment: `..._KAFKA__SSL_KEY_PASSWORD`, or `ssl_key_password_file`).
     #[serde(default)]
     pub ssl_key_password: Option<Secret>,
+    /// File holding the passphrase of `ssl_key_file` (trailing newline
+    /// ignored), re-read whenever a client is created.
+    #[serde(default)]
+    pub ssl_key_password_file: Option<PathBuf>,
     /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_PLAINTEXT, SASL_SSL).
     #[serde(default, deserialize_with = "from_str_opt")]
     pub sasl_mechanism: Option<SaslMechanism>,
@@ -301,6 +305,7 @@ impl Default for KafkaConfig {
             ssl_certificate_file: None,
             ssl_key_file: None,
             ssl_key_password: None,
+            ssl_key_password_file: None,
             sasl_mechanism: None,
             sasl_username: None,
             sasl_password: None,
@@ -330,7 +335,8 @@ impl KafkaConfig {
         let tls_set = self.ssl_ca_file.is_some()
             || self.ssl_certificate_file.is_some()
             || self.ssl_key_file.is_some()
-            || self.ssl_key_password.is_some();
+            || self.ssl_key_password.is_some()
+            || self.ssl_key_password_file.is_some();
         if tls_set && !p.tls() {
             return bad(format!(
                 "ssl_* settings need security_protocol SSL or SASL_SSL (it is {})",
@@ -340,8 +346,12 @@ impl KafkaConfig {
         if self.ssl_certificate_file.is_some() != self.ssl_key_file.is_some() {
             return bad("ssl_certificate_file and ssl_key_file go together (mTLS)".into());
         }
-        if self.ssl_key_password.is_some() && self.ssl_key_file.is_none() {
-            return bad("ssl_key_password without ssl_key_file".into());
+        let key_password = self.ssl_key_password.is_some() || self.ssl_key_password_file.is_some();
+        if key_password && self.ssl_key_file.is_none() {
+            return bad("ssl_key_password(_file) without ssl_key_file".into());
+        }
+        if self.ssl_key_password.is_some() && self.ssl_key_password_file.is_some() {
+            return bad("ssl_key_password and ssl_key_password_file: set one, not both".into());
         }
         let sasl_set = self.sasl_mechanism.is_some()
             || self.sasl_username.is_some()
@@ -433,7 +443,12 @@ impl KafkaConfig {
             c.set("ssl.certificate.location", path(cert));
             c.set("ssl.key.location", path(key));
         }
-        if let Some(pw) = &self.ssl_key_password {
+        let key_password = match (&self.ssl_key_password, &self.ssl_key_password_file) {
+            (Some(pw), _) => Some(pw.clone()),
+            (None, Some(file)) => Some(read_secret_file("ssl_key_password_file", file)?),
+            (None, None) => None,
+        };
+        if let Some(pw) = &key_password {
             c.set("ssl.key.password", pw.expose());
         }
         if p.sasl() {
@@ -532,7 +547,7 @@ impl LastCause {
     }
 
     /// `what: error`, followed by the cause the client last reported when
-    /// there is one (`what: error (cause)`).
+    /// there is one (`what: error: cause`).
     pub fn reason(&self, config: &KafkaConfig, what: &str, error: &dyn fmt::Display) -> String {
         match self.cause(config) {
             Some(cause) => format!("{what}: {error}: {cause}"),
@@ -630,6 +645,49 @@ mod tests {
             err.contains("kafka.sasl_password_file") && err.contains("pw"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_key_passphrase_comes_from_a_file_re_read_for_each_client() {
+        let dir = std::env::temp_dir().join(format!("kcfg-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("key.pw");
+        std::fs::write(&pw, "k3y-pass-one\n").unwrap();
+        let k = parse(&format!(
+            r#"{{"security_protocol":"ssl","ssl_certificate_file":"/c","ssl_key_file":"/k",
+                "ssl_key_password_file":{:?}}}"#,
+            pw.display().to_string()
+        ));
+        let c = k.client_config().unwrap();
+        assert_eq!(get(&c, "ssl.key.password").as_deref(), Some("k3y-pass-one"));
+        // Rotated: the next client has the new one.
+        std::fs::write(&pw, "k3y-pass-two\n").unwrap();
+        let c = k.client_config().unwrap();
+        assert_eq!(get(&c, "ssl.key.password").as_deref(), Some("k3y-pass-two"));
+        assert!(!format!("{k:?}").contains("k3y-pass"));
+        std::fs::remove_file(&pw).unwrap();
+        let err = k.client_config().unwrap_err().to_string();
+        assert!(
+            err.contains("kafka.ssl_key_password_file") && !err.contains("k3y-pass"),
+            "{err}"
+        );
+        // One source, and only with a key.
+        let both = parse(&format!(
+            r#"{{"security_protocol":"ssl","ssl_certificate_file":"/c","ssl_key_file":"/k",
+                "ssl_key_password":"x","ssl_key_password_file":{:?}}}"#,
+            pw.display().to_string()
+        ));
+        assert!(both
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not both"));
+        let keyless = parse(r#"{"security_protocol":"ssl","ssl_key_password_file":"/p"}"#);
+        assert!(keyless
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("without ssl_key_file"));
     }
 
     #[test]
