@@ -546,12 +546,17 @@ fn plaintext_to_a_broker_off_the_loopback_is_warned_about_unless_chosen() {
 
 /// The router on `vars`, its log (debug) going to `log`.
 fn router_logged(vars: &[(String, String)], log: &std::path::Path) -> Running {
+    router_logged_at(vars, log, "debug")
+}
+
+/// The router on `vars`, its log at `level` going to `log`.
+fn router_logged_at(vars: &[(String, String)], log: &std::path::Path, level: &str) -> Running {
     Running(
         Command::new(binary("pkgstream"))
             .arg("router")
             .env_remove("PKGSTREAM_CONFIG")
             .envs(vars.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
@@ -809,4 +814,64 @@ fn no_password_leaks_when_kafka_presents_an_untrusted_ca_or_goes_down_mid_stream
                 .join("\n")
         );
     }
+}
+
+#[test]
+fn the_router_says_which_kafka_refuses_it_and_why_at_the_default_log_level() {
+    let k = SecureKafka::get();
+    let router = k.router_env("why");
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.password");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let mut wrong_password = router.vars.clone();
+    override_vars(
+        &mut wrong_password,
+        vec![(
+            "PKGSTREAM__KAFKA__SASL_PASSWORD_FILE".into(),
+            wrong.display().to_string(),
+        )],
+    );
+    let mut untrusted_ca = router.vars.clone();
+    override_vars(
+        &mut untrusted_ca,
+        vec![(
+            "PKGSTREAM__KAFKA__SSL_CA_FILE".into(),
+            k.file("rogue-ca.pem"),
+        )],
+    );
+    override_vars(
+        &mut untrusted_ca,
+        vec![(
+            "PKGSTREAM__ROUTER__METRICS_LISTEN".into(),
+            format!("127.0.0.1:{}", pkgstream_tests::router::free_port()),
+        )],
+    );
+    let cases = [
+        (
+            "wrong SCRAM password",
+            &wrong_password,
+            "SASL authentication error: Authentication failed",
+        ),
+        ("untrusted CA", &untrusted_ca, "certificate verify failed"),
+    ];
+    // Both at once: a router refused by Kafka takes its time to stop.
+    std::thread::scope(|scope| {
+        for (what, vars, cause) in cases {
+            let log = dir.path().join(format!("{}.log", what.replace(' ', "-")));
+            let sasl = &k.sasl;
+            scope.spawn(move || {
+                let proc = router_logged_at(vars, &log, "info");
+                wait_log(&log, &["hosts topic not readable"]);
+                proc.stop();
+                let text = std::fs::read_to_string(&log).unwrap();
+                let line = text
+                    .lines()
+                    .find(|l| l.contains("hosts topic not readable"))
+                    .unwrap();
+                for want in ["WARN", &format!("brokers={sasl}"), cause] {
+                    assert!(line.contains(want), "{what}: '{want}' missing from: {line}");
+                }
+            });
+        }
+    });
 }
