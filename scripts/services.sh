@@ -594,6 +594,7 @@ kafka_secure_acls() {
 --add --allow-principal User:pkgstream-sink --operation Write --operation Describe --topic pkgstream.dlq $p
 --add --allow-principal User:pkgstream-sink --operation Read --group pkgstream-sink $p
 --add --allow-principal User:pkgstream-query --operation Read --operation Describe --topic pkgstream.changes.enriched $p
+--add --allow-principal User:pkgstream-query --operation Describe --group pkgstream-replay --group pkgstream-tail $p
 EOF
 }
 

@@ -10,7 +10,10 @@
 //!   topic (to rebuild its dedupe window), writes enriched and DLQ, in its
 //!   groups and under its transactional-id prefix;
 //! - the sinks read enriched and write the DLQ, in their groups;
-//! - the query principal (replay, tail) reads enriched.
+//! - the query principal (replay, tail) reads enriched, and may look up
+//!   the coordinator of their groups (Describe: librdkafka asks for it
+//!   even when partitions are assigned by hand and nothing is committed;
+//!   without Read the group can never commit nor join).
 //!
 //! No principal may create topics: an admin creates them (the router's
 //! "create if missing" is for labs).
@@ -64,6 +67,10 @@ impl Default for Principals {
 pub const ROUTER_PREFIX: &str = "pkgstream-router";
 /// The sinks' consumer groups start with this.
 pub const SINK_GROUP_PREFIX: &str = "pkgstream-sink";
+/// The group id of `pkgstream replay` (nothing is committed in it).
+pub const REPLAY_GROUP: &str = "pkgstream-replay";
+/// The group id of `pkgstream tail` (nothing is committed in it).
+pub const TAIL_GROUP: &str = "pkgstream-tail";
 
 /// The ACLs as `kafka-acls.sh` arguments, one grant per line, starting at
 /// `--add`.
@@ -123,6 +130,11 @@ pub fn acl_lines(topics: &TopicsConfig, who: &Principals, pattern: PatternType) 
             &["Read", "Describe"],
             topic_args(&[&t.changes_enriched]),
         ),
+        grant(
+            &who.query,
+            &["Describe"],
+            format!("--group {REPLAY_GROUP} --group {TAIL_GROUP}"),
+        ),
     ]
 }
 
@@ -166,7 +178,17 @@ mod tests {
             script
                 .matches("kafka-acls.sh --bootstrap-server k:9094")
                 .count(),
-            9
+            10
+        );
+        // The query principal may find its groups' coordinator, never
+        // commit in them.
+        let query_groups: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains("User:pkgstream-query ") && l.contains("--group"))
+            .collect();
+        assert_eq!(
+            query_groups,
+            [&"--add --allow-principal User:pkgstream-query --operation Describe --group pkgstream-replay --group pkgstream-tail --resource-pattern-type literal".to_owned()]
         );
     }
 }

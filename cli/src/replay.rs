@@ -14,7 +14,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use apache_avro::{from_avro_datum, Codec, Schema, Writer};
-use pkgstream_runtime::config::KafkaConfig;
+use pkgstream_runtime::config::{KafkaConfig, LastCause};
 use pkgstream_runtime::shutdown::Shutdown;
 use pkgstream_schemas::{decode_enriched_change, Kind, Registry};
 use pkgstream_sinks::search::{AuditIndexer, AuditReport};
@@ -88,23 +88,32 @@ pub fn replay(
     if o.from_ms >= o.to_ms {
         return Err(CliError::BadInput("--from must be before --to".into()));
     }
-    let kafka = |what: &str, e: &dyn std::fmt::Display| CliError::Kafka {
-        brokers: o.kafka.brokers.clone(),
-        reason: format!("{what}: {e}"),
-    };
-    let consumer: BaseConsumer = o
+    let consumer: BaseConsumer<LastCause> = o
         .kafka
         .client_config()
         .map_err(|e| CliError::Kafka {
             brokers: o.kafka.brokers.clone(),
             reason: e.to_string(),
         })?
-        .set("group.id", "pkgstream-replay")
+        .set("group.id", crate::acls::REPLAY_GROUP)
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("allow.auto.create.topics", "false")
-        .create()
-        .map_err(|e| kafka("client", &e))?;
+        .create_with_context(LastCause::default())
+        .map_err(|e| CliError::Kafka {
+            brokers: o.kafka.brokers.clone(),
+            reason: format!("client: {e}"),
+        })?;
+    // Each Kafka error with the cause the client last reported (a failed
+    // authentication, an untrusted certificate, a TLS listener).
+    let kafka = |what: &str, e: &dyn std::fmt::Display| CliError::Kafka {
+        brokers: o.kafka.brokers.clone(),
+        reason: {
+            // The client's errors and logs arrive with a poll.
+            let _ = consumer.poll(Duration::from_millis(100));
+            consumer.context().reason(&o.kafka, what, e)
+        },
+    };
     let timeout = Duration::from_secs(15);
     let md = consumer
         .fetch_metadata(Some(&o.topic), timeout)

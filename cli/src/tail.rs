@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use pkgstream_runtime::config::KafkaConfig;
+use pkgstream_runtime::config::{KafkaConfig, LastCause};
 use pkgstream_schemas::{Kind, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -37,26 +37,38 @@ pub struct TailReport {
 /// Reads `opts.topic` without a consumer group (nothing is committed) and
 /// writes one JSON object per event to `out`.
 pub fn tail(opts: &TailOptions, out: &mut impl Write) -> Result<TailReport, CliError> {
-    let kafka = |reason: String| CliError::Kafka {
-        brokers: opts.kafka.brokers.clone(),
-        reason,
-    };
-    let consumer: BaseConsumer = opts
+    let consumer: BaseConsumer<LastCause> = opts
         .kafka
         .client_config()
         .map_err(|e| CliError::Kafka {
             brokers: opts.kafka.brokers.clone(),
             reason: e.to_string(),
         })?
-        .set("group.id", "pkgstream-tail")
+        .set("group.id", crate::acls::TAIL_GROUP)
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("allow.auto.create.topics", "false")
-        .create()
-        .map_err(|e| kafka(e.to_string()))?;
+        .create_with_context(LastCause::default())
+        .map_err(|e| CliError::Kafka {
+            brokers: opts.kafka.brokers.clone(),
+            reason: e.to_string(),
+        })?;
+    let kafka = |reason: String| CliError::Kafka {
+        brokers: opts.kafka.brokers.clone(),
+        reason,
+    };
+    // A Kafka error with the cause the client last reported (a failed
+    // authentication, an untrusted certificate, a TLS listener).
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        kafka({
+            // The client's errors and logs arrive with a poll.
+            let _ = consumer.poll(Duration::from_millis(100));
+            consumer.context().reason(&opts.kafka, what, e)
+        })
+    };
     let metadata = consumer
         .fetch_metadata(Some(&opts.topic), Duration::from_secs(10))
-        .map_err(|e| kafka(format!("unreachable ({e})")))?;
+        .map_err(|e| failed("unreachable", &e))?;
     let topic = metadata.topics().first();
     if let Some(e) = topic.and_then(|t| t.error()) {
         let code = rdkafka::types::RDKafkaErrorCode::from(e);
@@ -119,7 +131,7 @@ pub fn tail(opts: &TailOptions, out: &mut impl Write) -> Result<TailReport, CliE
                     }
                 }
             }
-            Some(Err(e)) => return Err(kafka(e.to_string())),
+            Some(Err(e)) => return Err(failed("reading", &e)),
             None if opts.idle.is_some_and(|idle| last.elapsed() >= idle) => break,
             None => {}
         }

@@ -54,7 +54,7 @@ SECRET_KEYS = {
     ("metrics_sink", "remote_write_password"): "secrets.env (PKGSTREAM__METRICS_SINK__REMOTE_WRITE_PASSWORD) or remote_write_password_file",
     ("metrics_sink", "remote_write_bearer_token"): "secrets.env (PKGSTREAM__METRICS_SINK__REMOTE_WRITE_BEARER_TOKEN) or remote_write_bearer_token_file",
     ("kafka", "sasl_password"): "secrets.env (PKGSTREAM__KAFKA__SASL_PASSWORD)",
-    ("kafka", "ssl_key_password"): "secrets.env (PKGSTREAM__KAFKA__SSL_KEY_PASSWORD)",
+    ("kafka", "ssl_key_password"): "secrets.env (PKGSTREAM__KAFKA__SSL_KEY_PASSWORD) or kafka.ssl_key_password_file",
 }
 NOT_IN_CONFIG = {**CHART_OWNED, **SECRET_KEYS}
 PORTS = {"router": 9108, "search_sink": 9110, "metrics_sink": 9111}

@@ -14,7 +14,11 @@
 //!   it reads the password file (each time a client is made, so a rotated
 //!   password is picked up on the next reconnect of a stage), and warns once
 //!   per process about plaintext to a non-loopback broker;
-//! - [`Secret`]: a string that never prints (Debug, Display, errors).
+//! - [`Secret`]: a string that never prints (Debug, Display, errors);
+//! - [`LastCause`]: a client context that keeps why the client last failed
+//!   to reach the cluster (authentication, TLS handshake, a listener that
+//!   closed the connection), so that the one error a command ends with
+//!   says it instead of "broker transport failure".
 //!
 //! This crate depends on rdkafka, serde, thiserror and tracing only, so the
 //! host agent stays small.
@@ -24,6 +28,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use std::sync::Mutex;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Deserializer};
 
@@ -251,9 +262,13 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub ssl_key_file: Option<PathBuf>,
     /// Passphrase of `ssl_key_file`, if it is encrypted (prefer the
-    /// environment: `..._KAFKA__SSL_KEY_PASSWORD`).
+    /// environment: `..._KAFKA__SSL_KEY_PASSWORD`, or `ssl_key_password_file`).
     #[serde(default)]
     pub ssl_key_password: Option<Secret>,
+    /// File holding the passphrase of `ssl_key_file` (trailing newline
+    /// ignored), re-read whenever a client is created.
+    #[serde(default)]
+    pub ssl_key_password_file: Option<PathBuf>,
     /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_PLAINTEXT, SASL_SSL).
     #[serde(default, deserialize_with = "from_str_opt")]
     pub sasl_mechanism: Option<SaslMechanism>,
@@ -290,6 +305,7 @@ impl Default for KafkaConfig {
             ssl_certificate_file: None,
             ssl_key_file: None,
             ssl_key_password: None,
+            ssl_key_password_file: None,
             sasl_mechanism: None,
             sasl_username: None,
             sasl_password: None,
@@ -319,7 +335,8 @@ impl KafkaConfig {
         let tls_set = self.ssl_ca_file.is_some()
             || self.ssl_certificate_file.is_some()
             || self.ssl_key_file.is_some()
-            || self.ssl_key_password.is_some();
+            || self.ssl_key_password.is_some()
+            || self.ssl_key_password_file.is_some();
         if tls_set && !p.tls() {
             return bad(format!(
                 "ssl_* settings need security_protocol SSL or SASL_SSL (it is {})",
@@ -329,8 +346,12 @@ impl KafkaConfig {
         if self.ssl_certificate_file.is_some() != self.ssl_key_file.is_some() {
             return bad("ssl_certificate_file and ssl_key_file go together (mTLS)".into());
         }
-        if self.ssl_key_password.is_some() && self.ssl_key_file.is_none() {
-            return bad("ssl_key_password without ssl_key_file".into());
+        let key_password = self.ssl_key_password.is_some() || self.ssl_key_password_file.is_some();
+        if key_password && self.ssl_key_file.is_none() {
+            return bad("ssl_key_password(_file) without ssl_key_file".into());
+        }
+        if self.ssl_key_password.is_some() && self.ssl_key_password_file.is_some() {
+            return bad("ssl_key_password and ssl_key_password_file: set one, not both".into());
         }
         let sasl_set = self.sasl_mechanism.is_some()
             || self.sasl_username.is_some()
@@ -422,7 +443,12 @@ impl KafkaConfig {
             c.set("ssl.certificate.location", path(cert));
             c.set("ssl.key.location", path(key));
         }
-        if let Some(pw) = &self.ssl_key_password {
+        let key_password = match (&self.ssl_key_password, &self.ssl_key_password_file) {
+            (Some(pw), _) => Some(pw.clone()),
+            (None, Some(file)) => Some(read_secret_file("ssl_key_password_file", file)?),
+            (None, None) => None,
+        };
+        if let Some(pw) = &key_password {
             c.set("ssl.key.password", pw.expose());
         }
         if p.sasl() {
@@ -484,6 +510,76 @@ fn is_loopback(broker: &str) -> bool {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
 }
+
+/// A client context that keeps why the client last failed to reach the
+/// cluster: librdkafka reports the cause (a failed SASL authentication, an
+/// untrusted certificate, a connection the broker closed) as an error or a
+/// `FAIL` log line, and the call that fails later only says "broker
+/// transport failure" or "timed out". The client's errors and logs go to
+/// the debug level, so a command that fails prints one error line, the one
+/// [`LastCause::reason`] makes.
+#[derive(Debug, Default)]
+pub struct LastCause {
+    causes: Mutex<Causes>,
+}
+
+#[derive(Debug, Default)]
+struct Causes {
+    /// The last error that says why (authentication, TLS, ...).
+    error: Option<String>,
+    /// The last broker connection failure logged.
+    failure: Option<String>,
+    /// The last "all brokers down".
+    generic: Option<String>,
+}
+
+impl LastCause {
+    /// What the client last said about the connection, most specific
+    /// first, explained for `config` ([`KafkaConfig::explain`]); `None`
+    /// when it said nothing.
+    pub fn cause(&self, config: &KafkaConfig) -> Option<String> {
+        let c = self.causes.lock().unwrap_or_else(|p| p.into_inner());
+        c.error
+            .as_ref()
+            .or(c.failure.as_ref())
+            .or(c.generic.as_ref())
+            .map(|r| config.explain(r))
+    }
+
+    /// `what: error`, followed by the cause the client last reported when
+    /// there is one (`what: error: cause`).
+    pub fn reason(&self, config: &KafkaConfig, what: &str, error: &dyn fmt::Display) -> String {
+        match self.cause(config) {
+            Some(cause) => format!("{what}: {error}: {cause}"),
+            None => format!("{what}: {error}"),
+        }
+    }
+}
+
+impl ClientContext for LastCause {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        tracing::debug!(?level, facility = fac, message = log_message, "librdkafka");
+        if fac == "FAIL" {
+            let mut c = self.causes.lock().unwrap_or_else(|p| p.into_inner());
+            c.failure = Some(log_message.to_owned());
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(error = %error, reason, "librdkafka error");
+        // "All brokers down" follows the error that says why: the why is kept.
+        let generic = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
+        let mut c = self.causes.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = if generic {
+            &mut c.generic
+        } else {
+            &mut c.error
+        };
+        *slot = Some(reason.to_owned());
+    }
+}
+
+impl ConsumerContext for LastCause {}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
@@ -549,6 +645,49 @@ mod tests {
             err.contains("kafka.sasl_password_file") && err.contains("pw"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_key_passphrase_comes_from_a_file_re_read_for_each_client() {
+        let dir = std::env::temp_dir().join(format!("kcfg-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("key.pw");
+        std::fs::write(&pw, "k3y-pass-one\n").unwrap();
+        let k = parse(&format!(
+            r#"{{"security_protocol":"ssl","ssl_certificate_file":"/c","ssl_key_file":"/k",
+                "ssl_key_password_file":{:?}}}"#,
+            pw.display().to_string()
+        ));
+        let c = k.client_config().unwrap();
+        assert_eq!(get(&c, "ssl.key.password").as_deref(), Some("k3y-pass-one"));
+        // Rotated: the next client has the new one.
+        std::fs::write(&pw, "k3y-pass-two\n").unwrap();
+        let c = k.client_config().unwrap();
+        assert_eq!(get(&c, "ssl.key.password").as_deref(), Some("k3y-pass-two"));
+        assert!(!format!("{k:?}").contains("k3y-pass"));
+        std::fs::remove_file(&pw).unwrap();
+        let err = k.client_config().unwrap_err().to_string();
+        assert!(
+            err.contains("kafka.ssl_key_password_file") && !err.contains("k3y-pass"),
+            "{err}"
+        );
+        // One source, and only with a key.
+        let both = parse(&format!(
+            r#"{{"security_protocol":"ssl","ssl_certificate_file":"/c","ssl_key_file":"/k",
+                "ssl_key_password":"x","ssl_key_password_file":{:?}}}"#,
+            pw.display().to_string()
+        ));
+        assert!(both
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not both"));
+        let keyless = parse(r#"{"security_protocol":"ssl","ssl_key_password_file":"/p"}"#);
+        assert!(keyless
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("without ssl_key_file"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pkgstream_runtime::config::{KafkaConfig, TopicsConfig};
+use pkgstream_runtime::config::{KafkaConfig, LastCause, TopicsConfig};
 use pkgstream_runtime::health::Readiness;
 use pkgstream_runtime::shutdown::Shutdown;
 use pkgstream_runtime::topics::{create_missing, TopicSpec};
@@ -1052,7 +1052,7 @@ fn start_host_sources(
         .name("host-table".into())
         .spawn(move || {
             let mut file_mtime = file.as_ref().and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
-            let mut reader: Option<(BaseConsumer, HashMap<i32, i64>)> = None;
+            let mut reader: Option<(BaseConsumer<LastCause>, HashMap<i32, i64>)> = None;
             let mut last_file_check = Instant::now();
             while !shutdown.requested() {
                 if reader.is_none() {
@@ -1060,7 +1060,7 @@ fn start_host_sources(
                         Ok(r) => reader = Some(r),
                         Err(e) => {
                             if !flag.get() {
-                                warn!(topic = %topic, error = %e, "hosts topic not readable; retrying every 30 s (file entries and defaults apply meanwhile)");
+                                warn!(topic = %topic, brokers = %kafka.brokers, error = %e, "hosts topic not readable; retrying every 30 s (file entries and defaults apply meanwhile)");
                             } else {
                                 debug!(topic = %topic, error = %e, "hosts topic still not readable");
                             }
@@ -1127,32 +1127,52 @@ fn start_host_sources(
 
 /// A reader of every partition of the hosts topic from the beginning, and
 /// the end offset of each non-empty partition at start.
+///
+/// A failure says what the client last reported as its cause (a failed
+/// authentication, an untrusted certificate, a TLS listener), not only
+/// "broker transport failure".
 fn open_hosts_reader(
     kafka: &KafkaConfig,
     topic: &str,
-) -> Result<(BaseConsumer, HashMap<i32, i64>), KafkaError> {
-    let consumer: BaseConsumer = kafka
+) -> Result<(BaseConsumer<LastCause>, HashMap<i32, i64>), String> {
+    let consumer: BaseConsumer<LastCause> = kafka
         .client_config()
-        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?
+        .map_err(|e| e.to_string())?
         .set("group.id", "pkgstream-router-hosts")
         .set("enable.auto.commit", "false")
         .set("allow.auto.create.topics", "false")
-        .create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        .create_with_context(LastCause::default())
+        .map_err(|e| e.to_string())?;
+    let failed = |what: &str, e: KafkaError| {
+        // The client's errors and logs arrive with a poll.
+        let _ = consumer.poll(Duration::from_millis(100));
+        consumer.context().reason(kafka, what, &e)
+    };
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| failed("metadata", e))?;
     let t = md
         .topics()
         .first()
         .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopic))?;
+        .ok_or_else(|| {
+            failed(
+                "metadata",
+                KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopic),
+            )
+        })?;
     let mut tpl = TopicPartitionList::new();
     let mut ends = HashMap::new();
     for p in t.partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .map_err(|e| failed("assign", e))?;
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .map_err(|e| failed("watermarks", e))?;
         if high > low {
             ends.insert(p.id(), high);
         }
     }
-    consumer.assign(&tpl)?;
+    consumer.assign(&tpl).map_err(|e| failed("assign", e))?;
     Ok((consumer, ends))
 }

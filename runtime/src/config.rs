@@ -10,7 +10,7 @@ use crate::RuntimeError;
 
 /// `[kafka]`: the cluster and how to authenticate to it, the same type as
 /// the host side's (see [`pkgstream_kafka_config`]).
-pub use pkgstream_kafka_config::{KafkaConfig, KafkaConfigError, Secret};
+pub use pkgstream_kafka_config::{KafkaConfig, KafkaConfigError, LastCause, Secret};
 
 /// `[topics]`: every topic of the pipeline.
 #[derive(Clone, Debug, Deserialize)]

@@ -17,6 +17,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 
 pub mod fault;
+pub mod fleet;
 pub mod hooks;
 pub mod pipeline;
 pub mod router;

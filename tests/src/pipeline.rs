@@ -1,22 +1,22 @@
-//! Helpers for the whole-pipeline acceptance test
-//! (`tests/tests/pipeline_e2e.rs`): simulated hosts — each a [`HostRoot`]
+//! Helpers for the whole-pipeline acceptance run ([`crate::fleet`], of
+//! `tests/tests/pipeline_e2e.rs` and `secure_pipeline.rs`): simulated hosts — each a [`HostRoot`]
 //! with its own machine id, hostname and login user, reporting into the
 //! router's raw topics — the hosts CSV the router enriches from, the
 //! planned changes and the state they leave, processes killed when a test
-//! fails, and the query commands run against the test's indices.
+//! fails.
 
 #![allow(clippy::expect_used)] // test set-up: a failed step is a failed test, with its message
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use crate::hooks::{text, Hooks, HostRoot};
 use crate::router::RouterEnv;
-use crate::sinks::engine_url;
+use crate::secure_kafka::override_vars;
 pub use crate::Running;
-use crate::{binary, kafka_brokers, EmitEnv};
+use crate::{kafka_brokers, EmitEnv};
 
 /// One simulated host: an install root with both hooks whose events carry
 /// this host's identity and user and go to the router's raw topics.
@@ -37,9 +37,11 @@ pub struct SimHost {
 
 impl SimHost {
     /// A fresh root whose emitter reports as `hostname`/`machine_id` into
-    /// `router`'s raw topics, dnf and rpm run as `user`.
+    /// `router`'s raw topics with the Kafka settings `kafka` over those of
+    /// the plaintext test Kafka, dnf and rpm run as `user`.
     pub fn new(
         router: &RouterEnv,
+        kafka: &[(String, String)],
         hostname: &str,
         machine_id: &str,
         (hostgroup, environment): (&str, &str),
@@ -59,6 +61,7 @@ impl SimHost {
             "PKGSTREAM_EMIT__TOPICS__INVENTORY_RAW".into(),
             router.inventory_raw.clone(),
         ));
+        override_vars(&mut env.vars, kafka.to_vec());
         env.changes_topic = router.changes_raw.clone();
         env.inventory_topic = router.inventory_raw.clone();
         let mut root = HostRoot::new(
@@ -261,17 +264,6 @@ pub fn write_hosts_csv(path: &Path, rows: &[(&str, &str, &str, String)]) {
 pub fn daily_window(start: chrono::DateTime<chrono::Utc>, hours: i64) -> String {
     let end = start + chrono::Duration::hours(hours);
     format!("daily {}-{}", start.format("%H:%M"), end.format("%H:%M"))
-}
-
-/// `pkgstream ARGS` against the test engine and the indices of `prefix`.
-pub fn pkgstream(prefix: &str, args: &[&str]) -> Output {
-    Command::new(binary("pkgstream"))
-        .args(args)
-        .env_remove("PKGSTREAM_CONFIG")
-        .env("PKGSTREAM__SEARCH_SINK__URL", engine_url())
-        .env("PKGSTREAM__SEARCH_SINK__INDEX_PREFIX", prefix)
-        .output()
-        .expect("run pkgstream")
 }
 
 /// The JSON lines of a command's standard output.

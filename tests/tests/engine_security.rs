@@ -383,6 +383,92 @@ fn denials_are_one_line_errors_naming_the_service_address_and_cause() {
         &["not trusted"],
     );
 
+    // The query CLI: plaintext to the TLS port; a user without the
+    // privilege to read the indices (the read-only role covers the
+    // `pkgstream*` indices only); replay into an audit index as the
+    // read-only user (no privilege to write): each stops with the engine's
+    // reason, nothing half-written.
+    let mut v = vars(&engine.basic_vars("pkgstream-query"));
+    v.push((
+        "PKGSTREAM__SEARCH_SINK__URL",
+        "http://localhost:9250".into(),
+    ));
+    let out = cli(&env, &["history", "web-00001.dc1"], &v);
+    assert_denial(
+        "history, plaintext to TLS",
+        out.status.code().unwrap_or(-1),
+        &stderr(&out),
+        "search engine",
+        "http://localhost:9250",
+        &["is this a TLS port"],
+    );
+    let outside = env.clone().with_prefix(&unique("outside").to_lowercase());
+    let out = cli(
+        &outside,
+        &["drift", "--package", "kernel-core"],
+        &engine.basic_vars("pkgstream-query"),
+    );
+    assert_denial(
+        "drift, user without privileges",
+        out.status.code().unwrap_or(-1),
+        &stderr(&out),
+        "search engine",
+        addr,
+        &["HTTP 403"],
+    );
+    assert!(
+        stderr(&out).contains("security_exception"),
+        "{}",
+        stderr(&out)
+    );
+    let audit = format!("{}-audit", env.prefix);
+    let mut v = vars(&engine.basic_vars("pkgstream-query"));
+    v.push(("PKGSTREAM__KAFKA__BROKERS", env.brokers.clone()));
+    let out = cli(
+        &env,
+        &[
+            "replay",
+            "--from",
+            "1h",
+            "--topic",
+            &env.enriched,
+            "--format",
+            "index",
+            "--index",
+            &audit,
+        ],
+        &v,
+    );
+    assert_denial(
+        "replay into an index, user without the privilege to write",
+        out.status.code().unwrap_or(-1),
+        &stderr(&out),
+        "search engine",
+        addr,
+        &["HTTP 403"],
+    );
+    assert_eq!(
+        count(&format!("{audit}-changes-*")),
+        0,
+        "nothing written by the read-only user"
+    );
+
+    // Remote write: plaintext to the TLS port.
+    let mut v = prom.vars();
+    v.push((
+        "PKGSTREAM__METRICS_SINK__REMOTE_WRITE_URL",
+        "http://localhost:9098/api/v1/write".into(),
+    ));
+    let (code, log) = sink_must_stop(&env, "metrics", &v);
+    assert_denial(
+        "remote write, plaintext to TLS",
+        code,
+        &log,
+        "Prometheus remote write",
+        "http://localhost:9098/api/v1/write",
+        &["TLS"],
+    );
+
     // Remote write: wrong password, untrusted CA.
     let rw = format!("{}/api/v1/write", prom.url);
     let mut v = prom.vars();

@@ -23,56 +23,12 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pkgstream_tests::pipeline::{daily_window, write_hosts_csv};
-use pkgstream_tests::router::{read_all, RouterEnv};
+use pkgstream_tests::router::read_all;
 use pkgstream_tests::secure_kafka::{override_vars, SecureKafka};
-use pkgstream_tests::sinks::{count, prom_query, wait_count, SinkEnv};
+use pkgstream_tests::sinks::{count, prom_query, wait_count};
 use pkgstream_tests::{binary, change_line, unique, EmitEnv, Running};
 
 const LIMIT: Duration = Duration::from_secs(90);
-
-/// A router environment on the secured broker: topics under the default
-/// names (the ACLs' prefixes), group and transactional id under
-/// `pkgstream-router`, logged in as the router principal.
-fn secure_router(k: &SecureKafka, name: &str) -> RouterEnv {
-    let mut router = RouterEnv::with_topic_names(&k.sasl, name, |role| {
-        let default = match role {
-            "changes-raw" => "pkgstream.changes.raw",
-            "inventory-raw" => "pkgstream.inventory.raw",
-            "hosts" => "pkgstream.hosts",
-            "enriched" => "pkgstream.changes.enriched",
-            _ => "pkgstream.dlq",
-        };
-        SecureKafka::topic(default)
-    });
-    let id = unique(&format!("pkgstream-router.{name}"));
-    let mut with = k.central_vars("pkgstream-router");
-    with.push(("PKGSTREAM__ROUTER__GROUP_ID".into(), format!("{id}-group")));
-    with.push((
-        "PKGSTREAM__ROUTER__TRANSACTIONAL_ID".into(),
-        format!("{id}-txn"),
-    ));
-    override_vars(&mut router.vars, with);
-    router
-}
-
-/// A host spool shipping over mTLS to the raw topics of `router`.
-fn secure_host(k: &SecureKafka, router: &RouterEnv, name: &str) -> EmitEnv {
-    let mut emit = EmitEnv::new(&k.mtls, name);
-    let mut with = k.host_vars("PKGSTREAM_EMIT");
-    with.push((
-        "PKGSTREAM_EMIT__TOPICS__CHANGES_RAW".into(),
-        router.changes_raw.clone(),
-    ));
-    with.push((
-        "PKGSTREAM_EMIT__TOPICS__INVENTORY_RAW".into(),
-        router.inventory_raw.clone(),
-    ));
-    with.push(("PKGSTREAM_EMIT__FLUSH__TIMEOUT_SECS".into(), "20".into()));
-    override_vars(&mut emit.vars, with);
-    emit.changes_topic = router.changes_raw.clone();
-    emit.inventory_topic = router.inventory_raw.clone();
-    emit
-}
 
 fn text(out: &Output) -> String {
     format!(
@@ -97,7 +53,7 @@ fn error_line(out: &Output) -> String {
 #[test]
 fn spooled_changes_cross_mtls_and_sasl_ssl_and_reach_search_and_prometheus_exactly_once() {
     let k = SecureKafka::get();
-    let mut router = secure_router(&k, "e2e");
+    let mut router = k.router_env("e2e");
     let tag = unique("sec").to_lowercase();
     let group = format!("{tag}-web");
     let hosts = 3;
@@ -121,7 +77,7 @@ fn spooled_changes_cross_mtls_and_sasl_ssl_and_reach_search_and_prometheus_exact
 
     // The host: every change recorded, the first host's a second time (a
     // retried hook), then one flush over mTLS.
-    let emit = secure_host(&k, &router, "e2e");
+    let emit = k.host_env(&router, "e2e");
     let out = emit.record(&lines);
     assert!(out.status.success(), "record: {}", text(&out));
     let out = emit.record(&lines[..per_host]);
@@ -141,25 +97,7 @@ fn spooled_changes_cross_mtls_and_sasl_ssl_and_reach_search_and_prometheus_exact
     // Router and both sinks over SASL_SSL, each as its own principal.
     let router_proc = Running(router.start());
     router.wait_ready(LIMIT);
-    let mut sinks = SinkEnv::new(&k.sasl, "sec");
-    let id = unique("pkgstream-sink.sec");
-    let mut with = k.central_vars("pkgstream-sink");
-    with.extend([
-        (
-            "PKGSTREAM__TOPICS__CHANGES_ENRICHED".to_owned(),
-            router.enriched.clone(),
-        ),
-        ("PKGSTREAM__TOPICS__DLQ".to_owned(), router.dlq.clone()),
-        (
-            "PKGSTREAM__SEARCH_SINK__GROUP_ID".to_owned(),
-            format!("{id}-search"),
-        ),
-        (
-            "PKGSTREAM__METRICS_SINK__GROUP_ID".to_owned(),
-            format!("{id}-metrics"),
-        ),
-    ]);
-    override_vars(&mut sinks.vars, with);
+    let sinks = k.sink_env(&router, "sec");
     let search = sinks.start("search", &[]);
     let metrics = sinks.start("metrics", &[]);
 
@@ -214,11 +152,11 @@ fn assert_denied(emit: &EmitEnv, code: i32, addr: &str, cause: &str) -> String {
 #[test]
 fn denials_are_one_line_errors_naming_kafka_the_address_and_the_cause_and_lose_nothing() {
     let k = SecureKafka::get();
-    let router = secure_router(&k, "deny");
+    let router = k.router_env("deny");
     let lines: Vec<String> = (0..5).map(|i| change_line(i, 7)).collect();
 
     // The host principal writing to the hosts topic: refused by the ACLs.
-    let mut emit = secure_host(&k, &router, "deny");
+    let mut emit = k.host_env(&router, "deny");
     assert!(emit.record(&lines).status.success());
     let good = emit.vars.clone();
     override_vars(
@@ -327,16 +265,123 @@ fn denials_are_one_line_errors_naming_kafka_the_address_and_the_cause_and_lose_n
     }
 }
 
+/// `pkgstream ARGS` with `vars` (and nothing else of the environment's
+/// pkgstream settings).
+fn central(args: &[&str], vars: &[(String, String)]) -> Output {
+    Command::new(binary("pkgstream"))
+        .args(args)
+        .env_remove("PKGSTREAM_CONFIG")
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn tail_and_replay_as_the_query_principal_read_and_their_denials_are_one_line_naming_the_cause() {
+    let k = SecureKafka::get();
+    let router = k.router_env("cli");
+    // Two enriched records (the admin writes them): read back by the
+    // query principal, which holds no group ACL beyond finding its groups'
+    // coordinator.
+    let sc = pkgstream_tests::sinks::scenario("cli", 1, 2, 2, 0);
+    pkgstream_tests::router::send(&router.producer(), &router.enriched, &sc.records());
+    let good = k.central_vars("pkgstream-query");
+    let tail = [
+        "tail",
+        "--topic",
+        &router.enriched,
+        "--from-beginning",
+        "--max",
+        "2",
+        "--idle-secs",
+        "10",
+    ];
+    let replay = ["replay", "--from", "1h", "--topic", &router.enriched];
+    for args in [&tail[..], &replay[..]] {
+        let out = central(args, &good);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().count(),
+            2,
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+
+    // Each denial: a non-zero exit and one line on stderr, the error,
+    // naming Kafka, the address and what was wrong.
+    let wrong = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(wrong.path(), "not-the-password\n").unwrap();
+    let mut wrong_password = good.clone();
+    override_vars(
+        &mut wrong_password,
+        vec![(
+            "PKGSTREAM__KAFKA__SASL_PASSWORD_FILE".into(),
+            wrong.path().display().to_string(),
+        )],
+    );
+    let mut untrusted_ca = good.clone();
+    override_vars(
+        &mut untrusted_ca,
+        vec![(
+            "PKGSTREAM__KAFKA__SSL_CA_FILE".into(),
+            k.file("rogue-ca.pem"),
+        )],
+    );
+    let plaintext = vec![("PKGSTREAM__KAFKA__BROKERS".to_owned(), k.sasl.clone())];
+    let cases = [
+        (
+            "wrong SCRAM password",
+            &wrong_password,
+            "SASL authentication error: Authentication failed",
+        ),
+        ("untrusted CA", &untrusted_ca, "certificate verify failed"),
+        (
+            "plaintext to the TLS port",
+            &plaintext,
+            "a TLS listener? kafka.security_protocol is PLAINTEXT",
+        ),
+    ];
+    // Each command waits out its metadata timeout: all at once.
+    let outs: Vec<(&str, &str, &[&str], Output)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = cases
+            .iter()
+            .flat_map(|&(what, vars, cause)| {
+                [&tail[..], &replay[..]]
+                    .map(|args| scope.spawn(move || (what, cause, args, central(args, vars))))
+            })
+            .collect();
+        runs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(outs.len(), 6);
+    for (what, cause, args, out) in outs {
+        assert!(!out.status.success(), "{what} {args:?}: {}", text(&out));
+        let line = error_line(&out);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).lines().count(),
+            1,
+            "{what} {args:?}: one line only: {}",
+            text(&out)
+        );
+        for want in ["Kafka at", &k.sasl, cause] {
+            assert!(
+                line.contains(want),
+                "{what} {args:?}: '{want}' missing from: {line}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_distinctive_password_appears_in_no_output_of_any_failure_path() {
     let k = SecureKafka::get();
-    let router = secure_router(&k, "leak");
+    let router = k.router_env("leak");
     let secret = format!("Leak-Canary-{}", unique("pw"));
     let mut seen = String::new();
 
     // The emitter with the password in the environment: wrong password,
     // then a conflicting configuration (password and password file).
-    let mut emit = secure_host(&k, &router, "leak");
+    let mut emit = k.host_env(&router, "leak");
     assert!(emit.record(&[change_line(1, 9)]).status.success());
     emit.vars
         .retain(|(k, _)| !k.starts_with("PKGSTREAM_EMIT__KAFKA__"));
@@ -497,4 +542,336 @@ fn plaintext_to_a_broker_off_the_loopback_is_warned_about_unless_chosen() {
         .unwrap();
     assert_eq!(out.status.code(), Some(75), "{}", text(&out));
     assert!(!text(&out).contains(warning), "{}", text(&out));
+}
+
+/// The router on `vars`, its log (debug) going to `log`.
+fn router_logged(vars: &[(String, String)], log: &std::path::Path) -> Running {
+    router_logged_at(vars, log, "debug")
+}
+
+/// The router on `vars`, its log at `level` going to `log`.
+fn router_logged_at(vars: &[(String, String)], log: &std::path::Path, level: &str) -> Running {
+    Running(
+        Command::new(binary("pkgstream"))
+            .arg("router")
+            .env_remove("PKGSTREAM_CONFIG")
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", level)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_log(path: &std::path::Path, needles: &[&str]) {
+    let started = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if needles.iter().any(|n| log.contains(n)) {
+            return;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "none of {needles:?} in {}:\n{log}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wait_metric(port: u16, series: &str, want: f64) {
+    let started = Instant::now();
+    while pkgstream_tests::scrape_metric(port, series) != want {
+        assert!(
+            started.elapsed() < LIMIT,
+            "{series} on :{port} is {}, not {want}",
+            pkgstream_tests::scrape_metric(port, series)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The whole `/metrics` text on `port`.
+fn scrape_all(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// `vars` with the Kafka password in the environment instead of its file.
+fn password_in_env(vars: &mut Vec<(String, String)>, password: String) {
+    vars.retain(|(k, _)| k != "PKGSTREAM__KAFKA__SASL_PASSWORD_FILE");
+    vars.push(("PKGSTREAM__KAFKA__SASL_PASSWORD".into(), password));
+}
+
+#[test]
+fn no_password_leaks_when_kafka_presents_an_untrusted_ca_or_goes_down_mid_stream() {
+    // A secured broker of this test's own: it is killed below.
+    let private = pkgstream_tests::secure_kafka::PrivateSecureKafka::started();
+    let k = &private.kafka;
+    let engine = pkgstream_tests::secure::engine();
+    let prom = pkgstream_tests::secure::prometheus();
+    let secrets = [
+        k.password("pkgstream-router"),
+        k.password("pkgstream-sink"),
+        k.password("pkgstream-query"),
+        engine.password("pkgstream-sink"),
+        prom.password(),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let log = |name: &str| dir.path().join(format!("{name}.log"));
+    let mut seen = String::new();
+
+    // Every central stage with its passwords in the environment (where a
+    // careless error would print them), over SASL_SSL to the private
+    // broker, the search sink into the secured engine, the metrics sink
+    // into the secured Prometheus.
+    let router = k.router_env("down");
+    let mut router_vars = router.vars.clone();
+    password_in_env(&mut router_vars, k.password("pkgstream-router"));
+    let sinks = k.sink_env(&router, "down");
+    let prefix = format!("pkgstream-{}", sinks.prefix);
+    let mut sinks = sinks.with_prefix(&prefix);
+    password_in_env(&mut sinks.vars, k.password("pkgstream-sink"));
+    let engine_vars: Vec<(String, String)> = vec![
+        ("PKGSTREAM__SEARCH_SINK__URL".into(), engine.url.clone()),
+        (
+            "PKGSTREAM__SEARCH_SINK__USERNAME".into(),
+            "pkgstream-sink".into(),
+        ),
+        (
+            "PKGSTREAM__SEARCH_SINK__PASSWORD".into(),
+            engine.password("pkgstream-sink"),
+        ),
+        ("PKGSTREAM__SEARCH_SINK__TLS__CA_FILE".into(), engine.ca()),
+    ];
+    let mut prom_vars: Vec<(String, String)> = prom
+        .vars()
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("PASSWORD_FILE"))
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    prom_vars.push((
+        "PKGSTREAM__METRICS_SINK__REMOTE_WRITE_PASSWORD".into(),
+        prom.password(),
+    ));
+    override_vars(&mut sinks.vars, engine_vars);
+    override_vars(&mut sinks.vars, prom_vars);
+    let mut query_vars = k.central_vars("pkgstream-query");
+    password_in_env(&mut query_vars, k.password("pkgstream-query"));
+
+    // 1. A CA that did not sign the broker's certificate: each stage says
+    // so, and nothing else.
+    let mut rogue = router_vars.clone();
+    override_vars(
+        &mut rogue,
+        vec![(
+            "PKGSTREAM__KAFKA__SSL_CA_FILE".into(),
+            k.file("rogue-ca.pem"),
+        )],
+    );
+    let verify = ["certificate verify failed"];
+    let r = router_logged(&rogue, &log("router-ca"));
+    wait_log(&log("router-ca"), &verify);
+    r.stop();
+    let mut rogue_sinks = sinks.clone();
+    override_vars(
+        &mut rogue_sinks.vars,
+        vec![(
+            "PKGSTREAM__KAFKA__SSL_CA_FILE".into(),
+            k.file("rogue-ca.pem"),
+        )],
+    );
+    for kind in ["search", "metrics"] {
+        let path = log(&format!("{kind}-ca"));
+        let s = rogue_sinks.start_logged(kind, &[], std::fs::File::create(&path).unwrap());
+        wait_log(&path, &verify);
+        seen += &scrape_all(s.port);
+        s.stop();
+    }
+    let mut rogue_query = query_vars.clone();
+    override_vars(
+        &mut rogue_query,
+        vec![(
+            "PKGSTREAM__KAFKA__SSL_CA_FILE".into(),
+            k.file("rogue-ca.pem"),
+        )],
+    );
+    let out = central(
+        &["replay", "--from", "1h", "--topic", &router.enriched],
+        &rogue_query,
+    );
+    assert!(text(&out).contains(verify[0]), "{}", text(&out));
+    seen += &text(&out);
+
+    // 2. The pipeline running: a host's changes reach both sinks.
+    let emit = k.host_env(&router, "down");
+    let lines: Vec<String> = (0..20).map(|i| change_line(i, 5)).collect();
+    assert!(emit.record(&lines).status.success());
+    let out = emit.flush(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let router_proc = router_logged(&router_vars, &log("router"));
+    let search = sinks.start_logged("search", &[], std::fs::File::create(log("search")).unwrap());
+    let metrics = sinks.start_logged(
+        "metrics",
+        &[],
+        std::fs::File::create(log("metrics")).unwrap(),
+    );
+    let n = lines.len() as f64;
+    wait_metric(
+        search.port,
+        "pkgstream_search_sink_events_total{outcome=\"indexed\"}",
+        n,
+    );
+    wait_metric(
+        metrics.port,
+        "pkgstream_metrics_sink_events_total{outcome=\"counted\"}",
+        n,
+    );
+
+    // 3. Kafka down mid-stream: every stage keeps trying and says why.
+    private.kill();
+    let refused = [
+        "Connection refused",
+        "Broker transport failure",
+        "brokers are down",
+    ];
+    for name in ["router", "search", "metrics"] {
+        wait_log(&log(name), &refused);
+    }
+    assert!(emit.record(&lines[..5]).status.success());
+    let out = emit.flush(&["--timeout", "5"]);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    seen += &text(&out);
+    let emit_sasl = {
+        let mut v = emit.vars.clone();
+        v.retain(|(k, _)| !k.starts_with("PKGSTREAM_EMIT__KAFKA__"));
+        v.extend(
+            query_vars
+                .iter()
+                .map(|(k, v)| (k.replace("PKGSTREAM__", "PKGSTREAM_EMIT__"), v.clone())),
+        );
+        v
+    };
+    let out = emit
+        .command(&["flush", "--timeout", "5"])
+        .env_clear()
+        .envs(emit_sasl.iter().map(|(k, v)| (k, v)))
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    seen += &text(&out);
+    for args in [
+        &["replay", "--from", "1h", "--topic", &router.enriched][..],
+        &[
+            "tail",
+            "--topic",
+            &router.enriched,
+            "--max",
+            "1",
+            "--idle-secs",
+            "3",
+        ],
+    ] {
+        let out = central(args, &query_vars);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        seen += &text(&out);
+    }
+    seen += &scrape_all(router.metrics_port);
+    seen += &scrape_all(search.port);
+    seen += &scrape_all(metrics.port);
+    search.stop();
+    metrics.stop();
+    router_proc.stop();
+    for name in [
+        "router-ca",
+        "search-ca",
+        "metrics-ca",
+        "router",
+        "search",
+        "metrics",
+    ] {
+        let text = std::fs::read_to_string(log(name)).unwrap();
+        assert!(!text.is_empty(), "{name} logged nothing");
+        seen += &text;
+    }
+    assert!(seen.len() > 10_000, "the failure paths said something");
+    for s in &secrets {
+        assert_eq!(
+            seen.matches(s.as_str()).count(),
+            0,
+            "a password leaked:\n{}",
+            seen.lines()
+                .filter(|l| l.contains(s.as_str()))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+#[test]
+fn the_router_says_which_kafka_refuses_it_and_why_at_the_default_log_level() {
+    let k = SecureKafka::get();
+    let router = k.router_env("why");
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.password");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let mut wrong_password = router.vars.clone();
+    override_vars(
+        &mut wrong_password,
+        vec![(
+            "PKGSTREAM__KAFKA__SASL_PASSWORD_FILE".into(),
+            wrong.display().to_string(),
+        )],
+    );
+    let mut untrusted_ca = router.vars.clone();
+    override_vars(
+        &mut untrusted_ca,
+        vec![(
+            "PKGSTREAM__KAFKA__SSL_CA_FILE".into(),
+            k.file("rogue-ca.pem"),
+        )],
+    );
+    override_vars(
+        &mut untrusted_ca,
+        vec![(
+            "PKGSTREAM__ROUTER__METRICS_LISTEN".into(),
+            format!("127.0.0.1:{}", pkgstream_tests::router::free_port()),
+        )],
+    );
+    let cases = [
+        (
+            "wrong SCRAM password",
+            &wrong_password,
+            "SASL authentication error: Authentication failed",
+        ),
+        ("untrusted CA", &untrusted_ca, "certificate verify failed"),
+    ];
+    // Both at once: a router refused by Kafka takes its time to stop.
+    std::thread::scope(|scope| {
+        for (what, vars, cause) in cases {
+            let log = dir.path().join(format!("{}.log", what.replace(' ', "-")));
+            let sasl = &k.sasl;
+            scope.spawn(move || {
+                let proc = router_logged_at(vars, &log, "info");
+                wait_log(&log, &["hosts topic not readable"]);
+                proc.stop();
+                let text = std::fs::read_to_string(&log).unwrap();
+                let line = text
+                    .lines()
+                    .find(|l| l.contains("hosts topic not readable"))
+                    .unwrap();
+                for want in ["WARN", &format!("brokers={sasl}"), cause] {
+                    assert!(line.contains(want), "{what}: '{want}' missing from: {line}");
+                }
+            });
+        }
+    });
 }

@@ -219,6 +219,23 @@ impl RemoteWriter {
             Ok(_) => Ok(()),
             Err(ureq::Error::Status(code, r)) => {
                 let text = r.into_string().unwrap_or_default();
+                // A TLS listener (Prometheus behind web.config.file) answers
+                // plaintext with a bare 400 and closes the connection, its
+                // text often lost to the reset: retrying cannot help.
+                let go_tls = "Client sent an HTTP request to an HTTPS server";
+                if code == 400
+                    && self.url.starts_with("http://")
+                    && (text.trim().is_empty() || text.contains(go_tls))
+                {
+                    return Err(PushError::Fatal(err(format!(
+                        "HTTP 400: {} (is this a TLS port? use https://)",
+                        if text.trim().is_empty() {
+                            "no reason given"
+                        } else {
+                            go_tls
+                        }
+                    ))));
+                }
                 let e = err(format!("HTTP {code}: {}", text.trim()));
                 match request_verdict(code) {
                     RequestVerdict::Fatal => Err(PushError::Fatal(e)),
@@ -270,6 +287,13 @@ mod tests {
 
     /// Serves one request with `status`; returns its header lines.
     fn one_request(status: u16) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        one_answer(format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: 12\r\nConnection: close\r\n\r\nUnauthorized"
+        ))
+    }
+
+    /// Serves one request with `answer` (the whole response), then closes.
+    fn one_answer(answer: String) -> (String, std::thread::JoinHandle<Vec<String>>) {
         use std::io::{BufRead, BufReader, Read, Write};
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/api/v1/write", l.local_addr().unwrap());
@@ -292,13 +316,52 @@ mod tests {
             }
             let mut body = vec![0; len];
             r.read_exact(&mut body).unwrap();
-            let answer = format!(
-                "HTTP/1.1 {status} X\r\nContent-Length: 12\r\nConnection: close\r\n\r\nUnauthorized"
-            );
             (&s).write_all(answer.as_bytes()).unwrap();
             lines
         });
         (url, t)
+    }
+
+    #[test]
+    fn plaintext_to_a_tls_listener_is_fatal_and_says_so() {
+        // What Go's TLS server (Prometheus with --web.config.file) answers
+        // a plaintext request, with and without its text.
+        for answer in [
+            "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+            "HTTP/1.0 400 Bad Request\r\n\r\n",
+        ] {
+            let (url, t) = one_answer(answer.to_owned());
+            let w = RemoteWriter::new(&MetricsSinkConfig {
+                remote_write_url: url.clone(),
+                ..Default::default()
+            })
+            .unwrap();
+            let e = match w.push(&WriteRequest::default()) {
+                Err(PushError::Fatal(e)) => e.to_string(),
+                other => panic!("{answer:?}: {other:?}"),
+            };
+            t.join().unwrap();
+            assert!(
+                e.starts_with(&format!("Prometheus remote write to {url}: HTTP 400: "))
+                    && e.ends_with("(is this a TLS port? use https://)"),
+                "{e}"
+            );
+        }
+        // Prometheus' own 400 (a sample it refused) is still retried.
+        let (url, t) = one_answer(
+            "HTTP/1.1 400 X\r\nContent-Length: 17\r\nConnection: close\r\n\r\nout of order samp"
+                .to_owned(),
+        );
+        let w = RemoteWriter::new(&MetricsSinkConfig {
+            remote_write_url: url,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(matches!(
+            w.push(&WriteRequest::default()),
+            Err(PushError::Retry(_))
+        ));
+        t.join().unwrap();
     }
 
     #[test]
