@@ -449,6 +449,26 @@ mod tests {
         );
     }
 
+    /// The `host_table` fuzz target's crash inputs (`fuzz/regressions/`,
+    /// a mode byte then a hosts-topic value), replayed without cargo-fuzz:
+    /// each is refused, so no host is enriched with an empty group or
+    /// environment (that made every event of the host poison).
+    #[test]
+    fn the_fuzzers_host_table_findings_are_refused() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/host_table");
+        let mut replayed = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            let (mode, value) = data.split_first().unwrap();
+            assert_eq!(mode & 1, 1, "{}: a hosts-topic input", path.display());
+            let got = HostMeta::from_topic_value(value);
+            assert!(got.is_err(), "{}: accepted as {got:?}", path.display());
+            replayed += 1;
+        }
+        assert!(replayed >= 4, "{replayed} inputs in {}", dir.display());
+    }
+
     #[test]
     fn topic_values_are_json() {
         let meta: HostMeta = serde_json::from_str(r#"{"hostgroup":"web","environment":"prod","maintenance":["daily 01:00-03:00"],"tags":{"a":"b"}}"#).unwrap();

@@ -10,6 +10,8 @@
 //! - [`pipeline`]: the Kafka loop (transactions, rebalances, window rebuild,
 //!   host table sources);
 //! - [`process`]: the per-event work, I/O free;
+//! - `rebuild`: dedupe windows rebuilt on a worker thread while the loop
+//!   keeps polling (the partition paused, its input held);
 //! - `output`: what a transaction produces, delivery tracking, and outputs
 //!   too large for Kafka turned into dead letters;
 //! - [`hosts`]: the host table (CSV file + compacted topic) and maintenance windows;
@@ -31,6 +33,7 @@ pub mod metrics;
 mod output;
 pub mod pipeline;
 pub mod process;
+mod rebuild;
 
 pub use config::RouterConfig;
 pub use pipeline::Router;

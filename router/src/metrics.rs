@@ -18,6 +18,8 @@ pub struct RouterMetrics {
     pub unknown_hosts: IntCounter,
     pub window_entries: IntGauge,
     pub window_bytes: IntGauge,
+    /// Per partition: from a window rebuild's request to its window.
+    pub window_rebuild_seconds: Histogram,
     pub transaction_seconds: Histogram,
     pub transactions_aborted: IntCounter,
     /// `source` = file | topic.
@@ -66,6 +68,15 @@ impl RouterMetrics {
                 "pkgstream_router_dedupe_window_bytes",
                 "Heap bytes of the dedupe windows",
             )?,
+            window_rebuild_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "pkgstream_router_dedupe_window_rebuild_seconds",
+                    "Time to rebuild one partition's dedupe window (off the poll loop)",
+                )
+                .buckets(vec![
+                    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                ]),
+            )?,
             transaction_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "pkgstream_router_transaction_commit_seconds",
@@ -106,6 +117,8 @@ impl RouterMetrics {
         m.registry.register(Box::new(m.unknown_hosts.clone()))?;
         m.registry.register(Box::new(m.window_entries.clone()))?;
         m.registry.register(Box::new(m.window_bytes.clone()))?;
+        m.registry
+            .register(Box::new(m.window_rebuild_seconds.clone()))?;
         m.registry
             .register(Box::new(m.transaction_seconds.clone()))?;
         m.registry

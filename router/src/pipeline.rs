@@ -6,8 +6,10 @@
 //! Partitions are the unit of parallelism and state: an event read from
 //! raw partition `p` is written to enriched partition `p` (both keyed by
 //! machine id), and the dedupe window of `p` is rebuilt on assignment from
-//! the ids already committed to enriched partition `p`. The range assignor
-//! gives partition `p` of both raw topics to the same instance.
+//! the ids already committed to enriched partition `p` — on a worker thread,
+//! with `p` paused meanwhile, so a big window never keeps the loop from
+//! polling past `max.poll.interval.ms` (see [`crate::rebuild`]). The range
+//! assignor gives partition `p` of both raw topics to the same instance.
 //!
 //! One thread runs the loop; more throughput comes from more partitions and
 //! more instances. On any Kafka error the transaction is aborted and the
@@ -21,7 +23,7 @@
 //! transaction until the next commit. The lag gauge counts from the
 //! committed offsets, so a wedged router shows its lag.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +31,7 @@ use pkgstream_runtime::config::{KafkaConfig, LastCause, TopicsConfig};
 use pkgstream_runtime::health::Readiness;
 use pkgstream_runtime::shutdown::Shutdown;
 use pkgstream_runtime::topics::{create_missing, TopicSpec};
-use pkgstream_schemas::{EventId, Kind, Registry};
+use pkgstream_schemas::EventId;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -43,6 +45,7 @@ use crate::hosts::{read_hosts_file, HostMeta, HostTable};
 use crate::metrics::RouterMetrics;
 use crate::output::{bounded_reason, is_too_large, Deliveries, Out, Raw, TooLarge};
 use crate::process::{HostDefaults, Lane, Processor, RawEvent};
+use crate::rebuild::{RebuildSpec, WindowRebuilds};
 use crate::RouterError;
 
 /// librdkafka's default `batch.size`, the most a record batch holds.
@@ -219,6 +222,18 @@ impl Router {
             .map_err(self.kafka_err("subscribe"))?;
 
         let mut windows: HashMap<i32, DedupeWindow> = HashMap::new();
+        let mut rebuilds = WindowRebuilds::new(RebuildSpec {
+            kafka: self.kafka.clone(),
+            topic: self.topics.changes_enriched.clone(),
+            group_id: format!("{}-rebuild", self.config.group_id),
+            entries: self.config.dedupe_window_entries,
+            secs: self.config.dedupe_window_secs,
+            seconds: self.metrics.window_rebuild_seconds.clone(),
+        });
+        let raw_topics = [
+            self.topics.changes_raw.as_str(),
+            self.topics.inventory_raw.as_str(),
+        ];
         // None: never (an Instant in the past may not exist on a machine up
         // for less than the interval).
         let mut last_lag: Option<Instant> = None;
@@ -232,10 +247,17 @@ impl Router {
                 // Partitions may have moved: windows are rebuilt on demand,
                 // inventory state is kept only where it is still current.
                 windows.clear();
+                rebuilds
+                    .reset(&consumer, raw_topics)
+                    .map_err(self.kafka_err("resume partitions"))?;
                 self.reconcile_inventory(&consumer, processor, known)?;
                 last_lag = None;
             }
-            let batch = batch.messages;
+            // Partitions whose window just arrived go on with what was held
+            // for them; those without one are held (paused) until theirs does.
+            let mut ready = rebuilds.finished(&consumer, raw_topics, &mut windows)?;
+            ready.extend(rebuilds.hold_unready(&consumer, raw_topics, &windows, batch.messages)?);
+            let batch = ready;
             if last_lag.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                 lag = self.update_lag(&consumer);
                 last_lag = Some(Instant::now());
@@ -251,11 +273,6 @@ impl Router {
                     _ => {}
                 }
                 continue;
-            }
-            for p in batch.iter().map(|r| r.partition).collect::<HashSet<_>>() {
-                if let std::collections::hash_map::Entry::Vacant(slot) = windows.entry(p) {
-                    slot.insert(self.rebuild_window(p)?);
-                }
             }
             self.transact(
                 &mut producer,
@@ -915,85 +932,6 @@ impl Router {
         }
     }
 
-    /// The window of partition `p`: the ids already committed to enriched
-    /// partition `p` within the window's bounds.
-    fn rebuild_window(&self, p: i32) -> Result<DedupeWindow, RouterError> {
-        let started = Instant::now();
-        let mut window = DedupeWindow::new(
-            self.config.dedupe_window_entries,
-            self.config.dedupe_window_secs,
-        );
-        let reader: BaseConsumer = self
-            .kafka
-            .client_config()
-            .map_err(|e| RouterError::KafkaClient(e.to_string()))?
-            .set("group.id", format!("{}-rebuild", self.config.group_id))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true")
-            .create()
-            .map_err(self.kafka_err("create rebuild reader"))?;
-        let topic = &self.topics.changes_enriched;
-        let (low, high) = reader
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .map_err(self.kafka_err("fetch watermarks"))?;
-        let mut start = low.max(high - self.config.dedupe_window_entries as i64);
-        let since = chrono::Utc::now().timestamp_millis()
-            - i64::from(self.config.dedupe_window_secs) * 1000;
-        let mut by_time = TopicPartitionList::new();
-        by_time
-            .add_partition_offset(topic, p, Offset::Offset(since))
-            .map_err(self.kafka_err("offsets"))?;
-        if let Ok(found) = reader.offsets_for_times(by_time, Duration::from_secs(10)) {
-            if let Some(Offset::Offset(o)) = found.elements().first().map(|e| e.offset()) {
-                start = start.max(o);
-            }
-        }
-        debug!(partition = p, low, high, start, "rebuilding dedupe window");
-        if start >= high {
-            return Ok(window);
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, Offset::Offset(start))
-            .map_err(self.kafka_err("offsets"))?;
-        reader.assign(&tpl).map_err(self.kafka_err("assign"))?;
-        let now_secs = (chrono::Utc::now().timestamp()) as u32;
-        let mut idle = Instant::now();
-        let registry = Registry::get();
-        loop {
-            match reader.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    idle = Instant::now();
-                    let bytes = m.payload().unwrap_or_default();
-                    // Both enriched kinds start with their 16-byte id.
-                    if let (Ok((v, _)), Some(id)) = (registry.writer_of(bytes), bytes.get(10..26)) {
-                        if matches!(v.kind, Kind::EnrichedChange | Kind::EnrichedSnapshot) {
-                            let mut b = [0u8; 16];
-                            b.copy_from_slice(id);
-                            window.insert(&EventId(b), now_secs);
-                        }
-                    }
-                    if m.offset() + 1 >= high {
-                        break;
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => return Err(self.kafka_err("rebuild dedupe window")(e)),
-                // Transaction markers past the last record, or an open
-                // transaction of a fenced instance: stop when quiet.
-                None if idle.elapsed() > Duration::from_secs(2) => break,
-                None => {}
-            }
-        }
-        info!(
-            partition = p,
-            entries = window.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "dedupe window rebuilt"
-        );
-        Ok(window)
-    }
-
     /// Sets the lag gauge of every assigned raw partition from the group's
     /// committed offsets (what a restart would resume from, so a router that
     /// reads but cannot commit shows its lag); returns whether the broker
@@ -1140,6 +1078,11 @@ fn open_hosts_reader(
         .map_err(|e| e.to_string())?
         .set("group.id", "pkgstream-router-hosts")
         .set("enable.auto.commit", "false")
+        // Assign only, like the rebuild reader.
+        .set(
+            "max.poll.interval.ms",
+            crate::rebuild::READER_POLL_INTERVAL_MS,
+        )
         .set("allow.auto.create.topics", "false")
         .create_with_context(LastCause::default())
         .map_err(|e| e.to_string())?;

@@ -23,13 +23,16 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use pkgstream_schemas::{
-    decode_enriched_snapshot, sample, Encoder, InventorySnapshot, PackageChange, Source,
+    decode_enriched_change, decode_enriched_snapshot, sample, Encoder, EnrichedChange,
+    InventorySnapshot, PackageChange, Source,
 };
 use pkgstream_tests::router::{
     enriched_changes, numbered_change as change, read_all, send, RouterEnv, WithHeaders,
 };
 use pkgstream_tests::{kafka_brokers, set_topic_config};
-use rdkafka::producer::BaseProducer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 const QUIET: Duration = Duration::from_secs(3);
 const LIMIT: Duration = Duration::from_secs(180);
@@ -503,5 +506,199 @@ fn host_metadata_that_would_poison_a_host_is_refused_and_its_events_flow() {
     assert_eq!(
         seen, want,
         "refused metadata leaves the host unknown; its events are routed, not poison"
+    );
+}
+
+/// History records of the enriched topic as a router would have left them
+/// for the rebuild: the enriched header and an event id (all the rebuild
+/// reads), `ids` of them for partition `p`, sent with an empty key.
+fn send_history(producer: &BaseProducer, topic: &str, p: i32, ids: impl Iterator<Item = [u8; 16]>) {
+    let mut header = Vec::new();
+    Encoder::new()
+        .encode_enriched_change(
+            &EnrichedChange::new(change(0, 0), sample::enrichment(0)),
+            &mut header,
+        )
+        .expect("encode");
+    header.truncate(10);
+    let mut value = header.clone();
+    for id in ids {
+        value.truncate(10);
+        value.extend_from_slice(&id);
+        let mut r = BaseRecord::<[u8], [u8]>::to(topic)
+            .partition(p)
+            .payload(&value[..]);
+        loop {
+            match producer.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .expect("flush history");
+}
+
+/// The enriched records of `topic` from offset `from[p]` of each partition
+/// on (read_committed), until `expected` arrived and `quiet` passed.
+fn read_from(brokers: &str, topic: &str, from: &[i64], expected: usize) -> Vec<Vec<u8>> {
+    let consumer: BaseConsumer = pkgstream_tests::client_config(brokers)
+        .set("group.id", pkgstream_tests::unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in from.iter().enumerate() {
+        tpl.add_partition_offset(topic, p as i32, Offset::Offset(*o))
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let (started, mut last) = (Instant::now(), Instant::now());
+    let mut out = Vec::new();
+    while started.elapsed() < LIMIT {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                out.push(m.payload().unwrap_or_default().to_vec());
+                last = Instant::now();
+            }
+            Some(Err(e)) => panic!("read {topic}: {e}"),
+            None if out.len() >= expected && last.elapsed() >= QUIET => break,
+            None => {}
+        }
+    }
+    out
+}
+
+/// Issue 10 #10: the dedupe-window rebuild ran inside the poll loop, so a
+/// partition with a big window kept the group consumer from polling past
+/// `max.poll.interval.ms`: the member was kicked out, its transaction's
+/// offsets refused, the loop restarted and rebuilt again, forever (nothing
+/// routed). Here the router must poll every 10 s (the least librdkafka
+/// allows with its 10 s session timeout) and each enriched partition holds
+/// more history than is read in 10 s; the rebuild's own histogram proves it
+/// took longer. Now: no transaction aborted, every new change routed once,
+/// and those already in the history deduplicated by the rebuilt window.
+#[test]
+fn a_big_dedupe_window_is_rebuilt_while_the_loop_keeps_polling() {
+    const HISTORY: u64 = 1_500_000;
+    const NEW: u64 = 300;
+    const SEEN: u64 = 30;
+    let history: u64 = std::env::var("PKGSTREAM_TEST_REBUILD_HISTORY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(HISTORY);
+    let mut env = RouterEnv::new(&kafka_brokers(), "rebuild-stall");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pkgstream.toml");
+    std::fs::write(
+        &config,
+        "[kafka.librdkafka_options]\n\"max.poll.interval.ms\" = \"10000\"\n",
+    )
+    .expect("write config");
+    env.vars.extend([
+        ("PKGSTREAM_CONFIG".to_owned(), config.display().to_string()),
+        (
+            "PKGSTREAM__ROUTER__DEDUPE_WINDOW_ENTRIES".to_owned(),
+            (history * 2).to_string(),
+        ),
+    ]);
+    // New change i goes to raw (so enriched) partition i % 3; the first
+    // SEEN of them are already in their partition's history.
+    let changes: Vec<PackageChange<'static>> = (0..NEW).map(|i| change(i, i % 7)).collect();
+    let producer: BaseProducer = pkgstream_tests::client_config(&env.brokers)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let started = Instant::now();
+    for p in 0..3i32 {
+        let seen = changes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (*i as u64) < SEEN && *i as i32 % 3 == p)
+            .map(|(_, c)| c.event_id.0);
+        let filler = (0..history).map(|n| {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&n.to_le_bytes());
+            id[8..12].copy_from_slice(&p.to_le_bytes());
+            id[12..].copy_from_slice(b"hist");
+            id
+        });
+        send_history(&producer, &env.enriched, p, filler.chain(seen));
+    }
+    let from: Vec<i64> = (0..3)
+        .map(|p| {
+            producer
+                .client()
+                .fetch_watermarks(&env.enriched, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .collect();
+    println!(
+        "history: {} records in {:?}",
+        from.iter().sum::<i64>(),
+        started.elapsed()
+    );
+
+    let _router = Router(env.start());
+    env.wait_ready(Duration::from_secs(60));
+    for (i, c) in changes.iter().enumerate() {
+        let (k, v) = keyed(c);
+        let mut r = BaseRecord::to(&env.changes_raw)
+            .partition(i as i32 % 3)
+            .key(&k[..])
+            .payload(&v[..]);
+        while let Err((_, back)) = producer.send(r) {
+            r = back;
+            producer.poll(Duration::from_millis(5));
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let want = (NEW - SEEN) as usize;
+    let got = read_from(&env.brokers, &env.enriched, &from, want);
+    let mut ids: Vec<[u8; 16]> = got
+        .iter()
+        .map(|v| {
+            decode_enriched_change(v)
+                .expect("enriched change")
+                .event_id
+                .0
+        })
+        .collect();
+    ids.sort();
+    let mut expected: Vec<[u8; 16]> = changes[SEEN as usize..]
+        .iter()
+        .map(|c| c.event_id.0)
+        .collect();
+    expected.sort();
+    assert_eq!(ids.len(), want, "every new change once, none already seen");
+    assert_eq!(ids, expected);
+    let rebuilds = env.metric("pkgstream_router_dedupe_window_rebuild_seconds_count");
+    let within_poll_interval =
+        env.metric("pkgstream_router_dedupe_window_rebuild_seconds_bucket{le=\"10\"}");
+    println!(
+        "rebuilds: {rebuilds}, of which within 10 s: {within_poll_interval}, sum {} s",
+        env.metric("pkgstream_router_dedupe_window_rebuild_seconds_sum")
+    );
+    assert!(
+        rebuilds >= 3.0 && rebuilds > within_poll_interval,
+        "no rebuild took longer than max.poll.interval.ms: the test proves nothing"
+    );
+    assert_eq!(
+        env.metric("pkgstream_router_events_deduplicated_total"),
+        SEEN as f64,
+        "the rebuilt windows hold the history"
+    );
+    assert_eq!(
+        aborted(&env),
+        0.0,
+        "a transaction aborted (the member was kicked out)"
     );
 }

@@ -1,38 +1,32 @@
-//! The search engine stopped mid-stream (the real OpenSearch, stopped and
-//! started again by scripts/services.sh): the sink waits, keeps its memory
-//! bounded while the backlog grows in Kafka, and resumes with nothing lost
-//! and nothing twice. Its own test binary: it stops the shared engine.
+//! The search engine stopped mid-stream (an OpenSearch of this test's own,
+//! stopped and started again by scripts/services.sh like the shared one):
+//! the sink waits, keeps its memory bounded while the backlog grows in
+//! Kafka, and resumes with nothing lost and nothing twice. Its own test
+//! binary: its engine is named for the whole process ([`use_engine`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::Duration;
 
-use pkgstream_tests::kafka_brokers;
 use pkgstream_tests::sinks::*;
+use pkgstream_tests::{kafka_brokers, PrivateEngine};
 
 const LIMIT: Duration = Duration::from_secs(600);
 
-fn services(action: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services.sh");
-    let ok = Command::new("bash")
-        .args([script, action, "opensearch"])
-        .status()
-        .expect("services.sh")
-        .success();
-    assert!(ok, "services.sh {action} opensearch failed");
-}
-
-/// Starts the engine again even if the test fails half-way.
-struct Restart;
-impl Drop for Restart {
+/// Starts the engine again even if the test fails half-way (before its
+/// drop stops it for good).
+struct Restart<'a>(&'a PrivateEngine);
+impl Drop for Restart<'_> {
     fn drop(&mut self) {
-        services("start");
+        self.0.start();
     }
 }
 
 #[test]
 fn engine_down_for_a_while_nothing_lost_memory_bounded() {
+    let engine = PrivateEngine::new();
+    engine.start();
+    use_engine(&engine.url());
     let env = SinkEnv::new(&kafka_brokers(), "sink-down");
     let sc = scenario(&env.prefix, 1000, 100, 50, 10);
     let records = sc.records();
@@ -43,8 +37,8 @@ fn engine_down_for_a_while_nothing_lost_memory_bounded() {
         count(&env.changes()) >= 5_000
     });
 
-    let restart = Restart;
-    services("stop");
+    let restart = Restart(&engine);
+    engine.stop();
     env.produce(rest);
     let backlog_mib = rest.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() >> 20;
     wait_for("the sink to notice", LIMIT, || {
